@@ -1,0 +1,31 @@
+# The two commands of the README's quick start: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+DATA   ?= ../shared/data
+IMAGES ?= $(DATA)/medical-mask/images
+OUT    ?= out/medical-mask
+BIN     = $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The batch job on the sample photos: install the inference package (no TensorFlow), then predict.
+run: $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/maskbatch predict $(IMAGES) --out $(OUT) --overwrite --previews 8
+
+# Everything the tests need (training extra included), lint, then the test suite.
+test: $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[train,test]"
+	$(BIN)/ruff check maskbatch tests jobs benchmarks
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[train,test]"
+	$(BIN)/python benchmarks/bench_predict.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,321 @@
+"""The job's Python API: extract() and predict() orchestrate readers, Dask and writers.
+
+Notebook use:  ``df = maskbatch.predict("photos/", out_dir="out/")``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from maskbatch import MASK, NO_MASK, __version__, cluster, files, images, output
+from maskbatch.classify import ModelRef, read_model
+from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
+from maskbatch.datasets import load_records, parse_label_map
+from maskbatch.errors import MaskbatchError
+from maskbatch.pipeline import extract_partition, predict_partition
+
+# --------------------------------------------------------------------------- shared
+
+
+def _prepare_out_dir(out_dir: str, overwrite: bool, resume: bool = False) -> None:
+    """Refuse to mix a new run into a folder holding an older one, unless told what to do."""
+    fs, path = files.filesystem(out_dir)
+    if fs.exists(path) and not fs.isdir(path):
+        raise MaskbatchError(f"--out {out_dir} is a file, not a folder")
+    existing = fs.ls(path, detail=False) if fs.exists(path) else []
+    if existing and not resume:
+        if not overwrite:
+            raise MaskbatchError(
+                f"output folder {out_dir} is not empty (an earlier run?); use --resume to finish "
+                "that run or --overwrite to replace it"
+            )
+        if not fs.exists(files.join(path, "run.json")):
+            raise MaskbatchError(f"refusing to --overwrite {out_dir}: it is not a maskbatch output "
+                                 "folder (no run.json)")
+        fs.rm(path, recursive=True)
+    fs.makedirs(path, exist_ok=True)
+
+
+def _part_name(names: list[str]) -> str:
+    """A partition's stable file stem, derived from the inputs it covers."""
+    return "p-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- extract
+
+
+@dataclass
+class ExtractResult:
+    manifest: pd.DataFrame
+    crops: int
+    counts: dict[str, dict[str, int]]
+    duplicates: int
+    seconds: float
+    out_dir: str
+    files: list[str] = field(default_factory=list)
+
+
+def _extract_and_write(records: list, label_map: dict, crop_size: int, out_dir: str
+                       ) -> pd.DataFrame:
+    """Worker side: crop a partition, write its crops shard itself, return only the manifest."""
+    crops, manifest = extract_partition(records, label_map, crop_size)
+    if len(crops):
+        shard = files.join(out_dir, "crops", _part_name([r.name for r in records]) + ".parquet")
+        output.write_parquet_atomic(crops, shard)
+    return manifest
+
+
+def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: str = "auto",
+            label_map: list[str] | None = None, crop_size: int = CROP_SIZE,
+            cluster_config: ClusterConfig = ClusterConfig(), overwrite: bool = False,
+            ) -> ExtractResult:
+    """Crop every labelled face of a dataset folder into Parquet shards, in parallel on Dask."""
+    mapping = parse_label_map(label_map)
+    records = load_records(dataset, layout, annotations)
+    if not records:
+        raise MaskbatchError(f"no annotated images found in {dataset}")
+    _prepare_out_dir(out_dir, overwrite)
+    output.write_json_atomic({"command": "extract", "dataset": dataset, "version": __version__,
+                              "crop_size": crop_size, "label_map": mapping}, files.join(out_dir,
+                                                                                       "run.json"))
+    started = time.perf_counter()
+    manifests: dict[int, pd.DataFrame] = {}
+    with cluster.dask_client(cluster_config) as client:
+        cluster.run_partitions(
+            client, records, cluster_config.partition_size, _extract_and_write,
+            lambda i, m: manifests.__setitem__(i, m), progress=cluster_config.progress,
+            label="extract", label_map=mapping, crop_size=crop_size, out_dir=out_dir)
+    seconds = time.perf_counter() - started
+    manifest = pd.concat([manifests[i] for i in sorted(manifests)], ignore_index=True)
+    output.write_parquet_atomic(manifest, files.join(out_dir, "manifest.parquet"))
+
+    index = output.read_crops(out_dir, columns=["crop_id", "label", "source_dataset", "pixel_hash"])
+    duplicates = int(index.duplicated("pixel_hash").sum())
+    counts = {label: int(n) for label, n in index["label"].value_counts().sort_index().items()}
+    statuses = {s: int(n) for s, n in manifest["status"].value_counts().items()}
+    summary = {"dataset": dataset, "images": len(manifest), "status": statuses,
+               "crops": len(index), "crops_per_class": counts, "duplicate_crops": duplicates,
+               "seconds": round(seconds, 2), "images_per_second": round(len(manifest) / seconds, 2)}
+    output.write_json_atomic(summary, files.join(out_dir, "summary.json"))
+    _class_count_plot(counts, dataset, files.join(out_dir, "class_counts.png"))
+    return ExtractResult(manifest, len(index), {dataset: counts}, duplicates, seconds, out_dir)
+
+
+def _class_count_plot(counts: dict[str, int], dataset: str, url: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    labels = [MASK, NO_MASK]
+    values = [counts.get(label, 0) for label in labels]
+    bars = ax.bar(["mask", "no mask"], values, color=["#3cb43c", "#e62828"])
+    ax.bar_label(bars)
+    ax.set_ylabel("face crops")
+    ax.set_title(f"Crops per class: {Path(dataset.rstrip('/')).name}")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    output.write_bytes_atomic(url, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@dataclass
+class PredictResult:
+    detections: pd.DataFrame
+    manifest: pd.DataFrame
+    seconds: float
+    processed: int  # images processed by this call (fewer than len(manifest) after --resume)
+    out_dir: str
+    dashboard: str | None = None
+
+
+def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[str, str]]:
+    """(name, path) of every photo to process, from a folder/URL or a submission template CSV."""
+    if images_arg.lower().endswith(".csv"):
+        fs, path = files.filesystem(images_arg)
+        if not fs.isfile(path):
+            raise MaskbatchError(f"template CSV not found: {images_arg}")
+        with fs.open(path, "rb") as f:
+            reader = csv.DictReader(io.StringIO(f.read().decode("utf-8-sig")))
+            if "name" not in (reader.fieldnames or []):
+                raise MaskbatchError(f"{images_arg}: template CSV needs a `name` column")
+            names = list(dict.fromkeys(row["name"] for row in reader if row["name"]))
+        folder = images_dir or files.join(images_arg.rsplit("/", 1)[0] or ".", "images")
+        if not files.is_dir(folder):
+            raise MaskbatchError(f"images folder for the template not found: {folder} "
+                                 "(give it with --images-dir)")
+        return [(n, files.join(folder, n)) for n in names]
+    if not files.is_dir(images_arg):
+        raise MaskbatchError(f"images folder not found: {images_arg}")
+    paths = files.list_files(images_arg, images.IMAGE_EXTENSIONS)
+    if not paths:
+        raise MaskbatchError(f"no images ({', '.join(images.IMAGE_EXTENSIONS)}) in {images_arg}")
+    return [(files.basename(p), p) for p in paths]
+
+
+def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig, partition_size: int
+                ) -> dict:
+    return {"command": "predict", "version": __version__, "model_sha256": model.sha256,
+            "detector": detector.as_dict(), "partition_size": partition_size,
+            "inputs": len(inputs),
+            "inputs_sha1": hashlib.sha1("\n".join(n for n, _ in inputs).encode()).hexdigest()}
+
+
+def _check_resumable(out_dir: str, record: dict) -> None:
+    run_json = files.join(out_dir, "run.json")
+    fs, path = files.filesystem(run_json)
+    if not fs.exists(path):
+        return
+    import json
+
+    with fs.open(path, "rb") as f:
+        old = json.loads(f.read())
+    for key in ("model_sha256", "detector", "inputs_sha1"):
+        if old.get(key) != record.get(key):
+            raise MaskbatchError(f"cannot --resume {out_dir}: its run used a different {key} "
+                                 "(use --overwrite to start again)")
+
+
+def _done_parts(out_dir: str) -> list[str]:
+    fs, path = files.filesystem(files.join(out_dir, "parts"))
+    if not fs.isdir(path):
+        return []
+    return sorted(files.full_path(fs, p) for p in fs.ls(path, detail=False)
+                  if p.endswith(".images.parquet"))
+
+
+def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
+            model: str | None = None, detector: DetectorConfig = DetectorConfig(),
+            cluster_config: ClusterConfig = ClusterConfig(), previews: int = 0,
+            resume: bool = False, overwrite: bool = False) -> PredictResult:
+    """Detect and classify every face in a folder of photos; write detections, submission, manifest.
+
+    Results are committed per partition under OUT_DIR/parts (so --resume skips finished work) and
+    assembled into detections.parquet, submission.csv and images.parquet at the end.
+    """
+    if resume and overwrite:
+        raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
+    inputs = list_inputs(images_arg, images_dir)
+    onnx_bytes, card = read_model(model)
+    model_dir = Path(model) if model else None
+    from maskbatch.classify import BUNDLED_MODEL_DIR
+
+    onnx_path = (model_dir if model_dir and model_dir.suffix == ".onnx"
+                 else (model_dir or BUNDLED_MODEL_DIR) / "model.onnx")
+    ref = ModelRef(card["onnx_sha256"], str(onnx_path))
+    record = _run_record(inputs, ref, detector, cluster_config.partition_size)
+    if resume:
+        _check_resumable(out_dir, record)
+    _prepare_out_dir(out_dir, overwrite, resume)
+    for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json"):
+        fs, p = files.filesystem(files.join(out_dir, stale))
+        if fs.exists(p):
+            fs.rm(p)
+    output.write_json_atomic(record, files.join(out_dir, "run.json"))
+
+    done: set[str] = set()
+    for part in _done_parts(out_dir):
+        done.update(output.read_parquet(part, columns=["name"])["name"])
+    todo = [item for item in inputs if item[0] not in done]
+
+    started = time.perf_counter()
+    dash = None
+    with cluster.dask_client(cluster_config) as client:
+        dash = cluster.dashboard(client)
+        if dash and cluster_config.progress:
+            print(f"Dask dashboard: {dash}", flush=True)
+        cluster.install_plugin(client, cluster.MaskbatchSetup(onnx_bytes, card))
+        parts_dir = files.join(out_dir, "parts")
+
+        def commit(index: int, result: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+            detections, manifest = result
+            stem = files.join(parts_dir, _part_name(list(manifest["name"])))
+            output.write_parquet_atomic(detections, stem + ".detections.parquet")
+            output.write_parquet_atomic(manifest, stem + ".images.parquet")  # commit marker
+
+        cluster.run_partitions(client, todo, cluster_config.partition_size, _predict_work,
+                               commit, progress=cluster_config.progress, label="predict",
+                               detector=detector, model=ref)
+        seconds = time.perf_counter() - started
+        detections, manifest = _assemble(out_dir, inputs)
+        if previews:
+            _write_previews(client, out_dir, manifest, detections, previews)
+    output.write_parquet_atomic(detections, files.join(out_dir, "detections.parquet"))
+    output.write_csv_atomic(output.submission_frame(detections),
+                            files.join(out_dir, "submission.csv"))
+    output.write_parquet_atomic(manifest, files.join(out_dir, "images.parquet"))
+    result = PredictResult(detections, manifest, seconds, len(todo), out_dir, dash)
+    output.write_json_atomic(summary(result), files.join(out_dir, "summary.json"))
+    return result
+
+
+def _predict_work(items: list, detector: DetectorConfig, model: ModelRef) -> tuple:
+    return predict_partition(items, detector, model)
+
+
+def _assemble(out_dir: str, inputs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Committed partitions joined in input order; every input image exactly once."""
+    order = {name: i for i, (name, _) in enumerate(inputs)}
+    manifests, detections = [], []
+    for part in _done_parts(out_dir):
+        manifests.append(output.read_parquet(part))
+        detections.append(output.read_parquet(part.replace(".images.parquet",
+                                                           ".detections.parquet")))
+    manifest = pd.concat(manifests, ignore_index=True).drop_duplicates("name")
+    manifest = manifest[manifest["name"].isin(order)]
+    manifest = manifest.sort_values("name", key=lambda s: s.map(order), ignore_index=True)
+    missing = set(order) - set(manifest["name"])
+    if missing:
+        raise MaskbatchError(f"{len(missing)} images have no committed result (e.g. "
+                             f"{sorted(missing)[0]}); run again with --resume")
+    det = pd.concat(detections, ignore_index=True)
+    det = det[det["name"].isin(order)]
+    det = det.sort_values(["name", "score"], key=lambda s: s.map(order) if s.name == "name"
+                          else -s, kind="stable", ignore_index=True)
+    det = det.drop_duplicates(ignore_index=True)
+    return det, manifest
+
+
+def _write_previews(client: object, out_dir: str, manifest: pd.DataFrame,
+                    detections: pd.DataFrame, count: int) -> None:
+    from maskbatch.draw import preview_jpeg
+
+    chosen = manifest[manifest["status"] == "ok"].head(count)
+    futures = []
+    for name, path in zip(chosen["name"], chosen["path"]):
+        rows = detections[detections["name"] == name]
+        boxes = list(zip(rows["x1"], rows["x2"], rows["y1"], rows["y2"], rows["classname"],
+                         rows["mask_prob"]))
+        futures.append((name, client.submit(preview_jpeg, path, boxes, pure=False)))
+    for name, future in futures:
+        data = future.result()
+        if data:
+            stem = Path(name).stem
+            output.write_bytes_atomic(files.join(out_dir, "previews", f"{stem}.jpg"), data)
+
+
+def summary(result: PredictResult) -> dict:
+    manifest, det = result.manifest, result.detections
+    per_class = {c: int((det["classname"] == c).sum()) for c in (MASK, NO_MASK)}
+    failed = manifest[manifest["status"] != "ok"]
+    return {
+        "images": len(manifest), "processed_now": result.processed,
+        "ok": int((manifest["status"] == "ok").sum()), "failed": len(failed),
+        "failures": dict(zip(failed["name"], failed["reason"])),
+        "faces": len(det), "faces_per_class": per_class,
+        "seconds": round(result.seconds, 2),
+        "images_per_second": round(result.processed / result.seconds, 2) if result.seconds else None,
+        "out_dir": result.out_dir,
+    }

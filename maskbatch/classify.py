@@ -1,0 +1,146 @@
+"""The mask classifier at inference: one shared preprocess(), an onnxruntime session, a model card.
+
+No TensorFlow here. A model is an ONNX file plus a JSON card that says how to feed it; the loader
+verifies the file's sha256 against the card and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskbatch import MASK, NO_MASK
+from maskbatch.errors import MaskbatchError
+
+BUNDLED_MODEL_DIR = Path(str(resources.files("maskbatch") / "models"))
+
+
+def preprocess(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Turn BGR uint8 face crops of any size into the classifier's input batch.
+
+    Used by training, the export parity check and inference alike: square bilinear resize to
+    ``size``, BGR channel order kept (as the notebook's cv2.imread), scaled to [0, 1], float32 NHWC.
+    """
+    batch = np.empty((len(crops), size, size, 3), dtype=np.float32)
+    for i, face in enumerate(crops):
+        if face.shape[:2] != (size, size):
+            face = cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
+        batch[i] = face
+    batch *= 1.0 / 255.0
+    return batch
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A small, picklable handle to a model: what travels in the task graph instead of a session."""
+
+    sha256: str
+    onnx_path: str | None = None
+    card_path: str | None = None
+
+
+def read_model(model_dir: str | Path | None = None) -> tuple[bytes, dict]:
+    """ONNX bytes and card of a model folder (default: the bundled model), checksum-verified."""
+    folder = Path(model_dir) if model_dir else BUNDLED_MODEL_DIR
+    onnx_path, card_path = folder / "model.onnx", folder / "model_card.json"
+    if folder.is_file() and folder.suffix == ".onnx":
+        onnx_path, card_path = folder, folder.with_name("model_card.json")
+    if not onnx_path.is_file():
+        raise MaskbatchError(f"no model.onnx in {folder} (train one with `maskbatch train`)")
+    if not card_path.is_file():
+        raise MaskbatchError(f"no model_card.json beside {onnx_path}")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MaskbatchError(f"model card {card_path} is not valid JSON: {exc}") from None
+    data = onnx_path.read_bytes()
+    verify_model(data, card, str(onnx_path))
+    return data, card
+
+
+def verify_model(onnx_bytes: bytes, card: dict, where: str = "model") -> None:
+    """Raise unless the bytes' sha256 equals the card's ``onnx_sha256``."""
+    expected = card.get("onnx_sha256")
+    actual = sha256_bytes(onnx_bytes)
+    if not expected:
+        raise MaskbatchError(f"{where}: model card has no onnx_sha256; refusing an unverified model")
+    if actual != expected:
+        raise MaskbatchError(
+            f"{where}: sha256 {actual[:12]}… does not match the card's {expected[:12]}…; "
+            "the file was changed or belongs to another card"
+        )
+
+
+class Classifier:
+    """An onnxruntime session plus the card that says how to prepare crops and read the output."""
+
+    def __init__(self, onnx_bytes: bytes, card: dict, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        verify_model(onnx_bytes, card)
+        self.card = card
+        self.sha256 = card["onnx_sha256"]
+        self.input_size = int(card["input_size"])
+        self.threshold = float(card.get("threshold", 0.5))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(
+            onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """P(face wears a mask) for a preprocessed batch, shape (N,)."""
+        if len(batch) == 0:
+            return np.zeros(0, dtype=np.float32)
+        (out,) = self.session.run(None, {self.input_name: batch})
+        return np.asarray(out, dtype=np.float32).reshape(len(batch))
+
+    def mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """P(mask) for BGR crops of any size, in one onnxruntime call."""
+        return self.predict_batch(preprocess(crops, self.input_size))
+
+    def label(self, mask_prob: np.ndarray) -> list[str]:
+        return [MASK if p >= self.threshold else NO_MASK for p in mask_prob]
+
+
+_CACHE: dict[str, Classifier] = {}
+_LOCK = threading.Lock()
+
+
+def register_model(onnx_bytes: bytes, card: dict, threads: int = 1) -> Classifier:
+    """Load a model into this process's cache (a worker plugin calls this once per worker)."""
+    with _LOCK:
+        sha = card.get("onnx_sha256", "")
+        if sha not in _CACHE:
+            _CACHE[sha] = Classifier(onnx_bytes, card, threads=threads)
+        return _CACHE[sha]
+
+
+def get_classifier(ref: ModelRef, threads: int = 1) -> Classifier:
+    """The process-wide classifier for `ref`: from the cache, else loaded once from its path."""
+    cached = _CACHE.get(ref.sha256)
+    if cached is not None:
+        return cached
+    if not ref.onnx_path:
+        raise MaskbatchError(
+            f"model {ref.sha256[:12]}… is not loaded in this process and has no path to load from"
+        )
+    data, card = read_model(Path(ref.onnx_path).parent)
+    if card["onnx_sha256"] != ref.sha256:
+        raise MaskbatchError(f"{ref.onnx_path} changed since the job started (sha256 differs)")
+    return register_model(data, card, threads=threads)

@@ -1,0 +1,202 @@
+"""The `maskbatch` command: parse arguments, call one library function, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from maskbatch import __version__
+from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
+from maskbatch.errors import MaskbatchError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one readable line, not a usage dump or a traceback."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
+def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int) -> None:
+    g = p.add_argument_group("Dask")
+    g.add_argument("--scheduler", metavar="ADDR",
+                   help="existing Dask scheduler, e.g. tcp://host:8786 (default: "
+                        "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    g.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="local cluster worker processes (default: one per core)")
+    g.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="N",
+                   help="threads per local worker process (default: 1)")
+    g.add_argument("--partition-size", type=_positive_int, default=partition_default, metavar="N",
+                   help=f"images per Dask bag partition (default: {partition_default})")
+    g.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate for a TLS scheduler")
+    g.add_argument("--tls-cert", metavar="PEM", help="client certificate for a TLS scheduler")
+    g.add_argument("--tls-key", metavar="PEM", help="client private key for a TLS scheduler")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="maskbatch", description="Find faces in many photos and say, for each "
+                     "face, whether it wears a mask. Runs on Dask: locally or on a cluster.")
+    parser.add_argument("--version", action="version", version=f"maskbatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="{extract,train,predict,evaluate}")
+
+    p = sub.add_parser("extract", help="crop labelled faces of a dataset into Parquet shards",
+                       description="Crop every labelled face of a dataset folder (Kaggle JSON/CSV,"
+                       " Pascal VOC or folder-per-class) to Parquet shards, on Dask.")
+    p.add_argument("dataset", help="dataset folder or fsspec URL")
+    p.add_argument("--out", required=True, help="output folder for crops/, manifest.parquet ...")
+    p.add_argument("--layout", default="auto", choices=["auto", "kaggle", "voc", "crops"])
+    p.add_argument("--annotations", default="auto", choices=["auto", "json", "csv"],
+                   help="Kaggle layout: read annotations/*.json or train.csv (default: JSON if "
+                        "present)")
+    p.add_argument("--label-map", nargs="+", metavar="SRC=DST",
+                   help="extra class mappings, DST in face_with_mask, face_no_mask, skip "
+                        "(e.g. mask_weared_incorrect=face_no_mask)")
+    p.add_argument("--crop-size", type=_positive_int, default=CROP_SIZE,
+                   help=f"square crop side in pixels (default: {CROP_SIZE})")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
+    _add_cluster_args(p, partition_default=32)
+
+    p = sub.add_parser("train", help="train the mask classifier and export it to ONNX",
+                       description="Train a mask/no-mask CNN on crops from `maskbatch extract` "
+                       "and export it to ONNX (needs the train extra: TensorFlow, tf2onnx).")
+    p.add_argument("crops", help="output folder of `maskbatch extract`")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--arch", default="compact", choices=["compact", "seed"])
+    p.add_argument("--epochs", type=_positive_int, help="maximum epochs (default: per arch)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-crops", metavar="CROPS",
+                   help="crops of another dataset for cross-dataset accuracy (never trained on)")
+
+    p = sub.add_parser("predict", help="detect faces and classify them: the batch job",
+                       description="Detect every face in a folder of photos, classify mask / no "
+                       "mask, write detections.parquet, submission.csv and images.parquet.")
+    p.add_argument("images", help="folder or fsspec URL of photos, or a submission template CSV")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--images-dir", help="photos folder for a template CSV (default: images/ "
+                   "beside it)")
+    p.add_argument("--model", help="model folder with model.onnx + model_card.json "
+                   "(default: the bundled model)")
+    p.add_argument("--mode", default=DetectorConfig.mode,
+                   help=f"detector mode (default: {DetectorConfig.mode})")
+    p.add_argument("--confidence", type=_probability,
+                   help="detector confidence threshold (default: the mode's own)")
+    p.add_argument("--gamma", type=_positive_float, default=DetectorConfig.gamma,
+                   help="gamma correction of the detector's input only (default: 2.0)")
+    p.add_argument("--previews", type=int, default=0, metavar="N",
+                   help="write the first N annotated images to OUT/previews/")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    _add_cluster_args(p, partition_default=16)
+
+    p = sub.add_parser("evaluate", help="score predictions against ground truth",
+                       description="AP per class, mAP, recall by face size and a report.")
+    p.add_argument("--truth", required=True,
+                   help="train.csv, an annotations folder or a labelled dataset folder")
+    p.add_argument("--pred", required=True, help="output folder of `maskbatch predict`")
+    p.add_argument("--out", help="report folder (default: PRED/evaluation)")
+    p.add_argument("--iou", type=_probability, default=0.5)
+    return parser
+
+
+def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
+    security = None
+    tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
+    if any(tls):
+        if not all(tls):
+            raise MaskbatchError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
+        from distributed.security import Security
+
+        security = Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert,
+                            tls_client_key=args.tls_key, require_encryption=True)
+    return ClusterConfig(scheduler=args.scheduler, workers=args.workers,
+                         threads_per_worker=args.threads_per_worker,
+                         partition_size=args.partition_size, security=security,
+                         progress=not args.no_progress)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "extract":
+        from maskbatch.api import extract
+        from maskbatch.report_text import extract_table
+
+        result = extract(args.dataset, args.out, layout=args.layout, annotations=args.annotations,
+                         label_map=args.label_map, crop_size=args.crop_size,
+                         cluster_config=_cluster_config(args), overwrite=args.overwrite)
+        print(extract_table(result))
+    elif args.command == "predict":
+        from maskbatch.api import predict
+        from maskbatch.report_text import predict_table
+
+        detector = DetectorConfig(mode=args.mode, confidence=args.confidence, gamma=args.gamma)
+        from maskbatch.detect import MODES
+
+        if args.mode not in MODES:
+            raise MaskbatchError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
+        result = predict(args.images, args.out, images_dir=args.images_dir, model=args.model,
+                         detector=detector, cluster_config=_cluster_config(args),
+                         previews=args.previews, resume=args.resume, overwrite=args.overwrite)
+        print(predict_table(result))
+    elif args.command == "train":
+        from maskbatch.train import train
+
+        card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
+                     batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops)
+        print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
+    elif args.command == "evaluate":
+        from maskbatch.evaluate import evaluate, format_table
+
+        metrics = evaluate(args.truth, args.pred, out_dir=args.out, iou=args.iou)
+        print(format_table(metrics))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _run(args)
+    except MaskbatchError as exc:
+        print(f"maskbatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"maskbatch {args.command}: interrupted; finished partitions are kept "
+              "(run again with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(os.sys.argv[1:]))

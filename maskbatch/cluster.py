@@ -1,0 +1,150 @@
+"""The only Dask module: a client (local cluster or existing scheduler), the worker plugin that
+loads models once per worker, and running a bag's partitions with results handed back as they land.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import dask.bag as db
+from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+
+from maskbatch.config import ClusterConfig
+from maskbatch.errors import MaskbatchError
+
+
+def scheduler_address(config: ClusterConfig) -> str | None:
+    """--scheduler, else $DASK_SCHEDULER_ADDRESS, else None (start a local cluster)."""
+    return config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
+
+
+@contextlib.contextmanager
+def dask_client(config: ClusterConfig) -> Iterator[Client]:
+    """A connected Client: to an existing scheduler, or to a LocalCluster of worker processes."""
+    address = scheduler_address(config)
+    if address:
+        try:
+            client = Client(address, security=config.security, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise MaskbatchError(f"cannot reach Dask scheduler at {address}: {exc}") from None
+        with client:
+            yield client
+        return
+    workers = config.workers or max(1, (os.cpu_count() or 1) // max(config.threads_per_worker, 1))
+    extra = {}
+    if config.processes:
+        # one library thread per Dask thread: onnxruntime and OpenCV must not oversubscribe
+        extra["env"] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                        "MKL_NUM_THREADS": "1"}
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=config.threads_per_worker,
+        processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR, **extra,
+    )
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+def dashboard(client: Client) -> str | None:
+    with contextlib.suppress(Exception):
+        return client.dashboard_link
+    return None
+
+
+class MaskbatchSetup(WorkerPlugin):
+    """Runs once in every worker process: pins library threads and loads the classifier.
+
+    The ONNX bytes travel inside the plugin (once per worker, not per task) and are
+    checksum-verified on arrival; the detector weights come from the worker's own install.
+    """
+
+    def __init__(self, onnx_bytes: bytes | None = None, card: dict | None = None,
+                 library_threads: int = 1) -> None:
+        self.onnx_bytes = onnx_bytes
+        self.card = card
+        self.library_threads = library_threads
+        sha = (card or {}).get("onnx_sha256", "none")[:12]
+        self.name = f"maskbatch-setup-{sha}"
+
+    def setup(self, worker: Any = None) -> None:
+        import cv2
+
+        cv2.setNumThreads(self.library_threads)
+        if self.onnx_bytes is not None and self.card is not None:
+            from maskbatch.classify import register_model
+
+            register_model(self.onnx_bytes, self.card, threads=self.library_threads)
+
+
+def install_plugin(client: Client, plugin: MaskbatchSetup) -> None:
+    client.register_plugin(plugin, name=plugin.name)
+
+
+def run_partitions(client: Client, items: Sequence, partition_size: int,
+                   work: Callable[..., Any], on_result: Callable[[int, Any], None],
+                   progress: bool = True, label: str = "", **kwargs: Any) -> None:
+    """Map `work(partition_items, **kwargs)` over a Dask bag of `items`.
+
+    Each partition's result is handed to `on_result(partition_index, result)` on the driver as soon
+    as it finishes (so results can be committed one by one). Dask reruns the partitions of a worker
+    that dies.
+    """
+    if not items:
+        return
+    bag = db.from_sequence(list(items), partition_size=max(1, partition_size))
+    parts = bag.map_partitions(work, **kwargs).to_delayed()
+    futures = client.compute(parts)
+    index = {f.key: i for i, f in enumerate(futures)}
+    bar = ProgressBar(len(futures), label, enabled=progress)
+    try:
+        for future in as_completed(futures):
+            on_result(index[future.key], future.result())
+            future.release()
+            bar.advance()
+    finally:
+        bar.close()
+        for f in futures:
+            f.cancel()
+
+
+def partition_ranges(n: int, partition_size: int) -> list[range]:
+    """The index ranges db.from_sequence makes for `n` items at `partition_size`."""
+    size = max(1, partition_size)
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class ProgressBar:
+    """A one-line text progress bar on stderr (a no-op when disabled or not a terminal in CI)."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = enabled and total > 0
+        self.started = time.perf_counter()
+        self._draw()
+
+    def advance(self) -> None:
+        self.done += 1
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / self.total)
+        elapsed = time.perf_counter() - self.started
+        end = "\r" if sys.stderr.isatty() else "\n"
+        if not sys.stderr.isatty() and self.done not in (0, self.total) and self.done % max(
+                1, self.total // 10):
+            return
+        sys.stderr.write(f"{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{self.done}/{self.total} partitions, {elapsed:.0f}s{end}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and sys.stderr.isatty():
+            sys.stderr.write("\n")

@@ -1,0 +1,25 @@
+"""Dataset readers: each annotated source becomes ImageRecords holding FaceBoxes (no pixels).
+
+Layouts: the Kaggle "Face Mask Detection Dataset" (annotations/*.json and/or train.csv),
+Pascal VOC (annotations/*.xml) and folder-per-class crops (with_mask/, without_mask/).
+"""
+
+from __future__ import annotations
+
+from maskbatch.datasets.layouts import detect_layout, load_records, truth_table
+from maskbatch.datasets.records import (
+    DEFAULT_LABEL_MAP,
+    FaceBox,
+    ImageRecord,
+    parse_label_map,
+)
+
+__all__ = [
+    "DEFAULT_LABEL_MAP",
+    "FaceBox",
+    "ImageRecord",
+    "detect_layout",
+    "load_records",
+    "parse_label_map",
+    "truth_table",
+]

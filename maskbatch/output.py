@@ -1,0 +1,90 @@
+"""Every output file's schema, and atomic writers (a crashed run never leaves a complete-looking file).
+
+extract writes to CROPS_DIR:
+  crops/part-*.parquet   one row per face crop (CROP_COLUMNS; `image` = PNG bytes, BGR 124x124)
+  manifest.parquet       one row per input image (EXTRACT_MANIFEST_COLUMNS)
+  class_counts.png       crops per class and dataset; summary.json
+predict writes to OUT_DIR:
+  detections.parquet     one row per face (DETECTION_COLUMNS)
+  submission.csv         SUBMISSION_COLUMNS, the dataset's format
+  images.parquet         one row per input image (PREDICT_MANIFEST_COLUMNS)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import pandas as pd
+
+from maskbatch import files
+
+CROP_COLUMNS = [
+    "crop_id", "image", "label", "source_classname", "source_dataset", "source_image",
+    "box_index", "x1", "y1", "x2", "y2", "image_width", "image_height", "pixel_hash",
+]
+EXTRACT_MANIFEST_COLUMNS = [
+    "image", "path", "source_dataset", "status", "reason", "n_boxes", "n_faces",
+    "n_skipped_boxes", "skipped_detail", "width", "height", "seconds",
+]
+# Submission columns: the header says x1,x2,y1,y2 but values are left, top, right, bottom,
+# exactly as in the dataset's train.csv.
+SUBMISSION_COLUMNS = ["name", "x1", "x2", "y1", "y2", "classname"]
+DETECTION_COLUMNS = SUBMISSION_COLUMNS + ["score", "mask_prob", "width", "height", "model_sha256"]
+PREDICT_MANIFEST_COLUMNS = [
+    "name", "path", "status", "reason", "n_faces", "width", "height", "seconds",
+]
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write a file under a temporary name and rename it into place."""
+    fs, path = files.filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def write_parquet_atomic(df: pd.DataFrame, url: str) -> None:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    write_bytes_atomic(url, buf.getvalue())
+
+
+def write_csv_atomic(df: pd.DataFrame, url: str) -> None:
+    write_bytes_atomic(url, df.to_csv(index=False).encode())
+
+
+def write_json_atomic(obj: object, url: str) -> None:
+    write_bytes_atomic(url, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pd.DataFrame:
+    fs, path = files.filesystem(url)
+    with fs.open(path, "rb") as f:
+        return pd.read_parquet(f, columns=columns)
+
+
+def read_crops(crops_dir: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """All crop shards of an extract output folder, in a stable order."""
+    fs, path = files.filesystem(files.join(crops_dir, "crops"))
+    parts = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet")) \
+        if fs.isdir(path) else []
+    wanted = None if columns is None else list(dict.fromkeys(["crop_id", *columns]))
+    frames = [read_parquet(files.full_path(fs, p), wanted) for p in parts]
+    if not frames:
+        return pd.DataFrame(columns=wanted or CROP_COLUMNS)
+    crops = pd.concat(frames, ignore_index=True).sort_values("crop_id", ignore_index=True)
+    return crops if columns is None else crops[columns]
+
+
+def submission_frame(detections: pd.DataFrame) -> pd.DataFrame:
+    """The dataset's submission table from detections: integer pixels, left/top/right/bottom."""
+    sub = detections[SUBMISSION_COLUMNS].copy()
+    for col in ("x1", "x2", "y1", "y2"):
+        sub[col] = sub[col].astype("int64")
+    return sub

@@ -1,0 +1,160 @@
+"""Per-partition work, pure and Dask-free: extraction of labelled crops, prediction on photos.
+
+Each function takes a list of inputs (paths or records, never pixels) and returns plain rows;
+maskbatch.cluster maps them over Dask bag partitions, and tests call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from maskbatch import detect, images
+from maskbatch.classify import ModelRef, get_classifier, preprocess
+from maskbatch.config import CROP_SIZE, DetectorConfig
+from maskbatch.datasets import FaceBox, ImageRecord
+from maskbatch.errors import ImageError
+from maskbatch.output import (
+    CROP_COLUMNS,
+    DETECTION_COLUMNS,
+    EXTRACT_MANIFEST_COLUMNS,
+    PREDICT_MANIFEST_COLUMNS,
+)
+
+# --------------------------------------------------------------------------- extraction
+
+
+def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: int = CROP_SIZE
+                   ) -> tuple[list[dict], dict]:
+    """Crops (rows with PNG bytes) of one annotated image, and its manifest row.
+
+    The image is decoded once, whatever its number of faces. Boxes are clipped to the image;
+    a box that is broken, empty after clipping or not a training label is skipped with a reason.
+    """
+    started = time.perf_counter()
+    row = {"image": record.name, "path": record.path, "source_dataset": record.dataset,
+           "status": "ok", "reason": "", "n_boxes": len(record.boxes), "n_faces": 0,
+           "n_skipped_boxes": 0, "skipped_detail": "", "width": 0, "height": 0, "seconds": 0.0}
+    crops: list[dict] = []
+    if record.problem:
+        row.update(status="failed", reason=record.problem)
+        return crops, _finish(row, started)
+    if record.whole_image_label is not None:
+        label = label_map.get(record.whole_image_label)
+        if label is None:
+            row.update(status="skipped", reason=f"folder {record.whole_image_label!r} is not a "
+                       "training label (see --label-map)", n_boxes=1, n_skipped_boxes=1)
+            return crops, _finish(row, started)
+    try:
+        image = images.load_image(record.path)
+    except ImageError as exc:
+        row.update(status="failed", reason=str(exc))
+        return crops, _finish(row, started)
+    height, width = image.shape[:2]
+    row.update(width=width, height=height)
+
+    if record.whole_image_label is not None:
+        boxes: Iterable[FaceBox] = [FaceBox(0, 0, width, height, record.whole_image_label)]
+        row["n_boxes"] = 1
+    else:
+        boxes = record.boxes
+    skipped = []
+    for index, box in enumerate(boxes):
+        label = label_map.get(box.classname)
+        clipped = images.clip_box((box.x1, box.y1, box.x2, box.y2), width, height)
+        if box.problem:
+            skipped.append(f"box {index}: {box.problem}")
+        elif label is None:
+            skipped.append(f"box {index}: class {box.classname!r} is not a training label")
+        elif clipped is None:
+            skipped.append(f"box {index}: empty or outside the image after clipping")
+        else:
+            face = images.resize(images.crop(image, clipped), crop_size)
+            crops.append({
+                "crop_id": f"{record.name}#{index}", "image": images.encode_png(face),
+                "label": label, "source_classname": box.classname,
+                "source_dataset": record.dataset, "source_image": record.name,
+                "box_index": index, "x1": clipped[0], "y1": clipped[1],
+                "x2": clipped[2], "y2": clipped[3], "image_width": width,
+                "image_height": height, "pixel_hash": images.pixel_hash(face),
+            })
+    row.update(n_faces=len(crops), n_skipped_boxes=len(skipped), skipped_detail="; ".join(skipped))
+    if not crops:
+        row.update(status="skipped",
+                   reason="no usable box" + (f" ({skipped[0]})" if skipped else " (no annotations)"))
+    return crops, _finish(row, started)
+
+
+def _finish(row: dict, started: float) -> dict:
+    row["seconds"] = round(time.perf_counter() - started, 4)
+    return row
+
+
+def extract_partition(records: list[ImageRecord], label_map: dict[str, str],
+                      crop_size: int = CROP_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Crops and manifest rows of a list of records, as two DataFrames."""
+    crop_rows, manifest_rows = [], []
+    for record in records:
+        crops, row = extract_record(record, label_map, crop_size)
+        crop_rows.extend(crops)
+        manifest_rows.append(row)
+    return (pd.DataFrame(crop_rows, columns=CROP_COLUMNS),
+            pd.DataFrame(manifest_rows, columns=EXTRACT_MANIFEST_COLUMNS))
+
+
+def decode_crop(png: bytes) -> np.ndarray:
+    """A crop's pixels (BGR uint8) from the bytes stored in a crops Parquet file."""
+    return images.decode_image(png)
+
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, model: ModelRef
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Detect and classify the faces of a list of (name, path) photos.
+
+    Each photo is decoded once; faces are found on the gamma-corrected copy, cropped from the
+    original, prepared with the classifier's own preprocess, and all crops of the partition are
+    classified in one onnxruntime call. Returns (detections, manifest) in input order.
+    """
+    classifier = get_classifier(model)
+    net = detect.load_detector()
+    manifest, faces, boxes_per_image = [], [], []
+    for name, path in items:
+        started = time.perf_counter()
+        row = {"name": name, "path": path, "status": "ok", "reason": "", "n_faces": 0,
+               "width": 0, "height": 0, "seconds": 0.0}
+        found = np.zeros((0, 5))
+        try:
+            image = images.load_image(path)
+            row["height"], row["width"] = image.shape[:2]
+            found = detect.detect_faces(image, detector, net)
+            for x1, y1, x2, y2, _ in found:
+                faces.append(images.crop(image, (int(x1), int(y1), int(x2), int(y2))))
+        except ImageError as exc:
+            row.update(status="failed", reason=str(exc))
+        row["n_faces"] = len(found)
+        boxes_per_image.append(found)
+        manifest.append(_finish(row, started))
+    started = time.perf_counter()
+    probs = classifier.predict_batch(preprocess(faces, classifier.input_size))
+    labels = classifier.label(probs)
+    share = (time.perf_counter() - started) / max(len(items), 1)
+    rows, k = [], 0
+    for row, found in zip(manifest, boxes_per_image):
+        row["seconds"] = round(row["seconds"] + share, 4)
+        for x1, y1, x2, y2, score in found:
+            # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
+            rows.append((row["name"], int(x1), int(y1), int(x2), int(y2), labels[k], float(score),
+                         float(probs[k]), row["width"], row["height"], classifier.sha256))
+            k += 1
+    detections = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+    return detections, pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
+
+
+__all__ = ["decode_crop", "extract_partition", "extract_record", "predict_partition"]

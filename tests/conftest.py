@@ -1,0 +1,47 @@
+"""Shared fixtures: the real sample data folder, a small model, broken files made on the spot."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path | None:
+    folder = Path(os.environ.get("MASKBATCH_DATA", REPO.parent / "shared" / "data"))
+    return folder if (folder / "medical-mask").is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data() -> Path:
+    folder = data_dir()
+    if folder is None:
+        pytest.skip("sample data not found: set MASKBATCH_DATA or place it at ../shared/data")
+    return folder
+
+
+def huge_png_header() -> bytes:
+    """A valid-looking PNG whose header claims 100000 x 100000 pixels."""
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)))
+
+
+def write_broken_files(folder: Path, good_jpeg: bytes) -> dict[str, bytes]:
+    """Broken files every loader meets sooner or later; returns name -> bytes written."""
+    files = {
+        "empty.jpg": b"",
+        "truncated.jpg": good_jpeg[: len(good_jpeg) // 2],
+        "not-an-image.jpg": b"name,x1\nthis is a CSV file\n",
+        "huge-header.png": huge_png_header(),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return files
