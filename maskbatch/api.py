@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from maskbatch import MASK, NO_MASK, __version__, cluster, files, images, output
-from maskbatch.classify import ModelRef, read_model
+from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
 from maskbatch.datasets import load_records, parse_label_map
 from maskbatch.errors import MaskbatchError
@@ -209,11 +209,8 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
     inputs = list_inputs(images_arg, images_dir)
     onnx_bytes, card = read_model(model)
-    model_dir = Path(model) if model else None
-    from maskbatch.classify import BUNDLED_MODEL_DIR
-
-    onnx_path = (model_dir if model_dir and model_dir.suffix == ".onnx"
-                 else (model_dir or BUNDLED_MODEL_DIR) / "model.onnx")
+    model_dir = Path(model) if model else default_model_dir()
+    onnx_path = model_dir if model_dir.suffix == ".onnx" else model_dir / "model.onnx"
     ref = ModelRef(card["onnx_sha256"], str(onnx_path))
     record = _run_record(inputs, ref, detector, cluster_config.partition_size)
     if resume:
@@ -268,23 +265,26 @@ def _predict_work(items: list, detector: DetectorConfig, model: ModelRef) -> tup
 def _assemble(out_dir: str, inputs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Committed partitions joined in input order; every input image exactly once."""
     order = {name: i for i, (name, _) in enumerate(inputs)}
-    manifests, detections = [], []
+    manifests, detections, seen = [], [], set()
     for part in _done_parts(out_dir):
-        manifests.append(output.read_parquet(part))
-        detections.append(output.read_parquet(part.replace(".images.parquet",
-                                                           ".detections.parquet")))
-    manifest = pd.concat(manifests, ignore_index=True).drop_duplicates("name")
-    manifest = manifest[manifest["name"].isin(order)]
-    manifest = manifest.sort_values("name", key=lambda s: s.map(order), ignore_index=True)
-    missing = set(order) - set(manifest["name"])
+        manifest = output.read_parquet(part)
+        manifest = manifest[manifest["name"].isin(order.keys() - seen)]
+        if manifest.empty:
+            continue
+        seen.update(manifest["name"])
+        det = output.read_parquet(part.replace(".images.parquet", ".detections.parquet"))
+        manifests.append(manifest)
+        detections.append(det[det["name"].isin(set(manifest["name"]))])
+    missing = order.keys() - seen
     if missing:
         raise MaskbatchError(f"{len(missing)} images have no committed result (e.g. "
                              f"{sorted(missing)[0]}); run again with --resume")
+    manifest = pd.concat(manifests, ignore_index=True)
+    manifest = manifest.sort_values("name", key=lambda s: s.map(order), ignore_index=True)
     det = pd.concat(detections, ignore_index=True)
-    det = det[det["name"].isin(order)]
-    det = det.sort_values(["name", "score"], key=lambda s: s.map(order) if s.name == "name"
-                          else -s, kind="stable", ignore_index=True)
-    det = det.drop_duplicates(ignore_index=True)
+    rank = det["name"].map(order)
+    det = det.assign(_rank=rank, _neg=-det["score"]).sort_values(
+        ["_rank", "_neg"], kind="stable", ignore_index=True).drop(columns=["_rank", "_neg"])
     return det, manifest
 
 

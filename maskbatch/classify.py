@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,12 @@ from maskbatch import MASK, NO_MASK
 from maskbatch.errors import MaskbatchError
 
 BUNDLED_MODEL_DIR = Path(str(resources.files("maskbatch") / "models"))
+ENV_MODEL = "MASKBATCH_MODEL"  # a model folder to use instead of the bundled one
+
+
+def default_model_dir() -> Path:
+    """$MASKBATCH_MODEL when set, else the model bundled with the package."""
+    return Path(os.environ.get(ENV_MODEL) or BUNDLED_MODEL_DIR)
 
 
 def preprocess(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -52,8 +59,9 @@ class ModelRef:
 
 
 def read_model(model_dir: str | Path | None = None) -> tuple[bytes, dict]:
-    """ONNX bytes and card of a model folder (default: the bundled model), checksum-verified."""
-    folder = Path(model_dir) if model_dir else BUNDLED_MODEL_DIR
+    """ONNX bytes and card of a model folder (default: $MASKBATCH_MODEL or the bundled model),
+    checksum-verified."""
+    folder = Path(model_dir) if model_dir else default_model_dir()
     onnx_path, card_path = folder / "model.onnx", folder / "model_card.json"
     if folder.is_file() and folder.suffix == ".onnx":
         onnx_path, card_path = folder, folder.with_name("model_card.json")

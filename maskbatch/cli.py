@@ -178,9 +178,13 @@ def _run(args: argparse.Namespace) -> None:
                      batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "evaluate":
-        from maskbatch.evaluate import evaluate, format_table
+        import warnings
 
-        metrics = evaluate(args.truth, args.pred, out_dir=args.out, iou=args.iou)
+        from maskbatch.evaluate import EvaluationWarning, evaluate, format_table
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EvaluationWarning)  # format_table lists them
+            metrics = evaluate(args.truth, args.pred, out_dir=args.out, iou=args.iou)
         print(format_table(metrics))
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import dask.bag as db
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed.security import Security
 
 from maskbatch.config import ClusterConfig
 from maskbatch.errors import MaskbatchError
@@ -29,8 +30,13 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
     """A connected Client: to an existing scheduler, or to a LocalCluster of worker processes."""
     address = scheduler_address(config)
     if address:
+        # without flags, Security() takes TLS settings from dask config (distributed.comm.tls.*)
+        security = config.security or Security()
+        if address.startswith("tls://") and not security.tls_client_cert:
+            raise MaskbatchError(f"scheduler {address} uses TLS: give --tls-ca-file, --tls-cert and "
+                                 "--tls-key (or set them in dask config distributed.comm.tls)")
         try:
-            client = Client(address, security=config.security, timeout="20s")
+            client = Client(address, security=security, timeout="20s")
         except (OSError, TimeoutError) as exc:
             raise MaskbatchError(f"cannot reach Dask scheduler at {address}: {exc}") from None
         with client:

@@ -118,20 +118,31 @@ def _text(image: np.ndarray, text: str, x: int, y: int, colour: tuple, scale: fl
 
 def draw_evaluation(image: np.ndarray, truth: pd.DataFrame, predictions: pd.DataFrame,
                     max_side: int = THUMB_SIDE) -> np.ndarray:
-    """A copy of `image`, shrunk to `max_side`, with truth and predicted boxes and labels."""
-    scale = min(1.0, max_side / max(image.shape[:2]))
-    out = image if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale,
-                                                interpolation=cv2.INTER_AREA)
-    out = np.ascontiguousarray(out).copy()
-    font = 0.35 if max(out.shape[:2]) < 500 else 0.42
-    thick = 1 if max(out.shape[:2]) < 500 else 2
+    """A copy of `image` scaled to `max_side` (at most 2x up), truth and predicted boxes drawn.
+
+    `truth` and `predictions` are the image's rows of Evaluation.truth / .predictions. Truth
+    labels are written only where the face was missed or got the wrong label (otherwise the blue
+    prediction says it); predicted labels carry P(label).
+    """
+    scale = min(2.0, max_side / max(image.shape[:2]))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = image.copy() if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale,
+                                                       interpolation=interp)
+    font, thick = 0.4, 2 if max(out.shape[:2]) >= 500 else 1
     for row in truth.itertuples(index=False):
         x1, y1, x2, y2 = (int(round(v * scale)) for v in (row.x1, row.y1, row.x2, row.y2))
         ignore = row.label == "ignore"
         colour = IGNORE_COLOUR if ignore else TRUTH_COLOUR
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, 1 if ignore else thick)
-        _text(out, ("ignore: " + str(row.classname)) if ignore else _short(row.label),
-              x1, y2 + 12, colour, font)
+        if ignore:
+            text = f"ignore: {row.classname}"
+        elif not row.found:
+            text = f"missed: {_short(row.label)}"
+        elif row.pred_label != row.label:
+            text = f"truth: {_short(row.label)}"
+        else:
+            continue
+        _text(out, text, x1, y2 + 12, colour, font)
     for row in predictions.itertuples(index=False):
         x1, y1, x2, y2 = (int(round(v * scale)) for v in (row.x1, row.y1, row.x2, row.y2))
         colour = {"tp": CORRECT_COLOUR, "ignored": IGNORED_PRED_COLOUR}.get(row.status,

@@ -1,0 +1,253 @@
+"""Real clusters: `dask scheduler` and `dask worker` processes on 127.0.0.1, a worker killed with
+SIGKILL mid-job, an interrupted client resumed, and a TLS-secured cluster that refuses strangers."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from distributed import Client
+from distributed.security import Security
+
+from maskbatch import classify
+from maskbatch.api import predict
+from maskbatch.config import ClusterConfig
+
+DASK = str(Path(sys.executable).with_name("dask"))
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RealCluster:
+    """A scheduler and N workers, each its own OS process, on the loopback interface."""
+
+    def __init__(self, workers: int, tls: list[str] | None = None, security=None):
+        self.protocol = "tls" if tls else "tcp"
+        self.address = f"{self.protocol}://127.0.0.1:{_free_port()}"
+        self.tls = tls or []
+        self.security = security
+        port = self.address.rsplit(":", 1)[1]
+        self.scheduler = self._spawn([DASK, "scheduler", "--host", "127.0.0.1", "--port", port,
+                                      "--protocol", self.protocol, "--no-dashboard", *self.tls])
+        self.workers = [self.add_worker() for _ in range(workers)]
+        with Client(self.address, security=security, timeout="30s") as client:
+            client.wait_for_workers(workers, timeout=60)
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+    def add_worker(self) -> subprocess.Popen:
+        # --no-nanny: the worker is this very process, so SIGKILL really kills the worker
+        return self._spawn([DASK, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
+                            "--no-nanny", "--no-dashboard", "--protocol", self.protocol,
+                            *self.tls])
+
+    def close(self) -> None:
+        for proc in [*self.workers, self.scheduler]:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers, self.scheduler]:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def photos(data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for src in sorted((data / "medical-mask" / "images").iterdir())[:96]:
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(photos, tmp_path_factory) -> pd.DataFrame:
+    """The undisturbed run on a LocalCluster of processes."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    result = predict(str(photos), str(out),
+                     cluster_config=ClusterConfig(workers=2, partition_size=4, progress=False))
+    return result.detections
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = RealCluster(workers=2)
+    yield c
+    c.close()
+
+
+def _parts(out: Path) -> int:
+    return len(list((out / "parts").glob("*.images.parquet"))) if (out / "parts").is_dir() else 0
+
+
+def _wait_for_parts(out: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while _parts(out) < n:
+        assert time.monotonic() < deadline, "the job never committed a partition"
+        time.sleep(0.05)
+
+
+def test_cli_on_real_scheduler_and_workers_equals_local_run(photos, reference, cluster, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(photos), "--out",
+                           str(out), "--scheduler", cluster.address, "--partition-size", "4",
+                           "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "detections.parquet"), reference)
+    # the classifier reached every worker through the plugin, checksum-verified there
+    with Client(cluster.address) as client:
+        loaded = client.run(lambda: sorted(classify._CACHE))
+    sha = reference["model_sha256"].iloc[0]
+    assert all(sha in shas for shas in loaded.values())
+
+
+def test_scheduler_from_environment(photos, reference, cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.address)
+    result = predict(str(photos), str(tmp_path / "out"),
+                     cluster_config=ClusterConfig(partition_size=4, progress=False))
+    pd.testing.assert_frame_equal(result.detections, reference)
+
+
+def test_worker_killed_mid_job(photos, reference, tmp_path):
+    victim_cluster = RealCluster(workers=2)
+    try:
+        out = tmp_path / "out"
+        results: dict = {}
+        job = threading.Thread(target=lambda: results.setdefault("r", predict(
+            str(photos), str(out), cluster_config=ClusterConfig(
+                scheduler=victim_cluster.address, partition_size=2, progress=False))))
+        job.start()
+        _wait_for_parts(out, 3)
+        victim = victim_cluster.workers[0]
+        victim.send_signal(signal.SIGKILL)
+        killed_at = _parts(out)
+        job.join(timeout=300)
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+        assert killed_at < 48, "the worker was killed after the job had finished"
+        result = results["r"]
+        assert result.manifest["name"].is_unique and len(result.manifest) == 96
+        pd.testing.assert_frame_equal(result.detections, reference)
+    finally:
+        victim_cluster.close()
+
+
+def test_interrupted_client_resumes_without_redoing_work(photos, reference, cluster, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "maskbatch.cli", "predict", str(photos), "--out", str(out),
+           "--scheduler", cluster.address, "--partition-size", "2", "--no-progress"]
+    client = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_parts(out, 5)
+    client.send_signal(signal.SIGKILL)
+    client.wait(timeout=30)
+    done_before = _parts(out)
+    assert 0 < done_before < 48
+    assert not (out / "detections.parquet").exists(), "an interrupted run looks complete"
+
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    resumed = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    processed = json.loads((out / "summary.json").read_text())["processed_now"]
+    assert processed == 96 - 2 * done_before
+    assert f"{processed} processed by this run" in resumed.stdout
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "detections.parquet"), reference)
+    manifest = pd.read_parquet(out / "images.parquet")
+    assert manifest["name"].is_unique and len(manifest) == 96
+
+
+def _make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and one certificate it signed for 127.0.0.1 (scheduler, workers, client)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "maskbatch test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+def test_tls_cluster_runs_the_job_and_refuses_strangers(photos, reference, tmp_path):
+    ca, cert, key = _make_certificates(tmp_path)
+    flags = ["--tls-ca-file", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
+    security = Security(tls_ca_file=str(ca), tls_client_cert=str(cert), tls_client_key=str(key),
+                        require_encryption=True)
+    tls_cluster = RealCluster(workers=2, tls=flags, security=security)
+    try:
+        out = tmp_path / "out"
+        proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(photos),
+                               "--out", str(out), "--scheduler", tls_cluster.address,
+                               "--partition-size", "4", "--no-progress", *flags],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "detections.parquet"), reference)
+
+        other = tmp_path / "stranger"
+        other.mkdir()
+        s_ca, s_cert, s_key = _make_certificates(other)  # a certificate from another CA
+        stranger_tls = Security(tls_ca_file=str(s_ca), tls_client_cert=str(s_cert),
+                                tls_client_key=str(s_key), require_encryption=True)
+        with pytest.raises((OSError, TimeoutError)):
+            Client(tls_cluster.address, security=stranger_tls, timeout="5s")
+        plain = tls_cluster.address.replace("tls://", "tcp://")
+        with pytest.raises((OSError, TimeoutError)):
+            Client(plain, timeout="5s")
+        stranger = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(photos),
+                                   "--out", str(tmp_path / "x"), "--scheduler",
+                                   tls_cluster.address, "--no-progress"],
+                                  capture_output=True, text=True, timeout=120)
+        assert stranger.returncode == 2 and "uses TLS" in stranger.stderr
+        wrong_ca = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(photos),
+                                   "--out", str(tmp_path / "y"), "--scheduler",
+                                   tls_cluster.address, "--no-progress", "--tls-ca-file",
+                                   str(s_ca), "--tls-cert", str(s_cert), "--tls-key", str(s_key)],
+                                  capture_output=True, text=True, timeout=120)
+        assert wrong_ca.returncode == 2 and "cannot reach Dask scheduler" in wrong_ca.stderr
+    finally:
+        tls_cluster.close()

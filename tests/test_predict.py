@@ -1,0 +1,139 @@
+"""`maskbatch predict` on real photos with the real detector and the bundled ONNX classifier."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import pandas as pd
+import pytest
+from conftest import write_broken_files
+
+from maskbatch import MASK, NO_MASK
+from maskbatch.api import list_inputs, predict
+from maskbatch.classify import ModelRef, default_model_dir, read_model
+from maskbatch.config import ClusterConfig, DetectorConfig
+from maskbatch.errors import MaskbatchError
+from maskbatch.output import DETECTION_COLUMNS, SUBMISSION_COLUMNS
+from maskbatch.pipeline import predict_partition
+
+LOCAL2 = ClusterConfig(workers=2, partition_size=8, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_ref() -> ModelRef:
+    _, card = read_model()
+    return ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
+
+
+@pytest.fixture(scope="module")
+def sample_dir(data, tmp_path_factory):
+    """40 real photos: 30 from medical-mask, 10 from voc-masks (small faces)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for src in sorted((data / "medical-mask" / "images").iterdir())[:30]:
+        shutil.copy(src, folder / src.name)
+    for src in sorted((data / "voc-masks" / "images").iterdir())[:10]:
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster_run(sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    return predict(str(sample_dir), str(out), cluster_config=LOCAL2, previews=3), out
+
+
+def test_multiprocess_cluster_equals_single_process(sample_dir, cluster_run, model_ref):
+    result, _ = cluster_run
+    single, manifest = predict_partition(list_inputs(str(sample_dir)), DetectorConfig(), model_ref)
+    pd.testing.assert_frame_equal(result.detections.reset_index(drop=True),
+                                  single.reset_index(drop=True), check_exact=False, atol=1e-6)
+    assert list(result.manifest["name"]) == list(manifest["name"])
+    assert (result.manifest["n_faces"].to_numpy() == manifest["n_faces"].to_numpy()).all()
+
+
+def test_output_files_are_consistent(sample_dir, cluster_run):
+    result, out = cluster_run
+    det = pd.read_parquet(out / "detections.parquet")
+    sub = pd.read_csv(out / "submission.csv")
+    images = pd.read_parquet(out / "images.parquet")
+    assert list(det.columns) == DETECTION_COLUMNS
+    assert list(sub.columns) == SUBMISSION_COLUMNS
+    assert len(det) == len(sub) == images["n_faces"].sum() > 20
+    assert sorted(images["name"]) == sorted(p.name for p in sample_dir.iterdir())
+    assert set(sub["classname"]) <= {MASK, NO_MASK}
+    assert all(pd.api.types.is_integer_dtype(sub[c]) for c in ("x1", "x2", "y1", "y2"))
+    # values are left, top, right, bottom under the header x1, x2, y1, y2
+    assert (sub["y1"] > sub["x1"]).all() and (sub["y2"] > sub["x2"]).all()
+    assert (sub["y1"] <= det["width"]).all() and (sub["y2"] <= det["height"]).all()
+    assert det["mask_prob"].between(0, 1).all() and (det["score"] > 0).all()
+    order = {n: i for i, n in enumerate(images["name"])}
+    assert sub["name"].map(order).is_monotonic_increasing
+    assert len(list((out / "previews").glob("*.jpg"))) == 3
+    assert json.loads((out / "summary.json").read_text())["faces"] == len(det)
+
+
+def test_template_csv_limits_and_orders_rows(data, tmp_path):
+    template = tmp_path / "submission.csv"
+    names = ["0005.jpg", "0002.jpg", "0009.jpg"]
+    template.write_text("name,x1,x2,y1,y2,classname\n" + "".join(f"{n},,,,,\n" for n in names))
+    result = predict(str(template), str(tmp_path / "out"),
+                     images_dir=str(data / "medical-mask" / "images"),
+                     cluster_config=ClusterConfig(workers=1, progress=False))
+    assert list(result.manifest["name"]) == names
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert set(sub["name"]) <= set(names)
+    firsts = [n for n in dict.fromkeys(sub["name"])]
+    assert firsts == [n for n in names if n in firsts]
+
+
+def test_broken_files_land_in_the_manifest(data, tmp_path):
+    folder = tmp_path / "photos"
+    good = (data / "medical-mask" / "images" / "0001.jpg").read_bytes()
+    broken = write_broken_files(folder, good)
+    for f in (data / "messy").iterdir():
+        shutil.copy(f, folder / f.name)
+    gray = cv2.cvtColor(cv2.imread(str(data / "medical-mask" / "images" / "0001.jpg")),
+                        cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(folder / "grayscale.png"), gray)
+    (folder / "good.jpg").write_bytes(good)
+    result = predict(str(folder), str(tmp_path / "out"), cluster_config=LOCAL2)
+    m = result.manifest.set_index("name")
+    assert len(m) == len(list(folder.iterdir()))
+    for name in broken:
+        assert m.loc[name, "status"] == "failed" and m.loc[name, "reason"], name
+    for name in ["good.jpg", "grayscale.png", "rgba-16bit.png", "webp-named-jpg.jpg", "face.webp"]:
+        assert m.loc[name, "status"] == "ok", (name, m.loc[name, "reason"])
+    assert m.loc["good.jpg", "n_faces"] > 0
+    assert m.loc["face.webp", "n_faces"] >= 1
+
+
+def test_older_run_is_not_mixed_in(sample_dir, cluster_run, tmp_path):
+    _, out = cluster_run
+    with pytest.raises(MaskbatchError, match="not empty"):
+        predict(str(sample_dir), str(out), cluster_config=LOCAL2)
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("mine")
+    with pytest.raises(MaskbatchError, match="not a maskbatch output"):
+        predict(str(sample_dir), str(stranger), cluster_config=LOCAL2, overwrite=True)
+    assert (stranger / "keep.txt").exists()
+
+
+def test_cli_end_to_end_with_previews(data, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("0001.jpg", "0003.jpg"):
+        shutil.copy(data / "medical-mask" / "images" / name, folder / name)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "maskbatch.cli", "predict", str(folder), "--out", str(out),
+           "--workers", "1", "--previews", "2", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "images        2 (2 ok" in proc.stdout
+    assert (out / "previews" / "0001.jpg").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr
