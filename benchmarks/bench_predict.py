@@ -1,0 +1,188 @@
+"""Speed, memory and quality of `maskbatch predict` against the bare detector and the notebook.
+
+    python benchmarks/bench_predict.py                       # speed table on medical-mask photos
+    python benchmarks/bench_predict.py --notebook MODEL.keras # + the notebook loop (needs TensorFlow)
+    python benchmarks/bench_predict.py --memory              # peak worker memory, 1x vs 10x input
+
+Rows (one run, same photos, this machine):
+  bare        decode + one 300x300 res10 forward per photo, one process, one core
+  pipeline    `predict` on a LocalCluster of 1 and 2 single-threaded worker processes: decode,
+              detect, crop, one onnxruntime call per partition, commit, final files
+  notebook    the seed notebook's loop: cv2.imread, gamma, 300x300 forward, one Keras
+              model.predict per face (crops from the gamma-corrected photo, as it did)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import data_dir, median_ms, table  # noqa: E402
+
+from maskbatch import MASK, NO_MASK, detect, images  # noqa: E402
+from maskbatch.api import list_inputs, predict  # noqa: E402
+from maskbatch.config import ClusterConfig, DetectorConfig  # noqa: E402
+
+
+def bare_rate(paths: list[str]) -> tuple[float, float]:
+    """(images/s, median ms) of decode + gamma + one 300x300 forward, one core."""
+    cv2.setNumThreads(1)
+    net = detect.load_detector()
+    samples = []
+    started = time.perf_counter()
+    for path in paths:
+        t0 = time.perf_counter()
+        image = images.adjust_gamma(images.load_image(path), 2.0)
+        detect.forward(net, image, (300, 300))
+        samples.append(time.perf_counter() - t0)
+    return len(paths) / (time.perf_counter() - started), median_ms(samples)
+
+
+def pipeline_rate(folder: str, workers: int, mode: str, out: str) -> tuple[float, float, object]:
+    result = predict(folder, out, detector=DetectorConfig(mode=mode),
+                     cluster_config=ClusterConfig(workers=workers, partition_size=16,
+                                                  progress=False), overwrite=True)
+    return len(result.manifest) / result.seconds, len(result.manifest) / result.wall_seconds, result
+
+
+def notebook_loop(paths: list[tuple[str, str]], keras_path: str) -> tuple[float, pd.DataFrame]:
+    """The notebook's test loop, faithfully (its try/except included), timed per photo."""
+    import keras
+
+    model = keras.models.load_model(keras_path)
+    size = int(model.input_shape[1])
+    net = detect.load_detector()
+    rows, started = [], time.perf_counter()
+    for name, path in paths:
+        image = cv2.imread(path, 1)
+        if image is None:
+            continue
+        image = images.adjust_gamma(image, gamma=2.0)
+        (h, w) = image.shape[:2]
+        blob = cv2.dnn.blobFromImage(cv2.resize(image, (300, 300)), 1.0, (300, 300),
+                                     (104.0, 177.0, 123.0))
+        net.setInput(blob)
+        detections = net.forward()
+        for i in range(0, detections.shape[2]):
+            try:
+                box = detections[0, 0, i, 3:7] * np.array([w, h, w, h])
+                (sx, sy, ex, ey) = box.astype("int")
+                frame = image[sy:ey, sx:ex]
+                confidence = detections[0, 0, i, 2]
+                if confidence > 0.2:
+                    im = cv2.resize(frame, (size, size))
+                    im = np.array(im) / 255.0
+                    im = im.reshape(1, size, size, 3)
+                    p_mask = float(model.predict(im, verbose=0)[0, 0])
+                    rows.append((name, sx, sy, ex, ey, MASK if p_mask >= 0.5 else NO_MASK,
+                                 float(confidence), p_mask))
+            except Exception:  # noqa: BLE001,S110 - the notebook's `except: pass`
+                pass
+    rate = len(paths) / (time.perf_counter() - started)
+    cols = ["name", "x1", "y1", "x2", "y2", "classname", "score", "mask_prob"]
+    return rate, pd.DataFrame(rows, columns=cols)
+
+
+def map_of(truth_folder: Path, detections: pd.DataFrame, honest_order: bool) -> float:
+    from maskbatch.evaluate import boxes_from_submission, read_truth, score_detections
+
+    truth, names, _ = read_truth(str(truth_folder))
+    preds = detections if honest_order else boxes_from_submission(detections)
+    return score_detections(truth, preds, names).metrics["map"]
+
+
+def worker_peak_rss(folder: str, workers: int, out: str) -> tuple[list[float], float, int]:
+    """Peak resident MB of each worker process after a full run, and images processed."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        result = predict(folder, out, cluster_config=ClusterConfig(
+            scheduler=cluster.scheduler_address, partition_size=16, progress=False),
+            overwrite=True)
+        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return sorted(peaks.values()), result.seconds, len(result.manifest)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", help="photo folder (default: medical-mask/images)")
+    parser.add_argument("--limit", type=int, help="first N photos only")
+    parser.add_argument("--notebook", metavar="MODEL.keras",
+                        help="also time the notebook loop with this Keras model, and score mAP")
+    parser.add_argument("--memory", action="store_true", help="peak worker memory, 1x vs 10x")
+    parser.add_argument("--mode", default="seed", help="detector mode for the pipeline rows")
+    args = parser.parse_args()
+    data = data_dir()
+    folder = Path(args.images or data / "medical-mask" / "images")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-predict-"))
+    if args.limit:
+        sub = tmp / "photos"
+        sub.mkdir()
+        for p in sorted(folder.iterdir())[: args.limit]:
+            os.symlink(p.resolve(), sub / p.name)
+        folder = sub
+    inputs = list_inputs(str(folder))
+    print(f"{len(inputs)} photos from {folder}; {os.cpu_count()} cores; "
+          f"OpenCV {cv2.__version__}\n")
+
+    if args.memory:
+        tenfold = tmp / "tenfold"
+        tenfold.mkdir()
+        for k in range(10):
+            for name, path in inputs:
+                os.symlink(Path(path).resolve(), tenfold / f"r{k}_{name}")
+        rows = []
+        for label, src in (("1x", folder), ("10x", tenfold)):
+            peaks, seconds, n = worker_peak_rss(str(src), 2, str(tmp / f"mem-{label}"))
+            rows.append([label, n, f"{seconds:.1f}", " / ".join(f"{p:.0f}" for p in peaks)])
+        driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(table(["input", "images", "seconds", "peak RSS per worker (MB)"], rows))
+        print(f"\ndriver peak RSS over both runs: {driver:.0f} MB")
+        return
+
+    paths = [p for _, p in inputs]
+    bare, bare_ms = bare_rate(paths)
+    rows = [["bare: decode + 1 forward (1 core)", f"{bare:.1f}", f"{bare_ms:.1f}", "1.00", ""]]
+    results = {}
+    for workers in (1, 2):
+        rate, wall_rate, result = pipeline_rate(str(folder), workers, args.mode,
+                                                str(tmp / f"w{workers}"))
+        results[workers] = result
+        rows.append([f"pipeline {args.mode}, {workers} worker(s)", f"{rate:.1f}",
+                     f"{1000 * workers / rate:.1f}", f"{rate / workers / bare:.2f}",
+                     f"wall incl. cluster start: {wall_rate:.1f} img/s"])
+    if args.notebook:
+        nb_rate, _ = notebook_loop(inputs, args.notebook)
+        ratio = results[2].processed / results[2].seconds / nb_rate
+        rows.append(["notebook loop (1 process)", f"{nb_rate:.1f}", f"{1000 / nb_rate:.1f}",
+                     f"{nb_rate / bare:.2f}", f"pipeline with 2 workers is {ratio:.1f}x faster"])
+    print(table(["what", "images/s", "ms per image per core", "per-core rate / bare", "note"],
+                rows))
+    if args.notebook and not args.limit and not args.images:
+        quality = []
+        for name in ("medical-mask", "voc-masks"):
+            truth = data / name
+            photos = str(truth / "images")
+            out = str(tmp / f"q-{name}")
+            pipe = predict(photos, out, cluster_config=ClusterConfig(workers=2, progress=False),
+                           overwrite=True)
+            _, nb_det = notebook_loop(list_inputs(photos), args.notebook)
+            quality.append([name, DetectorConfig().mode, map_of(truth, pipe.detections, False),
+                            map_of(truth, nb_det, True)])
+        print()
+        print(table(["set (labelled images)", "pipeline mode", "mAP@0.5 pipeline",
+                     "mAP@0.5 notebook loop"], quality))
+
+if __name__ == "__main__":
+    main()
