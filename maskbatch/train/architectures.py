@@ -1,0 +1,85 @@
+"""Classifier architectures: the seed notebook's CNN, and the compact default.
+
+Both take :func:`maskbatch.classify.preprocess` output (BGR, x/255, float32 NHWC) and end in one
+sigmoid unit, P(face_with_mask). The notebook's augmentation (rotation 15 degrees, shifts 0.1,
+horizontal flip) sits at the front of each model as Keras preprocessing layers: they act while
+training and are identity at inference, so the exported ONNX graph contains none of them.
+
+Imports TensorFlow/Keras; only :mod:`maskbatch.train` modules import this file.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+ARCHITECTURES = ("compact", "seed")
+INPUT_SIZES = {"compact": 64, "seed": 124}
+DESCRIPTIONS = {
+    "seed": "seed notebook CNN: Conv32(same)-Conv64-Conv128 3x3, MaxPool2, Dropout.25, Flatten, "
+            "Dropout.5, Dense50, Dropout.5, Dense1 sigmoid; 124x124x3",
+    "compact": "compact CNN: 6 plain 3x3 conv+BatchNorm+ReLU layers (16-32-32-64-64-128, three "
+               "stride-2), GlobalAveragePooling, Dropout.3, Dense1 sigmoid; 64x64x3",
+}
+
+
+def augmentation(seed: int) -> keras.Sequential:
+    """The notebook's ImageDataGenerator settings as preprocessing layers (training only)."""
+    return keras.Sequential(
+        [
+            layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+            layers.RandomFlip("horizontal", seed=seed + 2),
+        ],
+        name="augmentation",
+    )
+
+
+def build_seed(seed: int = 0) -> keras.Model:
+    """Exactly the notebook's network (about 23M parameters, almost all in Dense(50))."""
+    size = INPUT_SIZES["seed"]
+    inputs = keras.Input((size, size, 3), name="input")
+    x = augmentation(seed)(inputs)
+    x = layers.Conv2D(32, (3, 3), padding="same", activation="relu")(x)
+    x = layers.Conv2D(64, (3, 3), activation="relu")(x)
+    x = layers.Conv2D(128, (3, 3), activation="relu")(x)
+    x = layers.MaxPooling2D(pool_size=(2, 2))(x)
+    x = layers.Dropout(0.25, seed=seed)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.5, seed=seed + 1)(x)
+    x = layers.Dense(50, activation="relu")(x)
+    x = layers.Dropout(0.5, seed=seed + 2)(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    return keras.Model(inputs, outputs, name="seed")
+
+
+def _conv(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTensor:
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+def build_compact(seed: int = 0) -> keras.Model:
+    """A small all-convolutional net: about 0.15M parameters, about 35M multiply-adds per crop."""
+    size = INPUT_SIZES["compact"]
+    inputs = keras.Input((size, size, 3), name="input")
+    x = augmentation(seed)(inputs)
+    x = _conv(x, 16)
+    x = _conv(x, 32, strides=2)
+    x = _conv(x, 32)
+    x = _conv(x, 64, strides=2)
+    x = _conv(x, 64)
+    x = _conv(x, 128, strides=2)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3, seed=seed)(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    return keras.Model(inputs, outputs, name="compact")
+
+
+def build_model(arch: str, seed: int = 0) -> keras.Model:
+    """A fresh, uncompiled model of architecture `arch` ('compact' or 'seed')."""
+    if arch == "seed":
+        return build_seed(seed)
+    if arch == "compact":
+        return build_compact(seed)
+    raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")

@@ -1,0 +1,95 @@
+"""Keras -> ONNX export with tf2onnx, and the Keras/onnxruntime parity check.
+
+Keras 3 models break ``tf2onnx.convert.from_keras``; instead the model's inference call is wrapped
+in a ``tf.function`` with an explicit input signature (dynamic batch dimension, input named
+``input``) and converted with ``tf2onnx.convert.from_function``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from maskbatch.errors import MaskbatchError
+
+OPSET = 13
+PARITY_TOLERANCE = 1e-4
+
+
+def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
+    """The serialized ONNX model of a Keras model taking (N, size, size, 3) float32 input."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name="input"),)
+
+    @tf.function(input_signature=spec)
+    def infer(x: tf.Tensor) -> tf.Tensor:
+        return tf.identity(model(x, training=False), name="mask_prob")
+
+    proto, _ = tf2onnx.convert.from_function(infer, input_signature=spec, opset=opset)
+    return proto.SerializeToString()
+
+
+def onnx_predict(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """P(face_with_mask) from onnxruntime alone, shape (N,)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx_bytes, sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    (out,) = session.run(None, {name: x})
+    return np.asarray(out, dtype=np.float32).reshape(len(x))
+
+
+def parity_check(model: object, onnx_bytes: bytes, x: np.ndarray,
+                 tolerance: float = PARITY_TOLERANCE, verbose: bool = True) -> float:
+    """Max |Keras - onnxruntime| on the batch `x`; raises MaskbatchError unless below tolerance."""
+    if len(x) == 0:
+        raise MaskbatchError("parity check needs at least one crop")
+    keras_out = np.asarray(model.predict(x, batch_size=64, verbose=0), dtype=np.float32)
+    onnx_out = onnx_predict(onnx_bytes, x)
+    diff = float(np.max(np.abs(keras_out.reshape(-1) - onnx_out)))
+    if verbose:
+        print(f"parity: max |keras - onnxruntime| = {diff:.3g} on {len(x)} validation crops "
+              f"(tolerance {tolerance:g})")
+    if not np.isfinite(diff) or diff >= tolerance:
+        raise MaskbatchError(
+            f"ONNX export disagrees with Keras: max abs difference {diff:.3g} >= {tolerance:g} "
+            f"on {len(x)} validation crops; refusing to write the model"
+        )
+    return diff
+
+
+def time_inference(onnx_bytes: bytes, size: int, batch_sizes: tuple[int, ...] = (1, 64),
+                   repeats: int = 30, x: np.ndarray | None = None) -> dict[str, float]:
+    """Median milliseconds per crop with one onnxruntime thread, for each batch size."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(onnx_bytes, sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    result = {}
+    for batch in batch_sizes:
+        if x is not None and len(x) >= batch:
+            data = np.ascontiguousarray(x[:batch], dtype=np.float32)
+        else:
+            data = rng.random((batch, size, size, 3), dtype=np.float32)
+        session.run(None, {name: data})  # warm-up
+        times = []
+        reps = max(3, repeats if batch == 1 else repeats // 3)
+        for _ in range(reps):
+            started = time.perf_counter()
+            session.run(None, {name: data})
+            times.append(time.perf_counter() - started)
+        result[f"batch_{batch}_ms_per_crop"] = round(1000 * float(np.median(times)) / batch, 4)
+    return result

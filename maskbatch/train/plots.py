@@ -1,0 +1,73 @@
+"""Training plots (matplotlib, Agg backend): accuracy and loss curves as in the notebook, and a
+confusion matrix."""
+
+from __future__ import annotations
+
+import io
+
+from maskbatch.output import write_bytes_atomic
+
+
+def _figure_bytes(fig: object) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def curve_png(history: dict[str, list[float]], metric: str, title: str) -> bytes:
+    """Train (green) vs validation (blue) curve of one metric, the notebook's plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = range(1, len(history.get(metric, [])) + 1)
+    ax.plot(epochs, history.get(metric, []), "g", label="Train")
+    ax.plot(epochs, history.get(f"val_{metric}", []), "b", label="Validation")
+    ax.set_title(title)
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(metric.capitalize())
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return _figure_bytes(fig)
+
+
+def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -> bytes:
+    """A labelled confusion matrix (rows: true class, columns: predicted class)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    peak = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center",
+                    color="white" if value > peak / 2 else "black", fontsize=12)
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(title)
+    return _figure_bytes(fig)
+
+
+def write_plots(out_dir: str, history: dict[str, list[float]], matrix: list[list[int]],
+                class_names: list[str]) -> list[str]:
+    """accuracy.png, loss.png and confusion_matrix.png in `out_dir`; returns their names."""
+    from maskbatch import files
+
+    pngs = {
+        "accuracy.png": curve_png(history, "accuracy", "Training Accuracy vs Validation Accuracy"),
+        "loss.png": curve_png(history, "loss", "Training Loss vs Validation Loss"),
+        "confusion_matrix.png": confusion_png(matrix, class_names, "Validation confusion matrix"),
+    }
+    for name, data in pngs.items():
+        write_bytes_atomic(files.join(out_dir, name), data)
+    return list(pngs)

@@ -1,0 +1,280 @@
+"""The mask classifier: grouped split, metrics, checksum refusal, bundled model, training + export.
+
+Data tests skip when the sample data folder is missing (set MASKBATCH_DATA); training tests skip
+when TensorFlow (the train extra) is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maskbatch import CLASS_NAMES, MASK, NO_MASK
+from maskbatch.classify import BUNDLED_MODEL_DIR, Classifier, read_model, sha256_bytes
+from maskbatch.errors import MaskbatchError
+from maskbatch.output import write_parquet_atomic
+from maskbatch.train import data as tdata
+from maskbatch.train.metrics import choose_threshold, classification_report
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def medical_crops(data: Path) -> pd.DataFrame:
+    """All labelled crops of the medical-mask sample, extracted in-process (about 5 s)."""
+    from maskbatch.datasets import DEFAULT_LABEL_MAP, load_records
+    from maskbatch.pipeline import extract_partition
+
+    crops, _ = extract_partition(load_records(str(data / "medical-mask")), DEFAULT_LABEL_MAP)
+    return crops
+
+
+@pytest.fixture(scope="module")
+def small_crops_dir(medical_crops: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
+                    ) -> str:
+    """An extract-style folder holding the crops of 80 real source images (about 400 crops)."""
+    images = sorted(medical_crops["source_image"].unique())[:80]
+    subset = medical_crops[medical_crops["source_image"].isin(images)]
+    folder = tmp_path_factory.mktemp("crops-small")
+    write_parquet_atomic(subset, str(folder / "crops" / "part-00000.parquet"))
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(small_crops_dir: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """A compact model trained for 2 epochs on the small real subset (the short real run)."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    from maskbatch.train import train
+
+    out = tmp_path_factory.mktemp("model-tiny")
+    started = time.perf_counter()
+    card = train(small_crops_dir, str(out), arch="compact", epochs=2, batch_size=32, seed=0)
+    card["_seconds"] = time.perf_counter() - started
+    return str(out), card
+
+
+# --------------------------------------------------------------------------- split and metrics
+
+
+def test_split_has_no_leakage_on_real_crops(medical_crops: pd.DataFrame) -> None:
+    df, dedup = tdata.drop_duplicates(medical_crops)
+    train, val = tdata.split_train_val(df, seed=0)
+    assert not (train & val).any() and (train | val).all()
+    assert not set(df.loc[train, "source_image"]) & set(df.loc[val, "source_image"])
+    assert not set(df.loc[train, "pixel_hash"]) & set(df.loc[val, "pixel_hash"])
+    # about 80/20 for each class
+    for name in CLASS_NAMES:
+        share = (df.loc[val, "label"] == name).sum() / (df["label"] == name).sum()
+        assert 0.15 <= share <= 0.2, (name, share)
+    # seeded: same seed, same split; another seed, another split
+    assert (tdata.split_train_val(df, seed=0)[1] == val).all()
+    assert not (tdata.split_train_val(df, seed=1)[1] == val).all()
+
+
+def _synthetic(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"crop_id": f"{img}#{i}", "source_dataset": "t", "source_image": img,
+          "pixel_hash": h, "label": label} for i, (img, h, label) in enumerate(rows)]
+    )
+
+
+def test_duplicate_crops_chain_images_to_one_side() -> None:
+    # a.jpg and b.jpg share a pixel-identical crop, b.jpg and c.jpg another: one group of three
+    rows = [("a.jpg", "h1", MASK), ("a.jpg", "h2", NO_MASK), ("b.jpg", "h2", NO_MASK),
+            ("b.jpg", "h3", MASK), ("c.jpg", "h3", MASK)]
+    rows += [(f"x{i}.jpg", f"u{i}", MASK if i % 3 else NO_MASK) for i in range(40)]
+    df = _synthetic(rows)
+    groups = tdata.leakage_groups(df)
+    assert len(set(groups[:5])) == 1
+    assert len(set(groups[5:])) == 40
+    for seed in range(5):
+        train, val = tdata.split_train_val(df, seed=seed)
+        assert len(set(val[:5])) == 1
+        assert not set(df.loc[train, "pixel_hash"]) & set(df.loc[val, "pixel_hash"])
+        assert not set(df.loc[train, "source_image"]) & set(df.loc[val, "source_image"])
+
+
+def test_drop_duplicates_keeps_one_and_drops_conflicts() -> None:
+    df = _synthetic([("a", "h1", MASK), ("b", "h1", MASK), ("c", "h2", MASK),
+                     ("d", "h2", NO_MASK), ("e", "h3", NO_MASK)])
+    out, info = tdata.drop_duplicates(df)
+    assert sorted(out["pixel_hash"]) == ["h1", "h3"]
+    assert info == {"duplicates_dropped": 1, "conflicting_label_crops_dropped": 2}
+
+
+def test_class_weights_balance_the_classes() -> None:
+    y = np.array([1] * 80 + [0] * 20)
+    w = tdata.class_weights(y)
+    assert w[1] * 80 == pytest.approx(w[0] * 20)
+
+
+def test_metrics_and_threshold() -> None:
+    y = np.array([1, 1, 1, 0, 0])
+    p = np.array([0.9, 0.8, 0.4, 0.3, 0.6])
+    rep = classification_report(y, p, 0.5)
+    assert rep["accuracy"] == 0.6
+    assert rep["confusion_matrix"]["rows_true_cols_pred"] == [[2, 1], [1, 1]]
+    assert rep["per_class"][MASK]["precision"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rep["per_class"][NO_MASK]["recall"] == 0.5
+    # separable scores: the chosen threshold sits in the middle of the perfect range (0.36..0.40)
+    p = np.array([0.9, 0.8, 0.4, 0.3, 0.35])
+    t = choose_threshold(y, p)
+    assert t == pytest.approx(0.38)
+    assert classification_report(y, p, t)["accuracy"] == 1.0
+
+
+# --------------------------------------------------------------------------- bundled model
+
+
+def _real_crops(data: Path, per_class: int = 60) -> tuple[list[np.ndarray], np.ndarray]:
+    from maskbatch.images import load_image
+
+    faces, labels = [], []
+    for folder, target in (("with_mask", 1), ("without_mask", 0)):
+        paths = sorted((data / "crops" / folder).iterdir())
+        for path in paths[:: max(1, len(paths) // per_class)][:per_class]:
+            faces.append(load_image(str(path)))
+            labels.append(target)
+    return faces, np.array(labels)
+
+
+def test_bundled_model_classifies_real_crops_without_tensorflow(data: Path) -> None:
+    if not (BUNDLED_MODEL_DIR / "model.onnx").is_file():
+        pytest.fail("the bundled model maskbatch/models/model.onnx is missing")
+    onnx_bytes, card = read_model()
+    for key in ("input_size", "threshold", "onnx_sha256", "color_order", "scaling",
+                "class_names", "output", "architecture", "parameters", "validation", "versions",
+                "command", "training_data"):
+        assert key in card, key
+    assert card["color_order"] == "BGR" and card["class_names"] == list(CLASS_NAMES)
+    assert len(onnx_bytes) < 5_000_000
+
+    classifier = Classifier(onnx_bytes, card)
+    assert classifier.session.get_inputs()[0].shape[0] in (None, "unk__0") or isinstance(
+        classifier.session.get_inputs()[0].shape[0], str)  # dynamic batch
+    faces, y = _real_crops(data)
+    prob = classifier.mask_probability(faces)
+    assert prob.shape == (len(faces),) and np.all((prob >= 0) & (prob <= 1))
+    pred = (prob >= classifier.threshold).astype(int)
+    accuracy = float(np.mean(pred == y))
+    assert accuracy >= 0.85, accuracy
+    one = classifier.mask_probability(faces[:1])
+    assert one[0] == pytest.approx(prob[0], abs=1e-5)  # batch 1 == inside a batch
+
+    # inference needs onnxruntime only: loading and predicting never import TensorFlow
+    code = ("import sys, numpy as np; from maskbatch.classify import read_model, Classifier; "
+            "c = Classifier(*read_model()); "
+            "c.mask_probability([np.zeros((50, 40, 3), np.uint8)]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+def test_checksum_mismatch_is_refused(tmp_path: Path) -> None:
+    onnx_bytes, card = read_model()
+    changed = bytearray(onnx_bytes)
+    changed[len(changed) // 2] ^= 0xFF
+    with pytest.raises(MaskbatchError, match="sha256"):
+        Classifier(bytes(changed), card)
+    with pytest.raises(MaskbatchError, match="onnx_sha256"):
+        Classifier(onnx_bytes, {k: v for k, v in card.items() if k != "onnx_sha256"})
+
+    folder = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL_DIR, folder)
+    assert read_model(folder)[1]["onnx_sha256"] == sha256_bytes(onnx_bytes)
+    (folder / "model.onnx").write_bytes(bytes(changed))
+    with pytest.raises(MaskbatchError, match="does not match"):
+        read_model(folder)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def test_train_without_tensorflow_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from maskbatch.train import train
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(MaskbatchError, match=r"maskbatch\[train\]"):
+        train("nowhere", "nowhere-out")
+    with pytest.raises(MaskbatchError, match="unknown architecture"):
+        train("nowhere", "nowhere-out", arch="resnet")
+
+
+def test_architectures() -> None:
+    pytest.importorskip("tensorflow")
+    from maskbatch.train.architectures import INPUT_SIZES, build_model
+
+    seed = build_model("seed")
+    assert seed.input_shape == (None, 124, 124, 3)
+    # the notebook's network: Flatten of 61x61x128 into Dense(50)
+    assert seed.count_params() == 896 + 18_496 + 73_856 + (61 * 61 * 128 + 1) * 50 + 51
+    compact = build_model("compact")
+    size = INPUT_SIZES["compact"]
+    assert compact.input_shape == (None, size, size, 3)
+    assert compact.count_params() < seed.count_params() / 50
+
+
+def test_short_real_training_run_writes_everything(tiny_model: tuple[str, dict]) -> None:
+    out, card = tiny_model
+    for name in ("model.onnx", "model.keras", "model_card.json", "history.json",
+                 "accuracy.png", "loss.png", "confusion_matrix.png"):
+        assert (Path(out) / name).is_file(), name
+    assert (Path(out) / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    onnx_bytes, on_disk = read_model(out)
+    assert on_disk["onnx_sha256"] == sha256_bytes(onnx_bytes)
+    assert on_disk["parity_max_abs_diff"] < 1e-4
+    assert on_disk["training"]["epochs_run"] == 2
+    summary = on_disk["training_data"]
+    assert summary["train"]["crops"] + summary["validation"]["crops"] == summary["crops_used"]
+    assert set(summary["counts"]) == set(CLASS_NAMES)
+    assert on_disk["validation"]["n"] == summary["validation"]["crops"]
+    history = json.loads((Path(out) / "history.json").read_text())["history"]
+    assert len(history["loss"]) == len(history["val_accuracy"]) == 2
+    assert card["_seconds"] < 90, card["_seconds"]
+    Classifier(onnx_bytes, on_disk).mask_probability([np.zeros((30, 30, 3), np.uint8)])
+
+
+def test_parity_check_on_real_crops_and_loud_failure(tiny_model: tuple[str, dict],
+                                                     small_crops_dir: str) -> None:
+    import keras
+
+    from maskbatch.train.architectures import INPUT_SIZES
+    from maskbatch.train.export import parity_check, to_onnx
+
+    out, card = tiny_model
+    size = INPUT_SIZES["compact"]
+    model = keras.saving.load_model(str(Path(out) / "model.keras"))
+    df = tdata.load_crop_table(small_crops_dir)
+    x = tdata.to_arrays(df.iloc[:64], size).x
+    onnx_bytes, _ = read_model(out)
+    assert parity_check(model, onnx_bytes, x) < 1e-4
+    # a fresh export of the same model agrees as well (dynamic batch: 64 and 1)
+    again = to_onnx(model, size)
+    assert parity_check(model, again, x[:1]) < 1e-4
+    # a model that no longer matches the ONNX file fails loudly
+    model.set_weights([w + 0.05 for w in model.get_weights()])
+    with pytest.raises(MaskbatchError, match="disagrees"):
+        parity_check(model, onnx_bytes, x)
+
+
+@pytest.mark.skipif(os.environ.get("MASKBATCH_SLOW") != "1", reason="set MASKBATCH_SLOW=1")
+@pytest.mark.slow
+def test_training_is_reproducible(small_crops_dir: str, tmp_path: Path) -> None:
+    pytest.importorskip("tensorflow")
+    from maskbatch.train import train
+
+    a = train(small_crops_dir, str(tmp_path / "a"), epochs=2, seed=3)
+    b = train(small_crops_dir, str(tmp_path / "b"), epochs=2, seed=3)
+    assert a["onnx_sha256"] == b["onnx_sha256"]
