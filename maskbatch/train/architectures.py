@@ -14,12 +14,13 @@ import keras
 from keras import layers
 
 ARCHITECTURES = ("compact", "seed")
-INPUT_SIZES = {"compact": 64, "seed": 124}
+INPUT_SIZES = {"compact": 124, "seed": 124}
 DESCRIPTIONS = {
     "seed": "seed notebook CNN: Conv32(same)-Conv64-Conv128 3x3, MaxPool2, Dropout.25, Flatten, "
             "Dropout.5, Dense50, Dropout.5, Dense1 sigmoid; 124x124x3",
-    "compact": "compact CNN: 6 plain 3x3 conv+BatchNorm+ReLU layers (16-32-32-64-64-128, three "
-               "stride-2), GlobalAveragePooling, Dropout.3, Dense1 sigmoid; 64x64x3",
+    "compact": "compact CNN: 7 plain 3x3 conv+BatchNorm+ReLU layers (16/2, 32/2-32, 64/2-64, "
+               "128/2-128; /2 = stride 2), GlobalAveragePooling, Dropout.3, Dense1 sigmoid; "
+               "124x124x3",
 }
 
 
@@ -60,16 +61,19 @@ def _conv(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTe
 
 
 def build_compact(seed: int = 0) -> keras.Model:
-    """A small all-convolutional net: about 0.15M parameters, about 35M multiply-adds per crop."""
+    """A small all-convolutional net: about 0.29M parameters, about 43M multiply-adds per crop.
+
+    Full 124 px input (the crops' own size: no second resize, fine detail kept) but a stride-2
+    stem, then three stages that halve the resolution (62 -> 31 -> 16 -> 8) and double the width,
+    and global average pooling instead of the seed's 460k-feature Flatten.
+    """
     size = INPUT_SIZES["compact"]
     inputs = keras.Input((size, size, 3), name="input")
     x = augmentation(seed)(inputs)
-    x = _conv(x, 16)
-    x = _conv(x, 32, strides=2)
-    x = _conv(x, 32)
-    x = _conv(x, 64, strides=2)
-    x = _conv(x, 64)
-    x = _conv(x, 128, strides=2)
+    x = _conv(x, 16, strides=2)
+    for width in (32, 64, 128):
+        x = _conv(x, width, strides=2)
+        x = _conv(x, width)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3, seed=seed)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)

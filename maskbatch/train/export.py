@@ -7,6 +7,7 @@ in a ``tf.function`` with an explicit input signature (dynamic batch dimension, 
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -15,6 +16,8 @@ from maskbatch.errors import MaskbatchError
 
 OPSET = 13
 PARITY_TOLERANCE = 1e-4
+INPUT_NAME = "input"
+OUTPUT_NAME = "mask_prob"
 
 
 def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
@@ -22,14 +25,45 @@ def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
     import tensorflow as tf
     import tf2onnx
 
-    spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name="input"),)
+    spec = (tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_NAME),)
 
     @tf.function(input_signature=spec)
     def infer(x: tf.Tensor) -> tf.Tensor:
-        return tf.identity(model(x, training=False), name="mask_prob")
+        return model(x, training=False)
 
     proto, _ = tf2onnx.convert.from_function(infer, input_signature=spec, opset=opset)
+    _canonical_names(proto, OUTPUT_NAME)
     return proto.SerializeToString()
+
+
+def _canonical_names(proto: object, output_name: str) -> None:
+    """Name nodes and intermediate tensors by position, and the output ``output_name``.
+
+    tf2onnx numbers what it creates with a process-wide counter (``Conv__34``), so the same
+    weights exported twice in one process would differ in bytes and sha256; positional names make
+    the file a function of the weights alone. The graph output (``Identity:0`` from tf2onnx)
+    becomes readable, and the dynamic batch dimension is called ``batch``.
+    """
+    graph = proto.graph
+    graph.doc_string = "maskbatch mask classifier, converted by tf2onnx"  # was the trace's id
+    rename = {graph.output[0].name: output_name}
+    for i, init in enumerate(graph.initializer):
+        if re.search(r"__\d+", init.name):  # a tf2onnx-made constant such as const_axes__48
+            rename[init.name] = f"c{i}"
+            init.name = f"c{i}"
+    keep = {t.name for t in graph.input} | {t.name for t in graph.initializer}
+    for i, node in enumerate(graph.node):
+        node.input[:] = [rename.get(name, name) for name in node.input]
+        for j, name in enumerate(node.output):
+            if name and name not in keep:
+                rename.setdefault(name, f"t{i}_{j}")
+        node.output[:] = [rename.get(name, name) for name in node.output]
+        node.name = f"n{i}_{node.op_type}"
+    graph.output[0].name = output_name
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):  # tf2onnx's unk__50: the dynamic batch dimension
+                dim.dim_param = "batch"
 
 
 def onnx_predict(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:

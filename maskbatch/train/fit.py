@@ -24,7 +24,7 @@ from maskbatch.output import write_bytes_atomic, write_json_atomic
 from maskbatch.train import data as tdata
 from maskbatch.train.metrics import choose_threshold, classification_report
 
-# Epoch budgets with early stopping (patience below). compact: about 2-4 minutes on 2 CPU cores;
+# Epoch budgets with early stopping (patience below). compact: about 3-6 minutes on 2 CPU cores;
 # seed: about 3 minutes per epoch there.
 DEFAULT_EPOCHS = {"compact": 40, "seed": 12}
 PATIENCE = 8
@@ -64,6 +64,7 @@ def _seed_everything(seed: int) -> None:
     import keras
     import tensorflow as tf
 
+    keras.backend.clear_session()  # fresh layer-name counters: same ONNX names in any process
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 
@@ -112,7 +113,14 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
     import keras
 
     from maskbatch.train.architectures import DESCRIPTIONS, INPUT_SIZES, build_model
-    from maskbatch.train.export import OPSET, parity_check, time_inference, to_onnx
+    from maskbatch.train.export import (
+        INPUT_NAME,
+        OPSET,
+        OUTPUT_NAME,
+        parity_check,
+        time_inference,
+        to_onnx,
+    )
     from maskbatch.train.plots import write_plots
 
     started = time.perf_counter()
@@ -177,7 +185,8 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
         "architecture_description": DESCRIPTIONS[arch],
         "parameters": int(model.count_params()),
         "input_size": size,
-        "input_name": "input",
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
         "input_layout": "NHWC float32",
         "color_order": "BGR",
         "scaling": "x/255",
@@ -223,7 +232,7 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
     write_json_atomic({"history": history, "best_epoch": best_epoch,
                        "epochs_run": len(history["loss"])}, str(out / "history.json"))
     write_plots(str(out), history, validation["confusion_matrix"]["rows_true_cols_pred"],
-                list(CLASS_NAMES))
+                list(CLASS_NAMES), threshold)
     card["training"]["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(card, str(out / "model_card.json"))
     _print_result(card)

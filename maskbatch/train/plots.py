@@ -59,14 +59,15 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -
 
 
 def write_plots(out_dir: str, history: dict[str, list[float]], matrix: list[list[int]],
-                class_names: list[str]) -> list[str]:
+                class_names: list[str], threshold: float = 0.5) -> list[str]:
     """accuracy.png, loss.png and confusion_matrix.png in `out_dir`; returns their names."""
     from maskbatch import files
 
     pngs = {
         "accuracy.png": curve_png(history, "accuracy", "Training Accuracy vs Validation Accuracy"),
         "loss.png": curve_png(history, "loss", "Training Loss vs Validation Loss"),
-        "confusion_matrix.png": confusion_png(matrix, class_names, "Validation confusion matrix"),
+        "confusion_matrix.png": confusion_png(matrix, class_names,
+                                              f"Validation, threshold {threshold:g}"),
     }
     for name, data in pngs.items():
         write_bytes_atomic(files.join(out_dir, name), data)
