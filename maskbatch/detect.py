@@ -16,7 +16,6 @@ import hashlib
 import importlib.util
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,18 +210,11 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     net = net or load_detector()
     height, width = image.shape[:2]
     lit = images.adjust_gamma(image, config.gamma)
-    detector = _DETECTORS.get(mode.name) or functools.partial(_multi_pass, mode=mode)
-    rel = detector(net, lit, threshold, config)
+    rel = _run_mode(net, lit, threshold, config, mode)
     px = to_pixels(rel, width, height)
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
     result = np.concatenate([px[keep].astype(np.float64), rel[keep, 4:5].astype(np.float64)], axis=1)
     return result[np.argsort(-result[:, 4], kind="stable")]
-
-
-def _seed(net: cv2.dnn.Net, image: np.ndarray, threshold: float, config: DetectorConfig
-          ) -> np.ndarray:
-    rel = forward(net, image, (300, 300))
-    return rel[rel[:, 4] > threshold]
 
 
 def pass_size(width: int, height: int, area: int, max_upscale: float = 2.0, multiple: int = 8
@@ -291,9 +283,12 @@ def tighten(rel: np.ndarray) -> np.ndarray:
     return out
 
 
-def _multi_pass(net: cv2.dnn.Net, image: np.ndarray, threshold: float, config: DetectorConfig,
-                mode: Mode) -> np.ndarray:
-    """The passes of `mode`, tightened if it says so, merged with NMS at config.nms_iou."""
+def _run_mode(net: cv2.dnn.Net, image: np.ndarray, threshold: float, config: DetectorConfig,
+              mode: Mode) -> np.ndarray:
+    """The passes of `mode`, tightened if it says so, merged with NMS at config.nms_iou.
+
+    `seed` (one 300x300 pass, no tightening, no NMS) comes out exactly as the notebook's loop.
+    """
     rel = np.concatenate([_run_pass(net, image, spec, threshold) for spec in mode.passes])
     if mode.tighten:
         rel = tighten(rel)
@@ -302,8 +297,3 @@ def _multi_pass(net: cv2.dnn.Net, image: np.ndarray, threshold: float, config: D
         rel = rel[nms(rel[:, :4], rel[:, 4], config.nms_iou)]
     return rel
 
-
-_DETECTORS: dict[str, Callable[[cv2.dnn.Net, np.ndarray, float, DetectorConfig], np.ndarray]] = {
-    name: (_seed if name == "seed" else functools.partial(_multi_pass, mode=mode))
-    for name, mode in MODES.items()
-}
