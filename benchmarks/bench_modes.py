@@ -51,6 +51,7 @@ from common import REPO, data_dir, table  # noqa: E402
 from maskbatch import detect, images  # noqa: E402
 from maskbatch.config import ClusterConfig, DetectorConfig  # noqa: E402
 from maskbatch.datasets import DEFAULT_LABEL_MAP, truth_table  # noqa: E402
+from maskbatch.evaluate import iou_matrix, voc_ap  # noqa: E402
 
 SETS = ("medical-mask", "voc-masks")
 SIZE_BINS = ((0.0, 16.0, "<16"), (16.0, 32.0, "16-32"), (32.0, 64.0, "32-64"),
@@ -85,20 +86,6 @@ def labelled_images(folder: Path, limit: int | None) -> tuple[list[tuple[str, st
 # --------------------------------------------------------------------------- matching
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (N, 4) with every box in b (M, 4); continuous coordinates."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
-
-
 def match(pred: np.ndarray, truth: Truth, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray,
                                                                      np.ndarray]:
     """Greedy class-agnostic matching of one image's detections (N, 5) [x1, y1, x2, y2, score].
@@ -126,18 +113,12 @@ def match(pred: np.ndarray, truth: Truth, iou: float = 0.5) -> tuple[np.ndarray,
     return pred[:, 4], status, found
 
 
-def voc_ap(hits: np.ndarray, n_truth: int) -> float:
+def detection_ap(hits: np.ndarray, n_truth: int) -> float:
     """VOC all-point AP of a ranked list of hits (1) and false alarms (0)."""
     if n_truth == 0:
         return float("nan")
     tp = np.cumsum(hits)
-    recall = tp / n_truth
-    precision = tp / np.arange(1, len(hits) + 1)
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    steps = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+    return voc_ap(tp / n_truth, tp / np.arange(1, len(hits) + 1))
 
 
 @dataclass
@@ -176,7 +157,7 @@ class Matched:
         for lo, hi, label in SIZE_BINS:
             in_bin = (self.face_sizes >= lo) & (self.face_sizes < hi)
             by_size[label] = float(found[in_bin].mean()) if in_bin.any() else float("nan")
-        return {"det_ap": voc_ap(hits, n), "precision": precision, "recall": recall,
+        return {"det_ap": detection_ap(hits, n), "precision": precision, "recall": recall,
                 "f1": 2 * precision * recall / max(precision + recall, 1e-9),
                 "recall_by_size": by_size, "n_faces": n}
 
