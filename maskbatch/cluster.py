@@ -12,12 +12,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import dask
 import dask.bag as db
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
 from distributed.security import Security
 
 from maskbatch.config import ClusterConfig
 from maskbatch.errors import MaskbatchError
+
+# Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its worker processes. Any explicit glibc
+# malloc setting switches off glibc's dynamic mmap threshold, so every res10 forward maps and
+# unmaps its multi-MB buffers again: measured 17-19 % slower per image (docs/benchmarks.md).
+# Local clusters leave glibc's defaults; deploy/dask.yaml does the same in the image. A value the
+# user exports in the environment still wins.
+NANNY_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 def scheduler_address(config: ClusterConfig) -> str | None:
@@ -48,10 +56,11 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         # one library thread per Dask thread: onnxruntime and OpenCV must not oversubscribe
         extra["env"] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                         "MKL_NUM_THREADS": "1"}
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=config.threads_per_worker,
-        processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR, **extra,
-    )
+    with dask.config.set(NANNY_ENV):
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=config.threads_per_worker,
+            processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR, **extra,
+        )
     with cluster, Client(cluster) as client:
         yield client
 

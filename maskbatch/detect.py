@@ -86,7 +86,7 @@ MODES: dict[str, Mode] = {
                          "about 180k pixels (aspect kept) for faces under 100 px of it, NMS; "
                          "boxes tightened", (GLOBAL, Pass(area=180_000, max_face=100)),
                          tighten=True),
-    "pyramid": Mode("pyramid", 0.25, "the 300x300 pass for large faces plus one at about 270k "
+    "pyramid": Mode("pyramid", 0.2, "the 300x300 pass for large faces plus one at about 270k "
                     "pixels (aspect kept) for faces under 100 px of it, NMS; boxes tightened",
                     (GLOBAL, Pass(area=270_000, max_face=100)), tighten=True),
     "tiles": Mode("tiles", 0.3, "the 300x300 pass plus overlapping 300x300 tiles of the photo "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import cv2
@@ -80,9 +81,14 @@ def adjust_gamma(image: np.ndarray, gamma: float = 1.0) -> np.ndarray:
     """The notebook's gamma correction, bit for bit (its table is truncated to uint8, not rounded)."""
     if gamma == 1.0:
         return image
+    return cv2.LUT(image.astype(np.uint8), _gamma_table(gamma))
+
+
+@functools.lru_cache(maxsize=8)
+def _gamma_table(gamma: float) -> np.ndarray:
     inv_gamma = 1.0 / gamma
     table = np.array([((i / 255.0) ** inv_gamma) * 255 for i in np.arange(0, 256)])
-    return cv2.LUT(image.astype(np.uint8), table.astype(np.uint8))
+    return table.astype(np.uint8)
 
 
 def clip_box(box: tuple[float, float, float, float], width: int, height: int

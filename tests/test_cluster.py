@@ -251,3 +251,14 @@ def test_tls_cluster_runs_the_job_and_refuses_strangers(photos, reference, tmp_p
         assert wrong_ca.returncode == 2 and "cannot reach Dask scheduler" in wrong_ca.stderr
     finally:
         tls_cluster.close()
+
+
+def test_local_cluster_workers_keep_glibc_malloc_defaults(monkeypatch):
+    """Dask's nanny would export MALLOC_TRIM_THRESHOLD_=65536 (17-19 % slower res10 passes)."""
+    from maskbatch.cluster import dask_client
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with dask_client(ClusterConfig(workers=1, progress=False)) as client:
+        seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                                   os.environ.get("OMP_NUM_THREADS")))
+    assert list(seen.values()) == [(None, "1")]

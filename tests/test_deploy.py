@@ -496,3 +496,16 @@ def test_readme_covers_the_promised_topics() -> None:
                    "--resume", "--tls-ca-file", "Security", "docs/benchmarks.md",
                    "--nthreads 1", "same maskbatch version"):
         assert needle in text, needle
+
+
+def test_image_dask_config_keeps_glibc_malloc_defaults_in_workers() -> None:
+    """deploy/dask.yaml reaches /etc/dask in the image and removes the nanny's malloc setting."""
+    from maskbatch.cluster import NANNY_ENV
+
+    config = yaml.safe_load((DEPLOY / "dask.yaml").read_text())
+    environ = config["distributed"]["nanny"]["pre-spawn-environ"]
+    assert environ == {"MALLOC_TRIM_THRESHOLD_": None}
+    assert NANNY_ENV == {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    copies = [rest.split() for word, rest in _dockerfile_instructions() if word == "COPY"]
+    assert ["dask.yaml", "/etc/dask/maskbatch.yaml"] in copies
+    assert "!dask.yaml" in (DEPLOY / ".dockerignore").read_text().split()
