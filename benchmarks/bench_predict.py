@@ -48,10 +48,21 @@ def bare_rate(paths: list[str]) -> tuple[float, float]:
     return len(paths) / (time.perf_counter() - started), median_ms(samples)
 
 
-def pipeline_rate(folder: str, workers: int, mode: str, out: str) -> tuple[float, float, object]:
-    result = predict(folder, out, detector=DetectorConfig(mode=mode),
-                     cluster_config=ClusterConfig(workers=workers, partition_size=16,
-                                                  progress=False), overwrite=True)
+def pipeline_rate(folder: str, workers: int, mode: str, out: str, dask_malloc: bool = False
+                  ) -> tuple[float, float, object]:
+    """(images/s processing, images/s wall, result). dask_malloc: keep the nanny's
+    MALLOC_TRIM_THRESHOLD_=65536 in the workers, as plain Dask does (for comparison)."""
+    from maskbatch import cluster
+
+    saved = cluster.NANNY_ENV
+    if dask_malloc:
+        cluster.NANNY_ENV = {}
+    try:
+        result = predict(folder, out, detector=DetectorConfig(mode=mode),
+                         cluster_config=ClusterConfig(workers=workers, partition_size=16,
+                                                      progress=False), overwrite=True)
+    finally:
+        cluster.NANNY_ENV = saved
     return len(result.manifest) / result.seconds, len(result.manifest) / result.wall_seconds, result
 
 
@@ -103,10 +114,14 @@ def map_of(truth_folder: Path, detections: pd.DataFrame, honest_order: bool) -> 
 
 def worker_peak_rss(folder: str, workers: int, out: str) -> tuple[list[float], float, int]:
     """Peak resident MB of each worker process after a full run, and images processed."""
+    import dask
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    from maskbatch.cluster import NANNY_ENV
+
+    with dask.config.set(NANNY_ENV), LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True,
+            dashboard_address=None) as cluster, Client(cluster) as client:
         result = predict(folder, out, cluster_config=ClusterConfig(
             scheduler=cluster.scheduler_address, partition_size=16, progress=False),
             overwrite=True)
@@ -162,6 +177,10 @@ def main() -> None:
         rows.append([f"pipeline {args.mode}, {workers} worker(s)", f"{rate:.1f}",
                      f"{1000 * workers / rate:.1f}", f"{rate / workers / bare:.2f}",
                      f"wall incl. cluster start: {wall_rate:.1f} img/s"])
+    rate, _, _ = pipeline_rate(str(folder), 2, args.mode, str(tmp / "malloc"), dask_malloc=True)
+    rows.append([f"pipeline {args.mode}, 2 workers, Dask's MALLOC_TRIM_THRESHOLD_", f"{rate:.1f}",
+                 f"{2000 / rate:.1f}", f"{rate / 2 / bare:.2f}",
+                 "the nanny's default malloc setting, for comparison"])
     if args.notebook:
         nb_rate, _ = notebook_loop(inputs, args.notebook)
         ratio = results[2].processed / results[2].seconds / nb_rate
