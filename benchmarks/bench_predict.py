@@ -112,21 +112,44 @@ def map_of(truth_folder: Path, detections: pd.DataFrame, honest_order: bool) -> 
     return score_detections(truth, preds, names).metrics["map"]
 
 
-def worker_peak_rss(folder: str, workers: int, out: str) -> tuple[list[float], float, int]:
-    """Peak resident MB of each worker process after a full run, and images processed."""
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_peak_rss(folder: str, workers: int, out: str
+                    ) -> tuple[list[float], float, int, list[tuple[int, float]]]:
+    """Peak resident MB of each worker process after a full run, seconds, images processed, and
+    the highest worker peak sampled every few seconds as (images committed, MB) along the run."""
+    import threading
+
     import dask
     from distributed import Client, LocalCluster
 
     from maskbatch.cluster import NANNY_ENV
 
+    samples: list[tuple[int, float]] = []
     with dask.config.set(NANNY_ENV), LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True,
             dashboard_address=None) as cluster, Client(cluster) as client:
-        result = predict(folder, out, cluster_config=ClusterConfig(
-            scheduler=cluster.scheduler_address, partition_size=16, progress=False),
-            overwrite=True)
-        peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return sorted(peaks.values()), result.seconds, len(result.manifest)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(3.0):
+                parts = Path(out, "parts")
+                committed = 16 * len(list(parts.glob("*.images.parquet"))) if parts.is_dir() else 0
+                samples.append((committed, max(client.run(_peak_mb).values())))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            result = predict(folder, out, cluster_config=ClusterConfig(
+                scheduler=cluster.scheduler_address, partition_size=16, progress=False),
+                overwrite=True)
+        finally:
+            done.set()
+            sampler.join()
+        peaks = client.run(_peak_mb)
+    return sorted(peaks.values()), result.seconds, len(result.manifest), samples
 
 
 def main() -> None:
@@ -157,12 +180,18 @@ def main() -> None:
         for k in range(10):
             for name, path in inputs:
                 os.symlink(Path(path).resolve(), tenfold / f"r{k}_{name}")
-        rows = []
+        rows, along = [], []
         for label, src in (("1x", folder), ("10x", tenfold)):
-            peaks, seconds, n = worker_peak_rss(str(src), 2, str(tmp / f"mem-{label}"))
+            peaks, seconds, n, samples = worker_peak_rss(str(src), 2, str(tmp / f"mem-{label}"))
             rows.append([label, n, f"{seconds:.1f}", " / ".join(f"{p:.0f}" for p in peaks)])
-        driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for k in (1, 2, 3, 5, 8):  # the 10x run, after k times the input had been committed
+            seen = [mb for committed, mb in samples if committed <= k * len(inputs)]
+            if seen:
+                along.append([f"{k}x", f"{max(seen):.0f}"])
         print(table(["input", "images", "seconds", "peak RSS per worker (MB)"], rows))
+        print("\nduring the 10x run: highest worker peak RSS once N x the input was committed")
+        print(table(["committed", "worker peak RSS (MB)"], along))
+        driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"\ndriver peak RSS over both runs: {driver:.0f} MB")
         return
 
