@@ -5,6 +5,8 @@ loads models once per worker, and running a bag's partitions with results handed
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import logging
 import os
 import sys
@@ -100,6 +102,38 @@ def install_plugin(client: Client, plugin: MaskbatchSetup) -> None:
     client.register_plugin(plugin, name=plugin.name)
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+# Partitions a worker process runs between two malloc_trim calls. Trimming after every partition
+# kept memory lowest but cost about 6 % of the speed (freed pages are faulted in again); every 2nd
+# or 8th cost about 1 % and held most of the gain (docs/benchmarks.md, memory).
+TRIM_EVERY = 4
+_partitions_run = 0
+
+
+def _work_then_trim(items: Sequence, work: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run one partition; every TRIM_EVERY partitions, hand freed memory back to the OS.
+
+    A task runs in a worker thread, whose glibc arena keeps freed detector and image buffers
+    instead of returning them, so without malloc_trim a worker's resident memory creeps up
+    partition after partition (docs/benchmarks.md, memory).
+    """
+    global _partitions_run
+    try:
+        return work(items, **kwargs)
+    finally:
+        _partitions_run += 1
+        libc = _libc()
+        if _partitions_run % TRIM_EVERY == 0 and libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
 def run_partitions(client: Client, items: Sequence, partition_size: int,
                    work: Callable[..., Any], on_result: Callable[[int, Any], None],
                    progress: bool = True, label: str = "", **kwargs: Any) -> None:
@@ -112,7 +146,7 @@ def run_partitions(client: Client, items: Sequence, partition_size: int,
     if not items:
         return
     bag = db.from_sequence(list(items), partition_size=max(1, partition_size))
-    parts = bag.map_partitions(work, **kwargs).to_delayed()
+    parts = bag.map_partitions(functools.partial(_work_then_trim, work=work), **kwargs).to_delayed()
     futures = client.compute(parts)
     index = {f.key: i for i, f in enumerate(futures)}
     bar = ProgressBar(len(futures), label, enabled=progress)

@@ -262,3 +262,14 @@ def test_local_cluster_workers_keep_glibc_malloc_defaults(monkeypatch):
         seen = client.run(lambda: (os.environ.get("MALLOC_TRIM_THRESHOLD_"),
                                    os.environ.get("OMP_NUM_THREADS")))
     assert list(seen.values()) == [(None, "1")]
+
+
+def test_partitions_run_through_the_trimming_wrapper():
+    """Every TRIM_EVERY partitions a worker returns freed memory; the result is untouched."""
+    from maskbatch import cluster
+
+    before = cluster._partitions_run
+    results = [cluster._work_then_trim([i, i], lambda items, k: sum(items) * k, k=3)
+               for i in range(cluster.TRIM_EVERY)]
+    assert results == [6 * i for i in range(cluster.TRIM_EVERY)]
+    assert cluster._partitions_run == before + cluster.TRIM_EVERY
