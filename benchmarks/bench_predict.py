@@ -122,15 +122,10 @@ def worker_peak_rss(folder: str, workers: int, out: str
     the highest worker peak sampled every few seconds as (images committed, MB) along the run."""
     import threading
 
-    import dask
-    from distributed import Client, LocalCluster
-
-    from maskbatch.cluster import NANNY_ENV
+    from maskbatch.cluster import dask_client
 
     samples: list[tuple[int, float]] = []
-    with dask.config.set(NANNY_ENV), LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True,
-            dashboard_address=None) as cluster, Client(cluster) as client:
+    with dask_client(ClusterConfig(workers=workers, progress=False)) as client:
         done = threading.Event()
 
         def sample() -> None:
@@ -143,7 +138,7 @@ def worker_peak_rss(folder: str, workers: int, out: str
         sampler.start()
         try:
             result = predict(folder, out, cluster_config=ClusterConfig(
-                scheduler=cluster.scheduler_address, partition_size=16, progress=False),
+                scheduler=client.scheduler.address, partition_size=16, progress=False),
                 overwrite=True)
         finally:
             done.set()
@@ -199,17 +194,18 @@ def main() -> None:
     bare, bare_ms = bare_rate(paths)
     rows = [["bare: decode + 1 forward (1 core)", f"{bare:.1f}", f"{bare_ms:.1f}", "1.00", ""]]
     results = {}
-    for workers in (1, 2):
+    for workers, dask_malloc in ((1, False), (2, False), (2, True)):
         rate, wall_rate, result = pipeline_rate(str(folder), workers, args.mode,
-                                                str(tmp / f"w{workers}"))
-        results[workers] = result
-        rows.append([f"pipeline {args.mode}, {workers} worker(s)", f"{rate:.1f}",
-                     f"{1000 * workers / rate:.1f}", f"{rate / workers / bare:.2f}",
-                     f"wall incl. cluster start: {wall_rate:.1f} img/s"])
-    rate, _, _ = pipeline_rate(str(folder), 2, args.mode, str(tmp / "malloc"), dask_malloc=True)
-    rows.append([f"pipeline {args.mode}, 2 workers, Dask's MALLOC_TRIM_THRESHOLD_", f"{rate:.1f}",
-                 f"{2000 / rate:.1f}", f"{rate / 2 / bare:.2f}",
-                 "the nanny's default malloc setting, for comparison"])
+                                                str(tmp / f"w{workers}"), dask_malloc=dask_malloc)
+        if dask_malloc:
+            what = f"pipeline {args.mode}, {workers} workers, Dask's MALLOC_TRIM_THRESHOLD_"
+            note = "the nanny's default malloc setting, for comparison"
+        else:
+            results[workers] = result
+            what = f"pipeline {args.mode}, {workers} worker(s)"
+            note = f"wall incl. cluster start: {wall_rate:.1f} img/s"
+        rows.append([what, f"{rate:.1f}", f"{1000 * workers / rate:.1f}",
+                     f"{rate / workers / bare:.2f}", note])
     if args.notebook:
         nb_rate, _ = notebook_loop(inputs, args.notebook)
         ratio = results[2].processed / results[2].seconds / nb_rate

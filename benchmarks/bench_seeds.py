@@ -4,7 +4,7 @@
     python benchmarks/bench_seeds.py /tmp/mb-crops-medical              # init seeds 0 1 2
     python benchmarks/bench_seeds.py /tmp/mb-crops-medical --seeds 1 2 --threads 1
 
-Every model uses `maskbatch train`'s recipe on the same split (split seed 0); only the
+Every model uses `maskbatch train`'s recipe (`fit_model`) on the same split (split seed 0); only the
 initialisation / augmentation / shuffle seed changes (and, with --threads, TensorFlow's thread
 count, which alone moves the result: op determinism holds for a fixed thread count). Each row's
 threshold is its own best macro-F1 on the validation split, as `maskbatch train` picks it. Needs
@@ -34,11 +34,9 @@ def main() -> None:
     if args.threads:
         os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(args.threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
     from maskbatch.train import data as tdata
-    from maskbatch.train import fit
-    from maskbatch.train.architectures import INPUT_SIZES, build_model
+    from maskbatch.train.architectures import INPUT_SIZES
+    from maskbatch.train.fit import DEFAULT_EPOCHS, fit_model
     from maskbatch.train.metrics import choose_threshold, classification_report
 
     df, _ = tdata.drop_duplicates(tdata.load_crop_table(args.crops))
@@ -48,18 +46,8 @@ def main() -> None:
     probs, rows = {}, []
     for seed in args.seeds:
         started = time.perf_counter()
-        fit._seed_everything(seed)
-        model = build_model("compact", seed)
-        model.compile(optimizer=keras.optimizers.Adam(fit.LEARNING_RATE),
-                      loss="binary_crossentropy", metrics=["accuracy"])
-        model.fit(train.x, train.y.astype(np.float32), batch_size=32,
-                  epochs=fit.DEFAULT_EPOCHS["compact"], shuffle=True, verbose=0,
-                  validation_data=(val.x, val.y.astype(np.float32)),
-                  class_weight=tdata.class_weights(train.y), callbacks=[
-                      keras.callbacks.EarlyStopping(monitor="val_loss", patience=fit.PATIENCE,
-                                                    restore_best_weights=True),
-                      keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                                        patience=3, min_lr=1e-5)])
+        model, _ = fit_model("compact", train, val, epochs=DEFAULT_EPOCHS["compact"], seed=seed,
+                             verbose=0)
         probs[f"seed {seed}"] = model.predict(val.x, verbose=0).reshape(-1)
         print(f"seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
     probs[f"mean of {len(args.seeds)} seeds"] = np.mean(list(probs.values()), axis=0)

@@ -103,10 +103,11 @@ def install_plugin(client: Client, plugin: MaskbatchSetup) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL | None:
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where there is none (macOS, musl): nothing to trim."""
     try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl): nothing to trim
+        return getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
+    except OSError:
         return None
 
 
@@ -129,9 +130,9 @@ def _work_then_trim(items: Sequence, work: Callable[..., Any], **kwargs: Any) ->
         return work(items, **kwargs)
     finally:
         _partitions_run += 1
-        libc = _libc()
-        if _partitions_run % TRIM_EVERY == 0 and libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+        trim = _malloc_trim()
+        if _partitions_run % TRIM_EVERY == 0 and trim is not None:
+            trim(0)
 
 
 def run_partitions(client: Client, items: Sequence, partition_size: int,

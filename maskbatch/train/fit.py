@@ -105,14 +105,37 @@ def evaluate_crops(classifier: Classifier, crops_dir: str, batch: int = 256) -> 
     return report
 
 
+def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
+              batch_size: int = 32, seed: int = 0, verbose: int = 2
+              ) -> tuple[object, dict[str, list[float]]]:
+    """The training recipe: seeded build, Adam, class weights, plateau LR decay, early stopping
+    that restores the best epoch. Returns the fitted Keras model and its history."""
+    import keras
+
+    from maskbatch.train.architectures import build_model
+
+    _seed_everything(seed)
+    model = build_model(arch, seed)
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
+                                          restore_best_weights=True)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
+                                                min_lr=1e-5)
+    hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size, epochs=epochs,
+                     validation_data=(val.x, val.y.astype(np.float32)),
+                     class_weight=tdata.class_weights(train.y), shuffle=True,
+                     callbacks=[early, plateau], verbose=verbose)
+    return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
 def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None = None,
         batch_size: int = 32, seed: int = 0, eval_crops: str | None = None,
         limit: int | None = None, verbose: int = 2) -> dict:
     """Train, export and document one model; returns its card. See :func:`maskbatch.train.train`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
 
-    from maskbatch.train.architectures import DESCRIPTIONS, INPUT_SIZES, build_model
+    from maskbatch.train.architectures import DESCRIPTIONS, INPUT_SIZES
     from maskbatch.train.export import (
         INPUT_NAME,
         OPSET,
@@ -146,20 +169,10 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
           f"{ {k: round(v, 3) for k, v in weights.items()} }")
 
     # ---- fit
-    _seed_everything(seed)
-    model = build_model(arch, seed)
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy",
-                  metrics=["accuracy"])
-    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
-                                          restore_best_weights=True)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
-                                                min_lr=1e-5)
     fit_started = time.perf_counter()
-    hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size, epochs=epochs,
-                     validation_data=(val.x, val.y.astype(np.float32)), class_weight=weights,
-                     shuffle=True, callbacks=[early, plateau], verbose=verbose)
+    model, history = fit_model(arch, train, val, epochs=epochs, batch_size=batch_size, seed=seed,
+                               verbose=verbose)
     fit_seconds = time.perf_counter() - fit_started
-    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     best_epoch = int(np.argmin(history["val_loss"])) + 1
 
     # ---- export + parity on real validation crops
