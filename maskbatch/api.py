@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskbatch import MASK, NO_MASK, __version__, cluster, files, images, output
+from maskbatch import MASK, NO_MASK, __version__, cluster, detect, files, images, output
 from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
 from maskbatch.datasets import load_records, parse_label_map
@@ -208,6 +208,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     """
     if resume and overwrite:
         raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
+    detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
     inputs = list_inputs(images_arg, images_dir)
     onnx_bytes, card = read_model(model)
     model_dir = Path(model) if model else default_model_dir()

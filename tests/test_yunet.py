@@ -1,0 +1,130 @@
+"""The YuNet small-face detector: its weights, the OpenCV version it needs, faces on a real photo."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskbatch import detect, images, yunet
+from maskbatch.config import DetectorConfig
+from maskbatch.datasets import truth_table
+from maskbatch.errors import MaskbatchError
+from maskbatch.evaluate import iou_matrix
+
+# A voc-masks street scene: 400 x 225 px, nine faces of 16-41 px.
+SMALL_FACES = "maksssksksss1.jpg"
+
+
+@pytest.fixture
+def bundled(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The model file the package finds by itself (no override in the environment)."""
+    monkeypatch.delenv(yunet.ENV_MODEL, raising=False)
+    return yunet.locate_model()
+
+
+def test_model_is_located_and_checksummed(bundled: Path) -> None:
+    assert bundled.name == yunet.MODEL_FILE
+    assert hashlib.sha256(bundled.read_bytes()).hexdigest() == yunet.MODEL_SHA256
+
+
+def test_env_var_overrides_the_model(bundled: Path, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    own = tmp_path / "own-copy.onnx"
+    own.write_bytes(bundled.read_bytes())
+    monkeypatch.setenv(yunet.ENV_MODEL, str(own))
+    assert yunet.locate_model() == own
+
+
+def test_a_model_with_a_wrong_checksum_is_refused(bundled: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    data = bytearray(bundled.read_bytes())
+    data[500] ^= 0xFF
+    (tmp_path / yunet.MODEL_FILE).write_bytes(bytes(data))
+    monkeypatch.setenv(yunet.ENV_MODEL, str(tmp_path / yunet.MODEL_FILE))
+    with pytest.raises(MaskbatchError, match="wrong sha256"):
+        yunet.locate_model()
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(yunet.ENV_MODEL, str(tmp_path / "nowhere.onnx"))
+    with pytest.raises(MaskbatchError, match="is missing"):
+        yunet.locate_model()
+
+
+def test_opencv_older_than_4_11_is_refused_with_a_clear_message(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(yunet, "opencv_version", lambda: (4, 10))
+    yunet.load_yunet.cache_clear()
+    try:
+        with pytest.raises(MaskbatchError, match="needs opencv-python-headless>=4.11"):
+            yunet.load_yunet()
+    finally:
+        yunet.load_yunet.cache_clear()
+
+
+class FakeYuNet:
+    """Stands in for cv2.FaceDetectorYN: returns fixed rows (x, y, w, h, 10 landmarks, score)."""
+
+    def __init__(self, rows: list[tuple[float, float, float, float, float]]) -> None:
+        self.rows = np.array([[x, y, w, h] + [0.0] * 10 + [s] for x, y, w, h, s in rows], np.float32)
+        self.size: tuple[int, int] | None = None
+
+    def setInputSize(self, size: tuple[int, int]) -> None:  # noqa: N802 (cv2's name)
+        self.size = size
+
+    def setScoreThreshold(self, threshold: float) -> None:  # noqa: N802
+        self.threshold = threshold
+
+    def detect(self, image: np.ndarray) -> tuple[int, np.ndarray | None]:
+        assert (image.shape[1], image.shape[0]) == self.size
+        return 1, (self.rows if len(self.rows) else None)
+
+
+def test_forward_clips_and_drops_junk_rows() -> None:
+    fake = FakeYuNet([(20, 10, 80, 40, 0.9),  # fine
+                      (-30, -5, 60, 200, 0.8),  # reaches out of the picture: clipped
+                      (50, 50, 0, 10, 0.7),  # zero width: dropped
+                      (float("nan"), 5, 10, 10, 0.7),  # NaN: dropped
+                      (250, 150, 20, 20, 0.7)])  # wholly outside: dropped
+    rel = yunet.forward(fake, np.zeros((100, 200, 3), np.uint8), (200, 100), 0.5)
+    assert fake.threshold == 0.5
+    np.testing.assert_allclose(rel, [[0.1, 0.1, 0.5, 0.5, 0.9], [0.0, 0.0, 0.15, 1.0, 0.8]], atol=1e-6)
+    assert yunet.forward(FakeYuNet([]), np.zeros((100, 200, 3), np.uint8), (200, 100), 0.5).shape == (0, 5)
+
+
+def test_forward_gives_relative_boxes_above_the_threshold(data: Path) -> None:
+    image = images.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
+    rel = yunet.forward(yunet.load_yunet(), image, (800, 448), 0.5)
+    assert len(rel) >= 1 and rel.dtype == np.float32
+    assert ((rel[:, :4] >= 0) & (rel[:, :4] <= 1)).all()
+    assert (rel[:, 2] > rel[:, 0]).all() and (rel[:, 3] > rel[:, 1]).all()
+    assert (rel[:, 4] >= 0.5).all()
+
+
+def test_yunet_mode_finds_most_small_faces_of_a_street_scene(data: Path) -> None:
+    truth = truth_table(str(data / "voc-masks"))
+    faces = truth.loc[truth["name"] == SMALL_FACES, ["x1", "y1", "x2", "y2"]].to_numpy(float)
+    image = images.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
+    found = detect.detect_faces(image, DetectorConfig(mode="yunet"))
+    seed = detect.detect_faces(image, DetectorConfig(mode="seed"))
+    hit = (iou_matrix(faces, found[:, :4]).max(axis=1) >= 0.5) if len(found) else np.zeros(0)
+    seed_hit = (iou_matrix(faces, seed[:, :4]).max(axis=1) >= 0.5) if len(seed) else np.zeros(0)
+    assert hit.sum() >= 0.6 * len(faces), f"found {hit.sum()} of {len(faces)} faces"
+    assert hit.sum() > seed_hit.sum()
+
+
+def test_predict_refuses_to_start_when_the_detector_cannot_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import maskbatch
+
+    monkeypatch.setattr(yunet, "opencv_version", lambda: (4, 10))
+    yunet.load_yunet.cache_clear()
+    try:
+        with pytest.raises(MaskbatchError, match="needs opencv-python-headless>=4.11"):
+            maskbatch.predict(str(tmp_path), str(tmp_path / "out"))
+    finally:
+        yunet.load_yunet.cache_clear()
+    assert not (tmp_path / "out").exists()
