@@ -98,7 +98,8 @@ class Mode:
 
 # Thresholds: each mode's best detection F1 on the medical-mask train images, except seed and
 # pyramid, which keep the notebook's 0.2 (pyramid's F1 there is 0.003 below its best, at 0.25;
-# on voc-masks 0.2 is its best). Sweeps: docs/detector-modes.md, appendix.
+# on voc-masks 0.2 is its best), and yunet, at 0.65 also 0.003 below its best (0.7), for more
+# small faces. Sweeps: docs/detector-modes.md, appendix.
 MODES: dict[str, Mode] = {
     "seed": Mode("seed", 0.2, "the notebook: one 300x300 pass over the gamma-corrected photo"),
     "large": Mode("large", 0.25, "one pass at about 360k pixels, aspect ratio kept; boxes "
