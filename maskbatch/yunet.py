@@ -74,11 +74,12 @@ def forward(detector: cv2.FaceDetectorYN, image: np.ndarray, size: tuple[int, in
         return np.zeros((0, 5), np.float32)
     w, h = size
     out = np.empty((len(faces), 5), np.float32)  # faces: x, y, w, h, 5 landmarks (x, y), score
-    out[:, 0] = faces[:, 0] / w
-    out[:, 1] = faces[:, 1] / h
-    out[:, 2] = (faces[:, 0] + faces[:, 2]) / w
-    out[:, 3] = (faces[:, 1] + faces[:, 3]) / h
-    out[:, 4] = faces[:, 14]
-    out[:, :4] = np.clip(out[:, :4], 0.0, 1.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # junk rows (inf, NaN) are dropped below
+        out[:, 0] = faces[:, 0] / w
+        out[:, 1] = faces[:, 1] / h
+        out[:, 2] = (faces[:, 0] + faces[:, 2]) / w
+        out[:, 3] = (faces[:, 1] + faces[:, 3]) / h
+        out[:, 4] = faces[:, 14]
+        out[:, :4] = np.clip(out[:, :4], 0.0, 1.0)
     keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1]) & np.isfinite(out).all(axis=1)
     return out[keep]

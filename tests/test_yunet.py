@@ -83,11 +83,13 @@ class FakeYuNet:
         return 1, (self.rows if len(self.rows) else None)
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_forward_clips_and_drops_junk_rows() -> None:
     fake = FakeYuNet([(20, 10, 80, 40, 0.9),  # fine
                       (-30, -5, 60, 200, 0.8),  # reaches out of the picture: clipped
                       (50, 50, 0, 10, 0.7),  # zero width: dropped
                       (float("nan"), 5, 10, 10, 0.7),  # NaN: dropped
+                      (float("inf"), 5, float("-inf"), 10, 0.7),  # inf - inf: dropped, no warning
                       (250, 150, 20, 20, 0.7)])  # wholly outside: dropped
     rel = yunet.forward(fake, np.zeros((100, 200, 3), np.uint8), (200, 100), 0.5)
     assert fake.threshold == 0.5
