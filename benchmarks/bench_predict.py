@@ -2,12 +2,15 @@
 
     python benchmarks/bench_predict.py                       # speed table on medical-mask photos
     python benchmarks/bench_predict.py --notebook MODEL.keras # + the notebook loop (needs TensorFlow)
-    python benchmarks/bench_predict.py --memory              # peak worker memory: 1x (3 runs) vs 10x
+    python benchmarks/bench_predict.py --memory              # peak worker memory: 1x (3 runs) vs 10x,
+                                                             # tcmalloc (when installed) and system malloc
 
 Rows (one run, same photos, this machine):
   bare        decode + one 300x300 res10 forward per photo, one process, one core
   pipeline    `predict` on a LocalCluster of 1 and 2 single-threaded worker processes: decode,
-              detect, crop, one onnxruntime call per partition, commit, final files
+              detect, crop, one onnxruntime call per partition, commit, final files; workers
+              with tcmalloc when installed (the default), then with the system malloc, then
+              with plain Dask's malloc setting, for comparison
   notebook    the seed notebook's loop: cv2.imread, gamma, 300x300 forward, one Keras
               model.predict per face (crops from the gamma-corrected photo, as it did)
 """
@@ -21,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -48,19 +52,22 @@ def bare_rate(paths: list[str]) -> tuple[float, float]:
     return len(paths) / (time.perf_counter() - started), median_ms(samples)
 
 
-def pipeline_rate(folder: str, workers: int, mode: str, out: str, dask_malloc: bool = False
-                  ) -> tuple[float, float, object]:
-    """(images/s processing, images/s wall, result). dask_malloc: keep the nanny's
-    MALLOC_TRIM_THRESHOLD_=65536 in the workers, as plain Dask does (for comparison)."""
+def pipeline_rate(folder: str, workers: int, mode: str, out: str, system_malloc: bool = False,
+                  dask_malloc: bool = False) -> tuple[float, float, object]:
+    """(images/s processing, images/s wall, result). For comparison rows: system_malloc: workers
+    keep the C library's malloc instead of tcmalloc; dask_malloc: keep the nanny's
+    MALLOC_TRIM_THRESHOLD_=65536 in the workers, as plain Dask does."""
     from maskbatch import cluster
 
     saved = cluster.NANNY_ENV
     if dask_malloc:
         cluster.NANNY_ENV = {}
     try:
-        result = predict(folder, out, detector=DetectorConfig(mode=mode),
-                         cluster_config=ClusterConfig(workers=workers, partition_size=16,
-                                                      progress=False), overwrite=True)
+        with mock.patch.dict(os.environ, {cluster.WORKER_MALLOC_ENV: "system"}
+                             if system_malloc else {}):
+            result = predict(folder, out, detector=DetectorConfig(mode=mode),
+                             cluster_config=ClusterConfig(workers=workers, partition_size=16,
+                                                          progress=False), overwrite=True)
     finally:
         cluster.NANNY_ENV = saved
     return len(result.manifest) / result.seconds, len(result.manifest) / result.wall_seconds, result
@@ -147,6 +154,65 @@ def worker_peak_rss(folder: str, workers: int, out: str
     return sorted(peaks.values()), result.seconds, len(result.manifest), samples
 
 
+def memory_tables(folder: Path, inputs: list[tuple[str, str]], tmp: Path) -> None:
+    """Peak worker memory for 1x (three runs, each on a fresh cluster: how much equal runs differ)
+    and 10x the photos on 2 workers, and one worker running the photos PASSES times in a row; with
+    the allocator local workers get by default (tcmalloc, when installed) and with the system's."""
+    from maskbatch.cluster import WORKER_MALLOC_ENV, worker_malloc
+
+    tenfold = tmp / "tenfold"
+    tenfold.mkdir()
+    for k in range(10):
+        for name, path in inputs:
+            os.symlink(Path(path).resolve(), tenfold / f"r{k}_{name}")
+    default = worker_malloc()
+    allocators = ([(Path(default).name, None)] if default else []) + [("system malloc", "system")]
+    rows, along, passes = [], [], []
+    for allocator, env in allocators:
+        with mock.patch.dict(os.environ, {WORKER_MALLOC_ENV: env} if env else {}):
+            runs = [(f"1x (run {k})", folder) for k in (1, 2, 3)] + [("10x", tenfold)]
+            for label, src in runs:
+                out = tmp / f"mem-{len(rows)}"
+                peaks, seconds, n, samples = worker_peak_rss(str(src), 2, str(out))
+                rows.append([allocator, label, n, f"{seconds:.1f}",
+                             " / ".join(f"{p:.0f}" for p in peaks)])
+        # the 10x run, after k times the input had been committed
+        seen = [[mb for committed, mb in samples if committed <= k * len(inputs)]
+                for k in (1, 2, 3, 5, 8)]
+        along.append([allocator] + [f"{max(s):.0f}" if s else "-" for s in seen])
+        with mock.patch.dict(os.environ, {WORKER_MALLOC_ENV: env} if env else {}):
+            passes.append([allocator] + [f"{mb:.0f}" for mb in one_worker_passes(
+                str(folder), PASSES, tmp / f"passes-{len(passes)}")])
+    if not default:
+        print("(no tcmalloc installed: only the system malloc is measured)\n")
+    print(table(["worker allocator", "input", "images", "seconds", "peak RSS per worker (MB)"],
+                rows))
+    print("\nduring the 10x run: highest worker peak RSS once N x the input was committed (MB)")
+    print(table(["worker allocator", "1x", "2x", "3x", "5x", "8x"], along))
+    print(f"\none worker, the same {len(inputs)} photos {PASSES} times in a row on one cluster: "
+          "its peak RSS after each pass (MB)")
+    print(table(["worker allocator"] + [f"pass {k + 1}" for k in range(PASSES)], passes))
+    driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\ndriver peak RSS over all runs: {driver:.0f} MB")
+
+
+PASSES = 5
+
+
+def one_worker_passes(folder: str, passes: int, out: Path) -> list[float]:
+    """A single worker sees every photo in every pass, so which partitions it happens to get
+    cannot move its peak: the peak after each pass shows growth with the input alone."""
+    from maskbatch.cluster import dask_client
+
+    peaks = []
+    with dask_client(ClusterConfig(workers=1, progress=False)) as client:
+        for k in range(passes):
+            predict(folder, str(out / str(k)), cluster_config=ClusterConfig(
+                scheduler=client.scheduler.address, partition_size=16, progress=False))
+            peaks.append(max(client.run(_peak_mb).values()))
+    return peaks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", help="photo folder (default: medical-mask/images)")
@@ -170,41 +236,34 @@ def main() -> None:
           f"OpenCV {cv2.__version__}\n")
 
     if args.memory:
-        tenfold = tmp / "tenfold"
-        tenfold.mkdir()
-        for k in range(10):
-            for name, path in inputs:
-                os.symlink(Path(path).resolve(), tenfold / f"r{k}_{name}")
-        rows, along = [], []
-        # 1x three times, each on a fresh cluster: how much the peak moves between equal runs
-        runs = [(f"1x (run {k})", folder) for k in (1, 2, 3)] + [("10x", tenfold)]
-        for k, (label, src) in enumerate(runs):
-            peaks, seconds, n, samples = worker_peak_rss(str(src), 2, str(tmp / f"mem-{k}"))
-            rows.append([label, n, f"{seconds:.1f}", " / ".join(f"{p:.0f}" for p in peaks)])
-        for k in (1, 2, 3, 5, 8):  # the 10x run, after k times the input had been committed
-            seen = [mb for committed, mb in samples if committed <= k * len(inputs)]
-            if seen:
-                along.append([f"{k}x", f"{max(seen):.0f}"])
-        print(table(["input", "images", "seconds", "peak RSS per worker (MB)"], rows))
-        print("\nduring the 10x run: highest worker peak RSS once N x the input was committed")
-        print(table(["committed", "worker peak RSS (MB)"], along))
-        driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"\ndriver peak RSS over all runs: {driver:.0f} MB")
+        memory_tables(folder, inputs, tmp)
         return
 
     paths = [p for _, p in inputs]
     bare, bare_ms = bare_rate(paths)
     rows = [["bare: decode + 1 forward (1 core)", f"{bare:.1f}", f"{bare_ms:.1f}", "1.00", ""]]
     results = {}
-    for workers, dask_malloc in ((1, False), (2, False), (2, True)):
+    from maskbatch.cluster import worker_malloc
+
+    allocator = Path(worker_malloc() or "system malloc").name
+    variants = [(1, False, False), (2, False, False)]
+    if allocator != "system malloc":
+        variants.append((2, True, False))
+    variants.append((2, True, True))
+    for workers, system_malloc, dask_malloc in variants:
         rate, wall_rate, result = pipeline_rate(str(folder), workers, args.mode,
-                                                str(tmp / f"w{workers}"), dask_malloc=dask_malloc)
+                                                str(tmp / f"w{workers}"), system_malloc,
+                                                dask_malloc)
+        what = f"pipeline {args.mode}, {workers} worker(s)"
         if dask_malloc:
-            what = f"pipeline {args.mode}, {workers} workers, Dask's MALLOC_TRIM_THRESHOLD_"
-            note = "the nanny's default malloc setting, for comparison"
+            what += ", system malloc with Dask's MALLOC_TRIM_THRESHOLD_"
+            note = "plain Dask's worker malloc setting, for comparison"
+        elif system_malloc:
+            what += ", system malloc"
+            note = "for comparison"
         else:
             results[workers] = result
-            what = f"pipeline {args.mode}, {workers} worker(s)"
+            what += f" ({allocator})"
             note = f"wall incl. cluster start: {wall_rate:.1f} img/s"
         rows.append([what, f"{rate:.1f}", f"{1000 * workers / rate:.1f}",
                      f"{rate / workers / bare:.2f}", note])

@@ -38,11 +38,17 @@ def preprocess(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
     """
     batch = np.empty((len(crops), size, size, 3), dtype=np.float32)
     for i, face in enumerate(crops):
-        if face.shape[:2] != (size, size):
-            face = cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
-        batch[i] = face
+        batch[i] = face if face.shape[:2] == (size, size) else fit_crop(face, size)
     batch *= 1.0 / 255.0
     return batch
+
+
+def fit_crop(face: np.ndarray, size: int) -> np.ndarray:
+    """A BGR uint8 face crop resized to the classifier's square input (bilinear), as a new array:
+    keeping it does not keep the photo it was cut from alive, as a view would."""
+    if face.shape[:2] == (size, size):
+        return face.copy()
+    return cv2.resize(face, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def sha256_bytes(data: bytes) -> str:

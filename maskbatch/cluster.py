@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import functools
 import logging
 import os
@@ -28,6 +29,53 @@ from maskbatch.errors import MaskbatchError
 # Local clusters leave glibc's defaults; deploy/dask.yaml does the same in the image. A value the
 # user exports in the environment still wins.
 NANNY_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+# glibc's malloc fragments under this job's mix of buffer sizes (photos of every size, the
+# detector's layer buffers): a worker's peak memory crept up 1.2x over ten times the input.
+# tcmalloc (gperftools; Debian/Ubuntu package libtcmalloc-minimal4) kept it flat at the same speed
+# (docs/benchmarks.md, memory), so local workers preload it when it is installed.
+WORKER_MALLOC_ENV = "MASKBATCH_WORKER_MALLOC"
+
+
+def worker_malloc() -> str | None:
+    """The malloc library local worker processes preload, or None for the C library's own.
+
+    $MASKBATCH_WORKER_MALLOC picks one: a library's path, or "system" for the C library's malloc.
+    Unset: tcmalloc where it is installed (Linux only; LD_PRELOAD is how it gets in).
+    """
+    choice = os.environ.get(WORKER_MALLOC_ENV, "").strip()
+    if choice == "system":
+        return None
+    if choice:
+        if not os.path.isfile(choice):
+            raise MaskbatchError(f"${WORKER_MALLOC_ENV}={choice}: no such file (give the path of a "
+                                 "malloc library such as libtcmalloc_minimal.so.4, or 'system')")
+        return choice
+    if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.util.find_library("tcmalloc_minimal")
+
+
+@contextlib.contextmanager
+def _preload_in_workers(library: str | None) -> Iterator[None]:
+    """Nannies started inside this block give their worker processes `library` via LD_PRELOAD.
+
+    The nanny exports its pre-spawn variables into this process's environment too; LD_PRELOAD is
+    put back afterwards so the driver's own subprocesses do not inherit it.
+    """
+    before = os.environ.get("LD_PRELOAD")
+    if not library or library in (before or ""):
+        yield
+        return
+    preload = f"{library} {before}" if before else library
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.LD_PRELOAD": preload}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = before
 
 
 def scheduler_address(config: ClusterConfig) -> str | None:
@@ -58,11 +106,13 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         # one library thread per Dask thread: onnxruntime and OpenCV must not oversubscribe
         extra["env"] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                         "MKL_NUM_THREADS": "1"}
-    with dask.config.set(NANNY_ENV):
+    preload = worker_malloc() if config.processes else None
+    with _preload_in_workers(preload), dask.config.set(NANNY_ENV):
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=config.threads_per_worker,
             processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR, **extra,
         )
+        # a worker the nanny restarts later gets the same variables from the nanny itself
     with cluster, Client(cluster) as client:
         yield client
 
@@ -104,8 +154,11 @@ def install_plugin(client: Client, plugin: MaskbatchSetup) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where there is none (macOS, musl): nothing to trim."""
+    """glibc's malloc_trim, or None where there is nothing to trim: no glibc (macOS, musl), or a
+    preloaded tcmalloc, which serves every malloc and hands freed memory back by itself."""
     try:
+        if hasattr(ctypes.CDLL(None), "tc_malloc"):
+            return None
         return getattr(ctypes.CDLL("libc.so.6"), "malloc_trim", None)
     except OSError:
         return None

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from maskbatch import detect, images
-from maskbatch.classify import ModelRef, get_classifier, preprocess
+from maskbatch.classify import ModelRef, fit_crop, get_classifier, preprocess
 from maskbatch.config import CROP_SIZE, DetectorConfig
 from maskbatch.datasets import FaceBox, ImageRecord
 from maskbatch.errors import ImageError
@@ -119,8 +119,9 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
     """Detect and classify the faces of a list of (name, path) photos.
 
     Each photo is decoded once; faces are found on the gamma-corrected copy, cropped from the
-    original, prepared with the classifier's own preprocess, and all crops of the partition are
-    classified in one onnxruntime call. Returns (detections, manifest) in input order.
+    original and resized to the classifier's input right away (the photo is freed before the next
+    one is decoded), prepared with the classifier's own preprocess, and all crops of the partition
+    are classified in one onnxruntime call. Returns (detections, manifest) in input order.
     """
     classifier = get_classifier(model)
     detect.load_mode(detector.mode)
@@ -135,7 +136,9 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
             row["height"], row["width"] = image.shape[:2]
             found = detect.detect_faces(image, detector)
             for x1, y1, x2, y2, _ in found:
-                faces.append(images.crop(image, (int(x1), int(y1), int(x2), int(y2))))
+                # resized now, so that only one decoded photo at a time is in memory
+                faces.append(fit_crop(images.crop(image, (int(x1), int(y1), int(x2), int(y2))),
+                                      classifier.input_size))
         except ImageError as exc:
             row.update(status="failed", reason=str(exc))
         row["n_faces"] = len(found)

@@ -264,6 +264,56 @@ def test_local_cluster_workers_keep_glibc_malloc_defaults(monkeypatch):
     assert list(seen.values()) == [(None, "1")]
 
 
+def test_worker_malloc_choice(monkeypatch, tmp_path):
+    """$MASKBATCH_WORKER_MALLOC: 'system', a library's path, or a clear error for a missing one."""
+    from maskbatch.cluster import WORKER_MALLOC_ENV, worker_malloc
+    from maskbatch.errors import MaskbatchError
+
+    monkeypatch.setenv(WORKER_MALLOC_ENV, "system")
+    assert worker_malloc() is None
+    own = tmp_path / "libmymalloc.so"
+    own.write_bytes(b"")
+    monkeypatch.setenv(WORKER_MALLOC_ENV, str(own))
+    assert worker_malloc() == str(own)
+    monkeypatch.setenv(WORKER_MALLOC_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(MaskbatchError, match="MASKBATCH_WORKER_MALLOC=.*missing.so: no such file"):
+        worker_malloc()
+
+
+def test_missing_worker_malloc_is_one_line(data, tmp_path):
+    env = {**os.environ, "MASKBATCH_WORKER_MALLOC": str(tmp_path / "missing.so")}
+    proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict",
+                           str(data / "voc-masks" / "images"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "missing.so: no such file" in proc.stderr
+
+
+def _allocator() -> tuple[bool, bool]:
+    """In a worker: (tcmalloc mapped into the process, malloc_trim skipped)."""
+    from maskbatch import cluster
+
+    with open("/proc/self/maps") as maps:
+        return "libtcmalloc" in maps.read(), cluster._malloc_trim() is None
+
+
+def test_local_workers_preload_tcmalloc_and_the_driver_stays_clean(monkeypatch):
+    """Flat worker memory comes from tcmalloc (docs/benchmarks.md); 'system' keeps glibc's."""
+    from maskbatch.cluster import WORKER_MALLOC_ENV, dask_client, worker_malloc
+
+    monkeypatch.delenv(WORKER_MALLOC_ENV, raising=False)
+    if worker_malloc() is None:
+        pytest.skip("tcmalloc is not installed (Debian/Ubuntu: apt-get install "
+                    "libtcmalloc-minimal4; .ci/run installs it where it can)")
+    before = os.environ.get("LD_PRELOAD")
+    with dask_client(ClusterConfig(workers=1, progress=False)) as client:
+        assert list(client.run(_allocator).values()) == [(True, True)]
+    assert os.environ.get("LD_PRELOAD") == before
+    monkeypatch.setenv(WORKER_MALLOC_ENV, "system")
+    with dask_client(ClusterConfig(workers=1, progress=False)) as client:
+        assert list(client.run(_allocator).values()) == [(False, False)]
+
+
 def test_partitions_run_through_the_trimming_wrapper():
     """Every TRIM_EVERY partitions a worker returns freed memory; the result is untouched."""
     from maskbatch import cluster

@@ -360,8 +360,8 @@ def test_environment_variables_are_spelled_as_the_code_reads_them() -> None:
 
 
 def test_thread_variables_are_pinned_in_image_compose_and_workers() -> None:
-    envs = {word: rest for word, rest in _dockerfile_instructions() if word == "ENV"}
-    assert re.search(r"\bOMP_NUM_THREADS=1\b", " ".join(envs.values()))
+    envs = [rest for word, rest in _dockerfile_instructions() if word == "ENV"]
+    assert re.search(r"\bOMP_NUM_THREADS=1\b", " ".join(envs))
     for name in ("scheduler", "worker", "job"):
         assert str(_compose()["services"][name]["environment"]["OMP_NUM_THREADS"]) == "1"
     for where, role, container in _k8s_containers():
@@ -474,6 +474,24 @@ def test_dockerfile_runs_as_non_root_and_verifies_models_as_that_user() -> None:
     assert {"read_model", "locate_weights"} <= named
     cmd = [rest for word, rest in instructions if word == "CMD"]
     assert cmd and yaml.safe_load(cmd[-1])[:2] == ["dask", "worker"]
+
+
+def test_image_preloads_tcmalloc_from_the_offline_cache() -> None:
+    """Flat worker memory (docs/benchmarks.md): tcmalloc's .deb from deploy/debs/, preloaded into
+    every process of the image, and the build fails when it is not."""
+    instructions = _dockerfile_instructions()
+    words = [word for word, _ in instructions]
+    env = [i for i, (word, rest) in enumerate(instructions)
+           if word == "ENV" and "LD_PRELOAD=libtcmalloc_minimal.so.4" in rest]
+    install = [i for i, (word, rest) in enumerate(instructions)
+               if word == "RUN" and "dpkg -i /debs/" in rest]
+    check = [i for i, (word, rest) in enumerate(instructions)
+             if word == "RUN" and "libtcmalloc" in rest and "/proc/self/maps" in rest]
+    assert install and env and check and install[0] < env[0] < check[0]
+    assert words.index("USER") > install[0], "dpkg needs root"
+    assert ["debs/", "/debs/"] in [rest.split() for word, rest in instructions if word == "COPY"]
+    assert {"!debs/", "!debs/*.deb"} <= set((DEPLOY / ".dockerignore").read_text().split())
+    assert "apt-get download" in DOCKERFILE.read_text()  # how to fill deploy/debs/
 
 
 # --------------------------------------------------------------------------- README

@@ -137,3 +137,20 @@ def test_cli_end_to_end_with_previews(data, tmp_path):
     assert (out / "previews" / "0001.jpg").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--resume" in again.stderr
+
+
+def test_crops_do_not_keep_their_photo_alive():
+    """A partition holds one decoded photo at a time: a crop is resized into a new array, with
+    exactly the bilinear resize the classifier's preprocess would apply (docs/benchmarks.md)."""
+    import cv2
+    import numpy as np
+
+    from maskbatch.classify import fit_crop, preprocess
+
+    photo = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    for face in (photo[10:90, 20:80], photo[0:128, 0:128]):
+        fitted = fit_crop(face, 128)
+        assert fitted.shape == (128, 128, 3) and not np.shares_memory(fitted, photo)
+        assert np.array_equal(preprocess([fitted], 128), preprocess([face], 128))
+    assert np.array_equal(fit_crop(photo[10:90, 20:80], 128),
+                          cv2.resize(photo[10:90, 20:80], (128, 128), interpolation=cv2.INTER_LINEAR))
