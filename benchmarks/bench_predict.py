@@ -176,13 +176,13 @@ def memory_tables(folder: Path, inputs: list[tuple[str, str]], tmp: Path) -> Non
                 peaks, seconds, n, samples = worker_peak_rss(str(src), 2, str(out))
                 rows.append([allocator, label, n, f"{seconds:.1f}",
                              " / ".join(f"{p:.0f}" for p in peaks)])
-        # the 10x run, after k times the input had been committed
-        seen = [[mb for committed, mb in samples if committed <= k * len(inputs)]
-                for k in (1, 2, 3, 5, 8)]
-        along.append([allocator] + [f"{max(s):.0f}" if s else "-" for s in seen])
-        with mock.patch.dict(os.environ, {WORKER_MALLOC_ENV: env} if env else {}):
+            tenfold_samples = samples  # of the last run, the 10x one
             passes.append([allocator] + [f"{mb:.0f}" for mb in one_worker_passes(
                 str(folder), PASSES, tmp / f"passes-{len(passes)}")])
+        # the 10x run, after k times the input had been committed
+        seen = [[mb for committed, mb in tenfold_samples if committed <= k * len(inputs)]
+                for k in (1, 2, 3, 5, 8)]
+        along.append([allocator] + [f"{max(s):.0f}" if s else "-" for s in seen])
     if not default:
         print("(no tcmalloc installed: only the system malloc is measured)\n")
     print(table(["worker allocator", "input", "images", "seconds", "peak RSS per worker (MB)"],
@@ -245,9 +245,10 @@ def main() -> None:
     results = {}
     from maskbatch.cluster import worker_malloc
 
-    allocator = Path(worker_malloc() or "system malloc").name
+    default = worker_malloc()
+    allocator = Path(default).name if default else "system malloc"
     variants = [(1, False, False), (2, False, False)]
-    if allocator != "system malloc":
+    if default:  # else the rows above already ran on the system malloc
         variants.append((2, True, False))
     variants.append((2, True, True))
     for workers, system_malloc, dask_malloc in variants:
