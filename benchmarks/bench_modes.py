@@ -2,12 +2,14 @@
 
     python benchmarks/bench_modes.py                    # every mode, both labelled sets, all images
     python benchmarks/bench_modes.py --limit 40         # quick: the first 40 labelled images per set
-    python benchmarks/bench_modes.py --modes seed,pyramid --sets voc-masks
+    python benchmarks/bench_modes.py --modes seed,tuned --sets voc-masks
     python benchmarks/bench_modes.py --tune             # + threshold sweep per mode (medical-mask)
     python benchmarks/bench_modes.py --no-map           # detection only (no classifier, no Dask)
 
-Images: every labelled image of each set (medical-mask: the 610 images with annotations, i.e. its
-train images; voc-masks: all 412), in name order, `--limit` keeps the first N of each set.
+Images: the validation photos of each set's committed split (maskbatch/datasets/splits: 122 of
+medical-mask's 610 labelled photos, 82 of voc-masks' 412), which no model was trained on and no
+threshold or box fit tuned on; `--split train` or `--split all` picks the others, in name order,
+`--limit` keeps the first N of each set. Thresholds are tuned with `--split train --tune`.
 
 Detection columns (no classifier): each mode runs through `detect_faces` at its own tuned
 threshold over the images, in one process with one OpenCV thread; the modes take turns on each
@@ -51,6 +53,7 @@ from common import REPO, data_dir, table  # noqa: E402
 from maskbatch import detect, images  # noqa: E402
 from maskbatch.config import ClusterConfig, DetectorConfig  # noqa: E402
 from maskbatch.datasets import DEFAULT_LABEL_MAP, truth_table  # noqa: E402
+from maskbatch.datasets.splits import split_names  # noqa: E402
 from maskbatch.evaluate import iou_matrix, voc_ap  # noqa: E402
 
 SETS = ("medical-mask", "voc-masks")
@@ -71,10 +74,16 @@ class Truth:
     ignore: np.ndarray
 
 
-def labelled_images(folder: Path, limit: int | None) -> tuple[list[tuple[str, str]], dict[str, Truth]]:
-    """(name, path) of the labelled images of a set, name order, the first `limit`; their truth."""
+def labelled_images(folder: Path, limit: int | None, split: str = "all"
+                    ) -> tuple[list[tuple[str, str]], dict[str, Truth]]:
+    """(name, path) of the labelled images of a set's `split` part ('train', 'val' or 'all'), name
+    order, the first `limit`; their truth."""
     boxes = truth_table(str(folder))
-    names = sorted(boxes["name"].unique())[:limit]
+    names = sorted(boxes["name"].unique())
+    if split != "all":
+        keep = set(split_names(folder.name, split))
+        names = [n for n in names if n in keep]
+    names = names[:limit]
     truth = {}
     for name, rows in boxes[boxes["name"].isin(names)].groupby("name"):
         face = rows["classname"].isin(DEFAULT_LABEL_MAP)
@@ -217,10 +226,10 @@ def model_id(model: str | None) -> str:
     return f"{info.get('architecture', '?')}, onnx sha256 {str(info.get('onnx_sha256', '?'))[:12]}"
 
 
-def truth_for(folder: Path, items: list[tuple[str, str]], limit: int | None, work: Path) -> str:
-    """What `evaluate` scores against: the set itself, or a train.csv of the first `limit` images
-    (its quirky header x1,x2,y1,y2 holds left, top, right, bottom)."""
-    if limit is None:
+def truth_for(folder: Path, items: list[tuple[str, str]], subset: bool, work: Path) -> str:
+    """What `evaluate` scores against: the set itself, or (`subset`) a train.csv of the images
+    given (its quirky header x1,x2,y1,y2 holds left, top, right, bottom)."""
+    if not subset:
         return str(folder)
     boxes = truth_table(str(folder))
     boxes = boxes[boxes["name"].isin({n for n, _ in items})]
@@ -232,7 +241,7 @@ def truth_for(folder: Path, items: list[tuple[str, str]], limit: int | None, wor
 
 
 def full_map(folder: Path, items: list[tuple[str, str]], mode: str, truth: str, work: Path,
-             model: str | None = None) -> dict:
+             model: str | None = None, figures: Path | None = None) -> dict:
     """`predict` with `mode` on the images (one worker process), `evaluate` against `truth`."""
     from maskbatch.api import predict
     from maskbatch.evaluate import evaluate
@@ -243,10 +252,16 @@ def full_map(folder: Path, items: list[tuple[str, str]], mode: str, truth: str, 
     predict(str(template), str(out), images_dir=str(folder / "images"), model=model,
             detector=DetectorConfig(mode=mode),
             cluster_config=ClusterConfig(workers=1, progress=False), overwrite=True)
-    metrics = evaluate(truth, str(out), out_dir=str(work / f"{folder.name}-{mode}-eval"))
+    report = work / f"{folder.name}-{mode}-eval"
+    metrics = evaluate(truth, str(out), out_dir=str(report))
+    if figures is not None:
+        figures.mkdir(parents=True, exist_ok=True)
+        for png in report.glob("*.png"):
+            (figures / f"{folder.name}-{mode}-{png.name}").write_bytes(png.read_bytes())
     seconds = pd.read_parquet(out / "images.parquet")["seconds"]
     return {"map": metrics["map"],
             "ap": {c: v["ap"] for c, v in metrics["classes"].items()},
+            "label_accuracy": metrics["confusion"]["label_accuracy"],
             "predict_ms": 1000 * float(seconds.median())}
 
 
@@ -264,7 +279,8 @@ def num(value: float | None, digits: int = 3) -> str:
 def set_table(name: str, rows: list[dict]) -> str:
     """The markdown table of one set."""
     headers = ["mode", "threshold", "mAP@0.5", "AP face_with_mask", "AP face_no_mask",
-               "det AP", "recall <16", "16-32", "32-64", ">=64", "det ms/img", "img/s",
+               "det AP", "faces found", "recall <16", "16-32", "32-64", ">=64", "label acc",
+               "det ms/img", "img/s",
                "time vs seed", "mAP vs seed", "det AP vs seed", "predict ms/img"]
     seed = next((r for r in rows if r["mode"] == "seed"), None)
     out = []
@@ -273,7 +289,8 @@ def set_table(name: str, rows: list[dict]) -> str:
         out.append([
             r["mode"], f"{r['threshold']:g}", num(r.get("map")),
             num(ap.get("face_with_mask")), num(ap.get("face_no_mask")), num(r["det_ap"]),
-            *(num(r["recall_by_size"][b], 3) for _, _, b in SIZE_BINS),
+            num(r["recall"]), *(num(r["recall_by_size"][b], 3) for _, _, b in SIZE_BINS),
+            num(r.get("label_accuracy")),
             f"{r['ms']:.1f}", f"{1000 / r['ms']:.1f}",
             ratio(r["ms"], seed["ms"]) if seed else "-",
             ratio(r.get("map") or float("nan"), (seed.get("map") or float("nan"))) if seed else "-",
@@ -303,7 +320,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--modes", default=",".join(detect.MODES),
                         help="comma-separated (default: all)")
+    parser.add_argument("--split", default="val", choices=["val", "train", "all"],
+                        help="which photos of each set's committed split (default: val)")
     parser.add_argument("--limit", type=int, help="first N labelled images of each set")
+    parser.add_argument("--figures", type=Path,
+                        help="copy each mode's PR curves and confusion matrix PNGs here")
     parser.add_argument("--tune", action="store_true", help="threshold sweep per mode")
     parser.add_argument("--no-map", action="store_true", help="skip predict + evaluate")
     parser.add_argument("--model", help="classifier folder for the mAP columns (default: bundled)")
@@ -324,9 +345,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-modes-") as tmp:
         for name in args.sets:
             folder = data / name
-            items, truth = labelled_images(folder, args.limit)
+            items, truth = labelled_images(folder, args.limit, args.split)
             run = detect_all(items, modes)
-            truth_arg = truth_for(folder, items, args.limit, Path(tmp))
+            subset = args.limit is not None or args.split != "all"
+            truth_arg = truth_for(folder, items, subset, Path(tmp))
             rows = []
             for mode in modes:
                 threshold = detect.MODES[mode].confidence
@@ -334,8 +356,10 @@ def main(argv: list[str] | None = None) -> None:
                 row = {"mode": mode, "threshold": threshold, "n_images": len(items),
                        "ms": 1000 * statistics.median(run.seconds[mode]), **metrics}
                 if not args.no_map and missing is None:
-                    row.update(full_map(folder, items, mode, truth_arg, Path(tmp), args.model))
+                    row.update(full_map(folder, items, mode, truth_arg, Path(tmp), args.model,
+                                        args.figures))
                 rows.append(row)
+            print(f"{args.split} photos of the committed split", end=": ")
             print(set_table(name, rows) + "\n", flush=True)
             if args.tune:
                 sweep = detect_all(items, modes, floor=TUNE_FLOOR, timed=False)

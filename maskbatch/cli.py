@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "face, whether it wears a mask. Runs on Dask: locally or on a cluster.")
     parser.add_argument("--version", action="version", version=f"maskbatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                                metavar="{extract,train,predict,evaluate}")
+                                metavar="{extract,train,train-detector,predict,evaluate}")
 
     p = sub.add_parser("extract", help="crop labelled faces of a dataset into Parquet shards",
                        description="Crop every labelled face of a dataset folder (Kaggle JSON/CSV,"
@@ -101,6 +101,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-crops", metavar="CROPS",
                    help="crops of another dataset for cross-dataset accuracy (never trained on)")
+
+    p = sub.add_parser("train-detector", help="fine-tune the face detector on labelled photos",
+                       description="Fine-tune the YuNet face detector on labelled photos (every "
+                       "face box counts, whatever its class), export it to ONNX for "
+                       "cv2.FaceDetectorYN and validate it (needs the train extra).")
+    p.add_argument("datasets", nargs="+", help="labelled dataset folders (Kaggle, VOC)")
+    p.add_argument("--out", required=True, help="detector folder to write")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default: the recipe's 30)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", choices=["train", "all"],
+                   help="train on each dataset's committed train split (default) or on all its "
+                        "labelled photos")
+    p.add_argument("--steps", type=_positive_int, help=argparse.SUPPRESS)  # smoke runs, tests
+    p.add_argument("--limit", type=_positive_int, help=argparse.SUPPRESS)
 
     p = sub.add_parser("predict", help="detect faces and classify them: the batch job",
                        description="Detect every face in a folder of photos, classify mask / no "
@@ -178,6 +192,15 @@ def _run(args: argparse.Namespace) -> None:
         card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
+    elif args.command == "train-detector":
+        from maskbatch.train import train_detector
+
+        card = train_detector(args.datasets, args.out, epochs=args.epochs, seed=args.seed,
+                              part=None if args.split == "all" else args.split, steps=args.steps,
+                              limit=args.limit)
+        val = "".join(f"; {k} validation det AP {v['det_ap']:.3f}"
+                      for k, v in card.get("validation", {}).items())
+        print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){val}")
     elif args.command == "evaluate":
         import warnings
 

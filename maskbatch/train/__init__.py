@@ -1,4 +1,5 @@
-"""Training the mask classifier (the `train` extra: TensorFlow + tf2onnx).
+"""Training the mask classifier and fine-tuning the face detector (the `train` extra:
+TensorFlow, tf2onnx, onnx).
 
 Importing this package does not import TensorFlow; :func:`train` does, and says how to install it
 when it is missing. Inference never needs this package (see :mod:`maskbatch.classify`).
@@ -43,4 +44,28 @@ def train(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | Non
                eval_crops=eval_crops, limit=limit)
 
 
-__all__ = ["ARCHITECTURES", "require_tensorflow", "train"]
+def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,
+                   part: str | None = "train", steps: int | None = None, limit: int | None = None,
+                   validate: bool = True) -> dict:
+    """Fine-tune the YuNet face detector on labelled photos and write a detector folder.
+
+    `datasets`: labelled dataset folders in any layout the readers know (every face box counts as
+    a face). `part`: which part of each dataset's committed split to train on ('train'; None: all
+    photos). Writes detector.onnx, detector_card.json, history.json and training_loss.png to
+    `out_dir` (see maskbatch.train.detector_run) and returns the card.
+    """
+    require_tensorflow()
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        from maskbatch.errors import MaskbatchError
+
+        raise MaskbatchError(TRAIN_EXTRA_HINT) from None
+    from maskbatch.train.detector_fit import Recipe
+    from maskbatch.train.detector_run import run
+
+    recipe = Recipe(seed=seed) if epochs is None else Recipe(epochs=epochs, seed=seed)
+    return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate)
+
+
+__all__ = ["ARCHITECTURES", "require_tensorflow", "train", "train_detector"]

@@ -1,0 +1,220 @@
+"""`maskbatch train-detector`: fine-tune YuNet on labelled photos, export, check, validate, card.
+
+Writes to OUT: detector.onnx (YuNet's graph, float weights), detector_card.json (sha256, recipe,
+training data, parity, validation metrics, licence of the starting weights), history.json and
+training_loss.png. Copy detector.onnx + detector_card.json into maskbatch/models/ to bundle it,
+or point MASKBATCH_DETECTOR_MODEL at OUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskbatch import images, yunet
+from maskbatch.datasets import load_records
+from maskbatch.datasets.splits import dataset_name, known_datasets, select
+from maskbatch.errors import MaskbatchError
+from maskbatch.train.detector_data import Photo, inference_scale, load_photos
+from maskbatch.train.detector_export import keras_weights, onnx_with_weights, parity
+from maskbatch.train.detector_fit import Recipe, build_model, fit, setup_tensorflow
+
+FORMAT = "maskbatch-detector/1"
+SCORE_FLOOR = 0.05  # detections kept for AP / PR curves
+# The operating threshold maximises F-beta on the training photos with beta 2: a face the job never
+# finds is lost to the user (no box, no label, no count), while a false box costs a row that the
+# classifier's scores and the report put last. beta = 2 weighs recall 4x in the harmonic mean.
+F_BETA = 2.0
+LICENCE = ("starting weights: opencv_zoo face_detection_yunet_2023mar (YuNet, Shiqi Yu et al.), "
+           "MIT licence; fine-tuned weights under the same terms")
+
+
+def validation_photos(datasets: list[str], part: str = "val") -> dict[str, list[tuple[str, str]]]:
+    """(name, path) of the labelled photos of each dataset's `part`, per dataset name."""
+    out = {}
+    for root in datasets:
+        name = dataset_name(root)
+        if name not in known_datasets():
+            continue
+        records = [r for r in load_records(root) if r.problem is None and r.boxes]
+        keep = select([r.name for r in records], name, part)
+        out[name] = [(r.name, r.path) for r, k in zip(records, keep) if k]
+    return out
+
+
+def detect_with(model_path: str | Path, items: list[tuple[str, str]], area: int,
+                max_upscale: float, floor: float = SCORE_FLOOR) -> pd.DataFrame:
+    """Detections (name, x1, y1, x2, y2, score) of one YuNet ONNX over photos, one pass each at
+    `area` pixels as the tuned mode runs it (no box fit)."""
+    from maskbatch.detect import pass_size, to_pixels
+
+    net = yunet.create(model_path)
+    rows = []
+    for name, path in items:
+        image = images.load_image(path)
+        h, w = image.shape[:2]
+        rel = yunet.forward(net, image, pass_size(w, h, area, max_upscale), floor)
+        px = to_pixels(rel, w, h)
+        rows += [(name, *map(float, b), float(s)) for b, s in zip(px, rel[:, 4])]
+    return pd.DataFrame(rows, columns=["name", "x1", "y1", "x2", "y2", "score"])
+
+
+def detection_metrics(truth: pd.DataFrame, found: pd.DataFrame, names: list[str],
+                      threshold: float) -> dict:
+    """Detection AP (every face, any class), and recall / precision / recall by size at
+    `threshold`, with maskbatch.evaluate's matching."""
+    from maskbatch.evaluate import score_detections
+
+    def scored(df: pd.DataFrame) -> dict:
+        pred = df.assign(classname="face_with_mask", mask_prob=math.nan)
+        return score_detections(truth, pred, image_names=names).metrics
+
+    every = scored(found)
+    at = scored(found[found["score"] > threshold])
+    return {"det_ap": every["detection"]["ap"], "threshold": threshold,
+            "recall": at["detection"]["recall"], "precision": at["detection"]["precision"],
+            "recall_by_size": {b["bin"]: b["recall"] for b in at["recall_by_size"]},
+            "n_images": len(names), "n_faces": every["n_truth_faces"]}
+
+
+def truth_of(root: str) -> pd.DataFrame:
+    from maskbatch.datasets import truth_table
+
+    return truth_table(root)
+
+
+def threshold_sweep(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]) -> list[dict]:
+    """Detection precision and recall at thresholds 0.1 to 0.95 (0.05 steps)."""
+    rows = []
+    for threshold in np.round(np.arange(0.1, 0.951, 0.05), 2):
+        m = detection_metrics(truth, found, names, float(threshold))
+        rows.append({"threshold": float(threshold), "precision": m["precision"] or 0.0,
+                     "recall": m["recall"] or 0.0})
+    return rows
+
+
+def best_threshold(sweep: list[dict], beta: float = F_BETA) -> float:
+    """The threshold of the sweep with the best F-beta score (beta > 1 weighs recall more)."""
+    def f(row: dict) -> float:
+        p, r = row["precision"], row["recall"]
+        return (1 + beta ** 2) * p * r / max(beta ** 2 * p + r, 1e-9)
+
+    return max(sweep, key=f)["threshold"]
+
+
+def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str = "train",
+        pretrained: str | None = None, steps: int | None = None, limit: int | None = None,
+        validate: bool = True) -> dict:
+    """Fine-tune, export and validate; returns the card (see the module doc)."""
+    setup_tensorflow(recipe.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pretrained = str(pretrained or yunet.locate_model())
+    validate = validate and part is not None  # trained on every photo: none is left to validate
+    photos = load_photos(datasets, part)
+    if limit is not None:
+        photos = photos[:limit]
+    if not photos:
+        raise MaskbatchError(f"no labelled photos with face boxes in {', '.join(datasets)}")
+    print(f"training on {len(photos)} photos, {sum(len(p.faces) for p in photos)} faces", flush=True)
+    started = time.perf_counter()
+    model = build_model(pretrained)
+    history = fit(model, photos, recipe, steps=steps)
+    return write_detector(model, out, pretrained, photos, recipe, datasets, part, history,
+                          time.perf_counter() - started, validate)
+
+
+def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo], recipe: Recipe,
+                   datasets: list[str], part: str | None, history: list[dict], seconds: float,
+                   validate: bool = True) -> dict:
+    """Export a trained Keras YuNet, check parity, validate, and write the detector folder."""
+    onnx_bytes = onnx_with_weights(pretrained, keras_weights(model))
+    diff = parity(model, onnx_bytes, _parity_inputs(photos, recipe))
+    (out / yunet.TUNED_FILE).write_bytes(onnx_bytes)
+    card = {
+        "format": FORMAT, "network": "YuNet (libfacedetection), anchor-free, strides 8/16/32",
+        "starting_weights": {"file": yunet.MODEL_FILE, "sha256": yunet.MODEL_SHA256,
+                             "licence": LICENCE},
+        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "onnx_bytes": len(onnx_bytes),
+        "parameters": int(model.count_params()),
+        "parity_max_abs_diff": diff, "parity": "Keras vs OpenCV dnn, every output, real photos",
+        "recipe": recipe.as_dict(), "train_seconds": round(seconds, 1),
+        "training_data": {"datasets": [dataset_name(d) for d in datasets], "split_part": part,
+                          "photos": len(photos), "faces": int(sum(len(p.faces) for p in photos)),
+                          "faces_rule": "every labelled face box, whatever its class"},
+        "pass": {"area": recipe.area, "max_upscale": recipe.max_upscale},
+    }
+    if validate:
+        card.update(_validate(out / yunet.TUNED_FILE, datasets, recipe))
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    (out / yunet.TUNED_CARD).write_text(json.dumps(card, indent=1))
+    _loss_plot(history, out / "training_loss.png")
+    return card
+
+
+def _validate(model_path: Path, datasets: list[str], recipe: Recipe) -> dict:
+    """Threshold tuned on the training photos; metrics on the validation photos."""
+    result: dict = {"validation": {}}
+    found_train, truth_all, names_train = [], [], []
+    for root in datasets:
+        truth = truth_of(root)
+        train_items = validation_photos([root], "train").get(dataset_name(root), [])
+        found_train.append(detect_with(model_path, train_items, recipe.area, recipe.max_upscale))
+        truth_all.append(truth.assign(name=dataset_name(root) + "/" + truth["name"]))
+        found_train[-1]["name"] = dataset_name(root) + "/" + found_train[-1]["name"]
+        names_train += [dataset_name(root) + "/" + n for n, _ in train_items]
+    sweep = threshold_sweep(pd.concat(truth_all), pd.concat(found_train), names_train)
+    threshold = best_threshold(sweep)
+    result["threshold"] = threshold
+    result["threshold_rule"] = (f"best detection F{F_BETA:g} on the training photos of every set, "
+                                "0.05 steps")
+    result["train_sweep"] = sweep
+    for root in datasets:
+        items = validation_photos([root], "val").get(dataset_name(root), [])
+        if not items:
+            continue
+        found = detect_with(model_path, items, recipe.area, recipe.max_upscale)
+        result["validation"][dataset_name(root)] = detection_metrics(
+            truth_of(root), found, [n for n, _ in items], threshold)
+    return result
+
+
+def _parity_inputs(photos: list[Photo], recipe: Recipe, count: int = 3) -> list[np.ndarray]:
+    """A few training photos at their inference size, padded to multiples of 32 like OpenCV."""
+    import cv2
+
+    out = []
+    for photo in photos[:count]:
+        h, w = photo.image.shape[:2]
+        s = inference_scale(w, h, recipe.area, recipe.max_upscale)
+        resized = cv2.resize(photo.image, (max(32, round(w * s)), max(32, round(h * s))))
+        ph, pw = -(-resized.shape[0] // 32) * 32, -(-resized.shape[1] // 32) * 32
+        out.append(cv2.copyMakeBorder(resized, 0, ph - resized.shape[0], 0, pw - resized.shape[1],
+                                      cv2.BORDER_CONSTANT, value=0))
+    return out
+
+
+def _loss_plot(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    for key in ("loss", "obj", "cls", "box"):
+        ax.plot(epochs, [h[key] for h in history], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_title("Detector fine-tuning")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
