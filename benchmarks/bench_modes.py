@@ -241,7 +241,8 @@ def truth_for(folder: Path, items: list[tuple[str, str]], subset: bool, work: Pa
 
 
 def full_map(folder: Path, items: list[tuple[str, str]], mode: str, truth: str, work: Path,
-             model: str | None = None, figures: Path | None = None) -> dict:
+             model: str | None = None, figures: Path | None = None,
+             confidence: float | None = None) -> dict:
     """`predict` with `mode` on the images (one worker process), `evaluate` against `truth`."""
     from maskbatch.api import predict
     from maskbatch.evaluate import evaluate
@@ -250,7 +251,7 @@ def full_map(folder: Path, items: list[tuple[str, str]], mode: str, truth: str, 
     pd.DataFrame({"name": [n for n, _ in items]}).to_csv(template, index=False)
     out = work / f"{folder.name}-{mode}"
     predict(str(template), str(out), images_dir=str(folder / "images"), model=model,
-            detector=DetectorConfig(mode=mode),
+            detector=DetectorConfig(mode=mode, confidence=confidence),
             cluster_config=ClusterConfig(workers=1, progress=False), overwrite=True)
     report = work / f"{folder.name}-{mode}-eval"
     metrics = evaluate(truth, str(out), out_dir=str(report))
@@ -323,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="val", choices=["val", "train", "all"],
                         help="which photos of each set's committed split (default: val)")
     parser.add_argument("--limit", type=int, help="first N labelled images of each set")
+    parser.add_argument("--confidence", type=float,
+                        help="one detector threshold for every mode (default: each mode's own)")
     parser.add_argument("--figures", type=Path,
                         help="copy each mode's PR curves and confusion matrix PNGs here")
     parser.add_argument("--tune", action="store_true", help="threshold sweep per mode")
@@ -346,18 +349,19 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.sets:
             folder = data / name
             items, truth = labelled_images(folder, args.limit, args.split)
-            run = detect_all(items, modes)
+            run = detect_all(items, modes, floor=args.confidence)
             subset = args.limit is not None or args.split != "all"
             truth_arg = truth_for(folder, items, subset, Path(tmp))
             rows = []
             for mode in modes:
-                threshold = detect.MODES[mode].confidence
+                threshold = (detect.MODES[mode].confidence if args.confidence is None
+                             else args.confidence)
                 metrics = Matched.of(run.predictions[mode], truth).at(threshold)
                 row = {"mode": mode, "threshold": threshold, "n_images": len(items),
                        "ms": 1000 * statistics.median(run.seconds[mode]), **metrics}
                 if not args.no_map and missing is None:
                     row.update(full_map(folder, items, mode, truth_arg, Path(tmp), args.model,
-                                        args.figures))
+                                        args.figures, args.confidence))
                 rows.append(row)
             print(f"{args.split} photos of the committed split", end=": ")
             print(set_table(name, rows) + "\n", flush=True)
