@@ -247,3 +247,20 @@ def test_tuned_mode_finds_the_faces_of_a_validation_street_scene(data: Path):
             on_faces = overlaps.max(axis=1) >= 0.5
             assert on_faces.mean() >= 0.8, f"{int((~on_faces).sum())} of {len(got)} boxes off faces"
     assert found["tuned"] >= 21 and found["tuned"] > found["yunet"], found
+
+
+def test_training_is_bit_for_bit_reproducible_in_fresh_processes(data: Path, tmp_path: Path):
+    """Same command, same data, two fresh processes: the same detector file (sha256). Long runs on
+    a machine shared with other jobs have drifted apart (docs/detector-training.md,
+    reproducibility); short ones have not."""
+    code = ("import sys; from maskbatch.train import train_detector; "
+            "card = train_detector([sys.argv[1]], sys.argv[2], epochs=1, steps=4, limit=24, "
+            "validate=False); print(card['onnx_sha256'])")
+    shas = []
+    for run in ("a", "b"):
+        proc = subprocess.run([sys.executable, "-c", code, str(data / "voc-masks"),
+                               str(tmp_path / run)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        shas.append(proc.stdout.strip().splitlines()[-1])
+    assert shas[0] == shas[1]
+    assert "validation" not in json.loads((tmp_path / "a" / "detector_card.json").read_text())
