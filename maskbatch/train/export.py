@@ -94,7 +94,7 @@ def parity_check(model: object, onnx_bytes: bytes, x: np.ndarray,
     if not np.isfinite(diff) or diff >= tolerance:
         raise MaskbatchError(
             f"ONNX export disagrees with Keras: max abs difference {diff:.3g} >= {tolerance:g} "
-            f"on {len(x)} validation crops; refusing to write the model"
+            f"on {len(x)} held-out crops; refusing to write the model"
         )
     return diff
 
