@@ -25,11 +25,12 @@ from maskbatch.output import write_bytes_atomic, write_json_atomic
 from maskbatch.train import data as tdata
 from maskbatch.train.metrics import choose_threshold, classification_report
 
-# Epoch budgets with early stopping (patience below). compact on the three sample sets: about
-# 1 minute per epoch on 2 CPU cores;
-# seed: about 3 minutes per epoch there.
-DEFAULT_EPOCHS = {"compact": 30, "seed": 12}
-PATIENCE = 8
+# Epoch budgets with early stopping (patience below). compact on the three sample sets (about
+# 6300 training crops, 197 steps an epoch): 1-4 minutes per epoch on 2 shared CPU cores; seed: about
+# 3 minutes per epoch on medical-mask alone.
+DEFAULT_EPOCHS = {"compact": 10, "seed": 12}
+PATIENCE = 3
+PLATEAU_PATIENCE = 2
 LEARNING_RATE = 1e-3
 PARITY_CROPS = 256
 
@@ -138,7 +139,8 @@ def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
                   metrics=["accuracy"])
     early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
                                           restore_best_weights=True)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                patience=PLATEAU_PATIENCE,
                                                 min_lr=1e-5)
     hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size, epochs=epochs,
                      validation_data=(val.x, val.y.astype(np.float32)),
@@ -293,7 +295,7 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
             "seed": seed, "epochs_max": epochs, "epochs_run": len(history["loss"]),
             "best_epoch": best_epoch, "batch_size": batch_size, "limit": limit,
             "optimizer": f"Adam lr={LEARNING_RATE:g}, ReduceLROnPlateau(tune loss, x0.5, "
-                         "patience 3)",
+                         f"patience {PLATEAU_PATIENCE})",
             "loss": "binary_crossentropy",
             "class_weight": {CLASS_NAMES[0]: round(weights[1], 4),
                              CLASS_NAMES[1]: round(weights[0], 4)},
