@@ -152,14 +152,17 @@ def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
 
 TRAIN_THREADS = 2  # TensorFlow intra-op threads: results depend on it, so it is fixed
 ENV_THREADS = "MASKBATCH_TRAIN_THREADS"
+INTER_OP_THREADS = 2
 
 
 def pin_threads(threads: int | None = None) -> dict[str, int]:
-    """Fix TensorFlow's thread pools (intra-op `threads`, inter-op 1) before it starts.
+    """Fix TensorFlow's thread pools (intra-op `threads`, inter-op 2) before it starts.
 
     With op determinism on, a run is repeatable only for one intra-op thread count: the split of
     a reduction over threads changes the order of floating-point sums. TensorFlow's default is
     the machine's core count, so the same command gave different weights on another machine.
+    The inter-op pool only runs independent ops side by side (no arithmetic changes); it is fixed
+    at 2, not 1: one inter-op thread deadlocked a fit here once (every thread waiting on a futex).
     Returns the pools in effect (unchanged when TensorFlow had already started in this process).
     """
     import tensorflow as tf
@@ -167,7 +170,7 @@ def pin_threads(threads: int | None = None) -> dict[str, int]:
     wanted = int(threads or os.environ.get(ENV_THREADS) or TRAIN_THREADS)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(wanted)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
     except RuntimeError:  # the runtime is already up (e.g. inside a test process): keep it
         pass
     return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
