@@ -17,7 +17,7 @@ import pandas as pd
 from maskbatch import MASK, NO_MASK, __version__, cluster, detect, files, images, output
 from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
-from maskbatch.datasets import load_records, parse_label_map
+from maskbatch.datasets import load_records, parse_label_map, splits
 from maskbatch.errors import MaskbatchError
 from maskbatch.pipeline import extract_partition, predict_partition
 
@@ -75,16 +75,23 @@ def _extract_and_write(records: list, label_map: dict, crop_size: int, out_dir: 
 def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: str = "auto",
             label_map: list[str] | None = None, crop_size: int = CROP_SIZE,
             cluster_config: ClusterConfig = ClusterConfig(), overwrite: bool = False,
-            ) -> ExtractResult:
-    """Crop every labelled face of a dataset folder into Parquet shards, in parallel on Dask."""
+            split: str | None = None) -> ExtractResult:
+    """Crop every labelled face of a dataset folder into Parquet shards, in parallel on Dask.
+
+    `split` ('train' or 'val') keeps only the photos of that part of the committed split of the
+    dataset named by the folder's last component (maskbatch.datasets.splits).
+    """
     mapping = parse_label_map(label_map)
     records = load_records(dataset, layout, annotations)
+    if split is not None:
+        records = split_records(records, splits.dataset_name(dataset), split)
     if not records:
-        raise MaskbatchError(f"no annotated images found in {dataset}")
+        raise MaskbatchError(f"no annotated images found in {dataset}"
+                             + (f" in the {split} split" if split else ""))
     _prepare_out_dir(out_dir, overwrite)
     output.write_json_atomic({"command": "extract", "dataset": dataset, "version": __version__,
-                              "crop_size": crop_size, "label_map": mapping}, files.join(out_dir,
-                                                                                       "run.json"))
+                              "crop_size": crop_size, "label_map": mapping, "split": split},
+                             files.join(out_dir, "run.json"))
     started = time.perf_counter()
     manifests: dict[int, pd.DataFrame] = {}
     with cluster.dask_client(cluster_config) as client:
@@ -106,6 +113,13 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
     output.write_json_atomic(summary, files.join(out_dir, "summary.json"))
     _class_count_plot(counts, dataset, files.join(out_dir, "class_counts.png"))
     return ExtractResult(manifest, len(index), {dataset: counts}, duplicates, seconds, out_dir)
+
+
+def split_records(records: list, dataset: str, part: str) -> list:
+    """The records of one part of a dataset's committed split; MaskbatchError when the dataset
+    has none."""
+    keep = splits.select([r.name for r in records], dataset, part)
+    return [r for r, k in zip(records, keep) if k]
 
 
 def _class_count_plot(counts: dict[str, int], dataset: str, url: str) -> None:

@@ -120,12 +120,14 @@ class Classifier:
             onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
+        # by name: a model with further outputs (e.g. a face score) still gives P(mask) here
+        self.output_name = str(card.get("output_name") or self.session.get_outputs()[0].name)
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """P(face wears a mask) for a preprocessed batch, shape (N,)."""
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float32)
-        (out,) = self.session.run(None, {self.input_name: batch})
+        (out,) = self.session.run([self.output_name], {self.input_name: batch})
         return np.asarray(out, dtype=np.float32).reshape(len(batch))
 
     def mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:

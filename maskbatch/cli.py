@@ -87,13 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. mask_weared_incorrect=face_no_mask)")
     p.add_argument("--crop-size", type=_positive_int, default=CROP_SIZE,
                    help=f"square crop side in pixels (default: {CROP_SIZE})")
+    p.add_argument("--split", choices=["train", "val"],
+                   help="only the photos of this part of the committed split of the dataset named "
+                        "by the folder's last component (medical-mask, voc-masks)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     _add_cluster_args(p, partition_default=32)
 
     p = sub.add_parser("train", help="train the mask classifier and export it to ONNX",
                        description="Train a mask/no-mask CNN on crops from `maskbatch extract` "
                        "and export it to ONNX (needs the train extra: TensorFlow, tf2onnx).")
-    p.add_argument("crops", help="output folder of `maskbatch extract`")
+    p.add_argument("crops", nargs="+", help="output folders of `maskbatch extract`, one per set "
+                   "(medical-mask and voc-masks validate on their committed val photos, others on "
+                   "a grouped 20 %%)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--arch", default="compact", choices=["compact", "seed"])
     p.add_argument("--epochs", type=_positive_int, help="maximum epochs (default: per arch)")
@@ -101,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-crops", metavar="CROPS",
                    help="crops of another dataset for cross-dataset accuracy (never trained on)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="TensorFlow intra-op threads (default: 2 or $MASKBATCH_TRAIN_THREADS); the "
+                        "weights depend on it, not on the machine's core count")
 
     p = sub.add_parser("train-detector", help="fine-tune the face detector on labelled photos",
                        description="Fine-tune the YuNet face detector on labelled photos (every "
@@ -171,7 +179,8 @@ def _run(args: argparse.Namespace) -> None:
 
         result = extract(args.dataset, args.out, layout=args.layout, annotations=args.annotations,
                          label_map=args.label_map, crop_size=args.crop_size,
-                         cluster_config=_cluster_config(args), overwrite=args.overwrite)
+                         cluster_config=_cluster_config(args), overwrite=args.overwrite,
+                         split=args.split)
         print(extract_table(result))
     elif args.command == "predict":
         from maskbatch.api import predict
@@ -190,7 +199,8 @@ def _run(args: argparse.Namespace) -> None:
         from maskbatch.train import train
 
         card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
-                     batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops)
+                     batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops,
+                     threads=args.threads)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":
         from maskbatch.train import train_detector

@@ -180,7 +180,23 @@ def test_existing_output_is_not_mixed(data, tmp_path, medical):
     assert proc.stderr.count("\n") == 1 and "not empty" in proc.stderr
 
 
+def test_split_keeps_only_that_parts_photos(data, tmp_path):
+    from maskbatch.datasets.splits import split_names
+
+    threads = ClusterConfig(workers=1, threads_per_worker=2, processes=False, progress=False)
+    result = extract(str(data / "voc-masks") + "/", str(tmp_path / "val"), cluster_config=threads,
+                     split="val")
+    val = split_names("voc-masks", "val")
+    assert sorted(result.manifest["image"]) == sorted(val)
+    crops = read_crops(str(tmp_path / "val"), columns=["source_image"])
+    assert set(crops["source_image"]) <= set(val) and len(crops) > 100
+    run = json.loads((tmp_path / "val" / "run.json").read_text())
+    assert run["split"] == "val"
+
+
 @pytest.mark.parametrize("args, message", [
+    (["extract", "{crops}", "--out", "x", "--split", "val"], "no committed split for dataset 'crops'"),
+    (["extract", "{data}", "--out", "x", "--split", "test"], "invalid choice"),
     (["extract", "/no/such/folder", "--out", "x"], "dataset folder not found"),
     (["extract", "{messy}", "--out", "x"], "unknown dataset layout"),
     (["extract", "{data}", "--out", "x", "--workers", "0"], "must be at least 1"),
@@ -190,7 +206,8 @@ def test_existing_output_is_not_mixed(data, tmp_path, medical):
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_arguments_give_one_readable_line(data, tmp_path, args, message):
-    args = [a.format(messy=data / "messy", data=data / "voc-masks") for a in args]
+    args = [a.format(messy=data / "messy", data=data / "voc-masks", crops=data / "crops")
+            for a in args]
     proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", *args], capture_output=True,
                           text=True, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr

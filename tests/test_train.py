@@ -7,7 +7,6 @@ when TensorFlow (the train extra) is not installed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -42,26 +41,50 @@ def medical_crops(data: Path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def small_crops_dir(medical_crops: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
-                    ) -> str:
-    """An extract-style folder holding the crops of 80 real source images (about 400 crops)."""
-    images = sorted(medical_crops["source_image"].unique())[:80]
+def small_crops_dir(data: Path, medical_crops: pd.DataFrame,
+                    tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An extract folder of medical-mask holding the crops of 50 real source images (about 250
+    crops); its run.json names the dataset, so training uses the committed split."""
+    images = sorted(medical_crops["source_image"].unique())[:50]
     subset = medical_crops[medical_crops["source_image"].isin(images)]
     folder = tmp_path_factory.mktemp("crops-small")
     write_parquet_atomic(subset, str(folder / "crops" / "part-00000.parquet"))
+    (folder / "run.json").write_text(json.dumps({"dataset": str(data / "medical-mask")}))
     return str(folder)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(small_crops_dir: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
-    """A compact model trained for 2 epochs on the small real subset (the short real run)."""
+def web_crops_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An extract folder of 100 folder-per-class web crops (no committed split: grouped 80/20)."""
+    from maskbatch.datasets import DEFAULT_LABEL_MAP, load_records
+    from maskbatch.pipeline import extract_partition
+
+    records = load_records(str(data / "crops"))
+    crops, _ = extract_partition(records[::len(records) // 100][:100], DEFAULT_LABEL_MAP)
+    folder = tmp_path_factory.mktemp("web")
+    write_parquet_atomic(crops, str(folder / "crops" / "part-00000.parquet"))
+    (folder / "run.json").write_text(json.dumps({"dataset": str(data / "crops")}))
+    return str(folder)
+
+
+def _train_command(folders: list[str], out: Path) -> list[str]:
+    return [sys.executable, "-m", "maskbatch.cli", "train", *folders, "--out", str(out),
+            "--epochs", "2", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(small_crops_dir: str, web_crops_dir: str, tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[str, dict]:
+    """A compact model trained for 2 epochs on two small real sets, by `maskbatch train` in a
+    fresh process (TensorFlow's thread pools are set there, before it starts)."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
-    from maskbatch.train import train
-
     out = tmp_path_factory.mktemp("model-tiny")
     started = time.perf_counter()
-    card = train(small_crops_dir, str(out), arch="compact", epochs=2, batch_size=32, seed=0)
+    proc = subprocess.run(_train_command([small_crops_dir, web_crops_dir], out),
+                          capture_output=True, text=True, cwd=REPO, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "model_card.json").read_text())
     card["_seconds"] = time.perf_counter() - started
     return str(out), card
 
@@ -134,6 +157,46 @@ def test_metrics_and_threshold() -> None:
     t = choose_threshold(y, p)
     assert t == pytest.approx(0.38)
     assert classification_report(y, p, t)["accuracy"] == 1.0
+
+
+def test_sets_are_read_in_one_order_and_split_by_the_committed_lists(
+        small_crops_dir: str, web_crops_dir: str) -> None:
+    from maskbatch.datasets.splits import split_names
+
+    table, info = tdata.load_sets([small_crops_dir, web_crops_dir])
+    again, _ = tdata.load_sets([web_crops_dir, small_crops_dir])
+    pd.testing.assert_frame_equal(table, again)  # the folders' order changes nothing
+    assert sorted(info) == ["crops", "medical-mask"]
+    # a copy of a medical-mask val crop in a train photo of another set must not train
+    val_names = set(split_names("medical-mask", "val"))
+    medical = table[table["set"] == "medical-mask"]
+    voc_train_photo = split_names("voc-masks", "train")[0]
+    leak = medical[medical["source_image"].isin(val_names)].iloc[[0]].assign(
+        set="voc-masks", crop_id=f"{voc_train_photo}#0", source_image=voc_train_photo)
+    df = pd.concat([table, leak], ignore_index=True)
+    parts = tdata.assign_parts(df, seed=0)
+    assert parts[-1] == "dropped"
+    is_medical = (df["set"] == "medical-mask").to_numpy()
+    assert ((parts[is_medical] == "val") == df.loc[is_medical, "source_image"].isin(val_names)
+            ).all()
+    web = (df["set"] == "crops").to_numpy()
+    share = (parts[web] == "val").mean()
+    assert 0.1 <= share <= 0.25, share
+    assert (parts == "tune").sum() > 0
+    image = (df["set"] + "/" + df["source_image"]).to_numpy()
+    for a, b in (("train", "tune"), ("train", "val"), ("tune", "val")):
+        assert not set(image[parts == a]) & set(image[parts == b]), (a, b)
+    hashes = df["pixel_hash"].to_numpy()
+    assert not set(hashes[parts == "val"]) & set(hashes[(parts == "train") | (parts == "tune")])
+    assert (tdata.assign_parts(df, seed=0) == parts).all()  # seeded
+
+
+def test_limit_keeps_train_and_val_photos(small_crops_dir: str) -> None:
+    """A --limit subset is not all validation (it once drew the split's own first photos)."""
+    table, _ = tdata.load_sets([small_crops_dir], limit=100)
+    parts = tdata.assign_parts(table, seed=0)
+    assert 80 <= len(table) <= 150
+    assert (parts == "train").any() and (parts == "val").any()
 
 
 # --------------------------------------------------------------------------- bundled model
@@ -231,7 +294,7 @@ def test_architectures() -> None:
 def test_short_real_training_run_writes_everything(tiny_model: tuple[str, dict]) -> None:
     out, card = tiny_model
     for name in ("model.onnx", "model.keras", "model_card.json", "history.json",
-                 "accuracy.png", "loss.png", "confusion_matrix.png"):
+                 "accuracy.png", "loss.png", "confusion_matrix.png", "confusion_per_set.png"):
         assert (Path(out) / name).is_file(), name
     assert (Path(out) / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     onnx_bytes, on_disk = read_model(out)
@@ -239,13 +302,38 @@ def test_short_real_training_run_writes_everything(tiny_model: tuple[str, dict])
     assert on_disk["parity_max_abs_diff"] < 1e-4
     assert on_disk["training"]["epochs_run"] == 2
     summary = on_disk["training_data"]
-    assert summary["train"]["crops"] + summary["validation"]["crops"] == summary["crops_used"]
+    assert sum(summary[p]["crops"] for p in ("train", "tune", "val")) == summary["crops_used"]
     assert set(summary["counts"]) == set(CLASS_NAMES)
-    assert on_disk["validation"]["n"] == summary["validation"]["crops"]
+    assert on_disk["validation"]["n"] == summary["val"]["crops"]
+    assert on_disk["training"]["tensorflow_threads"] == {"intra_op": 2, "inter_op": 2}
+    assert on_disk["outputs"] == ["mask_prob"]
     history = json.loads((Path(out) / "history.json").read_text())["history"]
     assert len(history["loss"]) == len(history["val_accuracy"]) == 2
-    assert card["_seconds"] < 90, card["_seconds"]
     Classifier(onnx_bytes, on_disk).mask_probability([np.zeros((30, 30, 3), np.uint8)])
+
+
+def test_card_reports_each_sets_validation_part(tiny_model: tuple[str, dict],
+                                               small_crops_dir: str) -> None:
+    """Per-set metrics on each set's val part: medical-mask's committed val photos, a grouped 20 %
+    of the web crops; their crops add up to the combined validation, and no val photo trained."""
+    from maskbatch.datasets.splits import split_names
+
+    _, card = tiny_model
+    per_set, sets = card["validation_per_set"], card["training_data"]["sets"]
+    assert set(per_set) == set(sets) == {"medical-mask", "crops"}
+    assert sum(rep["n"] for rep in per_set.values()) == card["validation"]["n"]
+    for name, rep in per_set.items():
+        assert rep["n"] == sets[name]["val"]["crops"] > 0
+        matrix = np.array(rep["confusion_matrix"]["rows_true_cols_pred"])
+        assert matrix.sum() == rep["n"]
+        assert rep["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum(), abs=1e-4)
+    assert "committed" in sets["medical-mask"]["split"] and "groups" in sets["crops"]["split"]
+    photos = set(tdata.load_crop_table(small_crops_dir)["source_image"])
+    in_val = photos & set(split_names("medical-mask", "val"))
+    assert sets["medical-mask"]["val"]["images"] == len(in_val) > 0
+    assert sets["medical-mask"]["train"]["images"] + sets["medical-mask"]["tune"]["images"] \
+        == len(photos - in_val)
+    assert card["threshold_rule"].endswith("never on val")
 
 
 def test_parity_check_on_real_crops_and_loud_failure(tiny_model: tuple[str, dict],
@@ -271,12 +359,15 @@ def test_parity_check_on_real_crops_and_loud_failure(tiny_model: tuple[str, dict
         parity_check(model, onnx_bytes, x)
 
 
-@pytest.mark.skipif(os.environ.get("MASKBATCH_SLOW") != "1", reason="set MASKBATCH_SLOW=1")
-@pytest.mark.slow
-def test_training_is_reproducible(small_crops_dir: str, tmp_path: Path) -> None:
-    pytest.importorskip("tensorflow")
-    from maskbatch.train import train
-
-    a = train(small_crops_dir, str(tmp_path / "a"), epochs=2, seed=3)
-    b = train(small_crops_dir, str(tmp_path / "b"), epochs=2, seed=3)
-    assert a["onnx_sha256"] == b["onnx_sha256"]
+def test_training_is_reproducible(tiny_model: tuple[str, dict], small_crops_dir: str,
+                                  web_crops_dir: str, tmp_path: Path) -> None:
+    """The same command in another process, folders in the other order, writes the same bytes
+    (TensorFlow threads pinned to 2 whatever the machine's core count; rows in canonical order)."""
+    out, card = tiny_model
+    proc = subprocess.run(_train_command([web_crops_dir, small_crops_dir], tmp_path / "again"),
+                          capture_output=True, text=True, cwd=REPO, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "model_card.json").read_text())
+    assert again["onnx_sha256"] == card["onnx_sha256"]
+    assert (tmp_path / "again" / "model.onnx").read_bytes() == (Path(out) / "model.onnx").read_bytes()
+    assert again["validation_per_set"] == card["validation_per_set"]

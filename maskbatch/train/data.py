@@ -45,7 +45,9 @@ def _limit_by_image(df: pd.DataFrame, limit: int, seed: int) -> pd.DataFrame:
     """About `limit` crops, taking whole source images in a seeded order."""
     keys = (df["source_dataset"].astype(str) + "/" + df["source_image"].astype(str))
     images = np.array(sorted(keys.unique()))
-    np.random.default_rng(seed).shuffle(images)
+    # not default_rng(seed): that is the committed splits' stream, whose first images are the
+    # val photos, so a subset would be all val
+    np.random.default_rng((seed, 1)).shuffle(images)
     sizes = keys.value_counts()
     chosen, total = [], 0
     for image in images:
@@ -167,3 +169,86 @@ def to_arrays(df: pd.DataFrame, size: int) -> Arrays:
 def class_counts(df: pd.DataFrame) -> dict[str, int]:
     counts = df["label"].value_counts()
     return {c: int(counts.get(c, 0)) for c in CLASS_NAMES}
+
+
+# --------------------------------------------------------------------------- several sets
+
+TUNE_FRACTION = 0.1  # of the train part: early stopping and the threshold, never the val part
+PARTS = ("train", "tune", "val")
+
+
+def set_name(crops_dir: str) -> str:
+    """The name of the dataset an extract folder came from (run.json's dataset, last component),
+    else the folder's own name. medical-mask and voc-masks have committed splits."""
+    import json
+
+    from maskbatch import files
+    from maskbatch.datasets.splits import dataset_name
+
+    try:
+        fs, path = files.filesystem(files.join(crops_dir, "run.json"))
+        with fs.open(path, "rb") as f:
+            dataset = json.loads(f.read().decode("utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        dataset = None
+    return dataset_name(str(dataset or crops_dir))
+
+
+def load_sets(crops_dirs: list[str], limit: int | None = None, seed: int = 0
+              ) -> tuple[pd.DataFrame, dict]:
+    """The labelled crops of several extract folders, one table with a `set` column.
+
+    Folders of the same dataset (e.g. its --split train and --split val extracts) are one set; a
+    crop read twice is kept once. Rows are in a canonical order (set, crop_id) whatever the order
+    of the folders, so the split and the training order do not depend on it. `limit` keeps about
+    that many crops per set (whole source images, seeded).
+    """
+    frames, info = [], {}
+    for crops_dir in crops_dirs:
+        df = load_crop_table(crops_dir)
+        name = set_name(crops_dir)
+        frames.append(df.assign(set=name))
+        info.setdefault(name, {"crops_dirs": []})["crops_dirs"].append(crops_dir)
+    table = pd.concat(frames, ignore_index=True)
+    table = table.drop_duplicates(["set", "crop_id"]).sort_values(["set", "crop_id"],
+                                                                  ignore_index=True)
+    if limit is not None:
+        table = pd.concat([_limit_by_image(g.reset_index(drop=True), limit, seed)
+                           for _, g in table.groupby("set", sort=True)], ignore_index=True)
+    for name, g in table.groupby("set", sort=True):
+        info[name]["crops_read"] = int(len(g))
+    return table, info
+
+
+def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FRACTION
+                 ) -> np.ndarray:
+    """'train', 'tune' or 'val' per crop of a (de-duplicated) load_sets table.
+
+    val: a set with a committed image-level split (maskbatch.datasets.splits) uses its val
+    photos; any other set (e.g. folder-per-class crops/) gets the grouped leak-free 80/20 split of
+    :func:`split_train_val`. A crop whose pixels equal a val crop of any set never trains.
+    tune: a grouped share of what is left, for early stopping and the decision threshold, so
+    that no number reported on val was tuned on it.
+    """
+    from maskbatch.datasets import splits
+
+    parts = np.full(len(df), "train", dtype=object)
+    known = set(splits.known_datasets())
+    for name in sorted(df["set"].unique()):
+        idx = np.flatnonzero((df["set"] == name).to_numpy())
+        rows = df.iloc[idx]
+        if name in known:
+            val_names = set(splits.split_names(name, "val"))
+            is_val = rows["source_image"].isin(val_names).to_numpy()
+        else:
+            is_val = split_train_val(rows.reset_index(drop=True), seed=seed)[1]
+        parts[idx[is_val]] = "val"
+    val_hashes = set(df.loc[parts == "val", "pixel_hash"])
+    leaked = (parts != "val") & df["pixel_hash"].isin(val_hashes).to_numpy()
+    parts[leaked] = "dropped"
+    rest = np.flatnonzero(parts == "train")
+    if len(rest) >= 2:
+        tune = split_train_val(df.iloc[rest].reset_index(drop=True), seed=seed,
+                               val_fraction=tune_fraction)[1]
+        parts[rest[tune]] = "tune"
+    return parts

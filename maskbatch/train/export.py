@@ -89,12 +89,12 @@ def parity_check(model: object, onnx_bytes: bytes, x: np.ndarray,
     onnx_out = onnx_predict(onnx_bytes, x)
     diff = float(np.max(np.abs(keras_out.reshape(-1) - onnx_out)))
     if verbose:
-        print(f"parity: max |keras - onnxruntime| = {diff:.3g} on {len(x)} validation crops "
+        print(f"parity: max |keras - onnxruntime| = {diff:.3g} on {len(x)} held-out crops "
               f"(tolerance {tolerance:g})")
     if not np.isfinite(diff) or diff >= tolerance:
         raise MaskbatchError(
             f"ONNX export disagrees with Keras: max abs difference {diff:.3g} >= {tolerance:g} "
-            f"on {len(x)} validation crops; refusing to write the model"
+            f"on {len(x)} held-out crops; refusing to write the model"
         )
     return diff
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from maskbatch import CLASS_NAMES, files
 from maskbatch.classify import Classifier, sha256_bytes
@@ -24,10 +25,13 @@ from maskbatch.output import write_bytes_atomic, write_json_atomic
 from maskbatch.train import data as tdata
 from maskbatch.train.metrics import choose_threshold, classification_report
 
-# Epoch budgets with early stopping (patience below). compact: about 3-6 minutes on 2 CPU cores;
-# seed: about 3 minutes per epoch there.
-DEFAULT_EPOCHS = {"compact": 40, "seed": 12}
-PATIENCE = 8
+# Epoch budgets with early stopping (patience below). compact on the three sample sets (about
+# 6300 training crops, 197 steps an epoch): about 1 minute per epoch on 2 idle CPU cores, up to 8-11
+# on a machine shared at load 10-16 (5 epochs: about 1000 steps, more than the medical-mask-only
+# recipe's best epoch had seen); seed: about 3 minutes per epoch on medical-mask alone.
+DEFAULT_EPOCHS = {"compact": 5, "seed": 12}
+PATIENCE = 3
+PLATEAU_PATIENCE = 2
 LEARNING_RATE = 1e-3
 PARITY_CROPS = 256
 
@@ -49,9 +53,9 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__}
 
 
-def _command(crops_dir: str, out_dir: str, arch: str, epochs: int, batch_size: int, seed: int,
-             eval_crops: str | None, limit: int | None) -> str:
-    parts = ["maskbatch", "train", crops_dir, "--out", out_dir, "--arch", arch,
+def _command(crops_dirs: list[str], out_dir: str, arch: str, epochs: int, batch_size: int,
+             seed: int, eval_crops: str | None, limit: int | None) -> str:
+    parts = ["maskbatch", "train", *crops_dirs, "--out", out_dir, "--arch", arch,
              "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed)]
     if eval_crops:
         parts += ["--eval-crops", eval_crops]
@@ -69,24 +73,40 @@ def _seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _summary(df: object, train_mask: np.ndarray, val_mask: np.ndarray, dedup: dict,
-             n_read: int, crops_dir: str) -> dict:
-    image_key = df["source_dataset"].astype(str) + "/" + df["source_image"].astype(str)
+def _part_summary(df: object, parts: np.ndarray, part: str) -> dict:
+    rows = df[parts == part]
+    images = rows["set"].astype(str) + "/" + rows["source_image"].astype(str)
+    return {"crops": int(len(rows)), "images": int(images.nunique()),
+            "counts": tdata.class_counts(rows)}
+
+
+def _summary(df: object, parts: np.ndarray, dedup: dict, info: dict) -> dict:
+    """The card's training_data: per set and in all, what trained, tuned and validated."""
+    from maskbatch.datasets import splits
+
+    known = set(splits.known_datasets())
+    sets = {}
+    for name in sorted(info):
+        in_set = (df["set"] == name).to_numpy()
+        sets[name] = {
+            **info[name],
+            "crops_used": int(in_set.sum()),
+            "datasets": sorted(df.loc[in_set, "source_dataset"].astype(str).unique().tolist()),
+            "split": (f"committed image-level split (maskbatch/datasets/splits/{name}.*.txt)"
+                      if name in known else "80/20 by groups: crops sharing a source image or a "
+                      "pixel_hash stay together (union-find), classes kept near 20% each"),
+            **{part: _part_summary(df[in_set], parts[in_set], part) for part in tdata.PARTS},
+        }
     return {
-        "crops_dir": crops_dir,
-        "datasets": sorted(df["source_dataset"].astype(str).unique().tolist()),
-        "crops_read": n_read,
+        "sets": sets,
         **dedup,
-        "crops_used": int(len(df)),
-        "source_images": int(image_key.nunique()),
-        "counts": tdata.class_counts(df),
-        "train": {"crops": int(train_mask.sum()), "images": int(image_key[train_mask].nunique()),
-                  "counts": tdata.class_counts(df[train_mask])},
-        "validation": {"crops": int(val_mask.sum()),
-                       "images": int(image_key[val_mask].nunique()),
-                       "counts": tdata.class_counts(df[val_mask])},
-        "split": "80/20 by groups: crops sharing a source image or a pixel_hash stay together "
-                 "(union-find), classes kept near 20% each",
+        "crops_dropped_as_copies_of_val_crops": int((parts == "dropped").sum()),
+        "crops_used": int((parts != "dropped").sum()),
+        "counts": tdata.class_counts(df[parts != "dropped"]),
+        **{part: _part_summary(df, parts, part) for part in tdata.PARTS},
+        "split": "val: each set's committed split, else a grouped 80/20; tune: a grouped "
+                 f"{tdata.TUNE_FRACTION:.0%} of the rest (early stopping, threshold); train: the "
+                 "rest. No source image or pixel-identical crop is on two sides.",
     }
 
 
@@ -120,7 +140,8 @@ def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
                   metrics=["accuracy"])
     early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
                                           restore_best_weights=True)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3,
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                patience=PLATEAU_PATIENCE,
                                                 min_lr=1e-5)
     hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size, epochs=epochs,
                      validation_data=(val.x, val.y.astype(np.float32)),
@@ -129,11 +150,48 @@ def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
     return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
-def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None = None,
-        batch_size: int = 32, seed: int = 0, eval_crops: str | None = None,
-        limit: int | None = None, verbose: int = 2) -> dict:
+TRAIN_THREADS = 2  # TensorFlow intra-op threads: results depend on it, so it is fixed
+ENV_THREADS = "MASKBATCH_TRAIN_THREADS"
+INTER_OP_THREADS = 2
+
+
+def pin_threads(threads: int | None = None) -> dict[str, int]:
+    """Fix TensorFlow's thread pools (intra-op `threads`, inter-op 2) before it starts.
+
+    With op determinism on, a run is repeatable only for one intra-op thread count: the split of
+    a reduction over threads changes the order of floating-point sums. TensorFlow's default is
+    the machine's core count, so the same command gave different weights on another machine.
+    The inter-op pool only runs independent ops side by side (no arithmetic changes); it is fixed
+    at 2, not 1: one inter-op thread deadlocked a fit here once (every thread waiting on a futex).
+    Returns the pools in effect (unchanged when TensorFlow had already started in this process).
+    """
+    import tensorflow as tf
+
+    wanted = int(threads or os.environ.get(ENV_THREADS) or TRAIN_THREADS)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(wanted)
+        tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
+    except RuntimeError:  # the runtime is already up (e.g. inside a test process): keep it
+        pass
+    return {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+
+
+def _set_report(classifier: Classifier, arrays: tdata.Arrays, threshold: float) -> dict:
+    prob = classifier.predict_batch(arrays.x) if len(arrays.x) else np.zeros(0, np.float32)
+    report = classification_report(arrays.y, prob, threshold)
+    report["at_threshold_0.5"] = {k: v for k, v in classification_report(arrays.y, prob, 0.5)
+                                  .items() if k in ("accuracy", "balanced_accuracy")}
+    return report
+
+
+def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
+        epochs: int | None = None, batch_size: int = 32, seed: int = 0,
+        eval_crops: str | None = None, limit: int | None = None, verbose: int = 2,
+        threads: int | None = None) -> dict:
     """Train, export and document one model; returns its card. See :func:`maskbatch.train.train`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    thread_pools = pin_threads(threads)
 
     from maskbatch.train.architectures import DESCRIPTIONS, INPUT_SIZES
     from maskbatch.train.export import (
@@ -144,9 +202,12 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
         time_inference,
         to_onnx,
     )
-    from maskbatch.train.plots import write_plots
+    from maskbatch.train.plots import confusion_sets_png, write_plots
 
     started = time.perf_counter()
+    crops_dirs = [crops_dirs] if isinstance(crops_dirs, str) else list(crops_dirs)
+    if not crops_dirs:
+        raise MaskbatchError("give at least one crops folder")
     epochs = DEFAULT_EPOCHS[arch] if epochs is None else int(epochs)
     if epochs < 1 or batch_size < 1:
         raise MaskbatchError("--epochs and --batch-size must be at least 1")
@@ -154,43 +215,61 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # ---- data
-    raw = tdata.load_crop_table(crops_dir, limit=limit, seed=seed)
-    df, dedup = tdata.drop_duplicates(raw)
-    train_mask, val_mask = tdata.split_train_val(df, seed=seed)
-    train = tdata.to_arrays(df[train_mask], size)
-    val = tdata.to_arrays(df[val_mask], size)
-    if len(np.unique(train.y)) < 2:
-        raise MaskbatchError("the training split holds only one class; give more crops")
+    # ---- data: per set, val by the committed split (else grouped), tune out of the rest
+    raw, info = tdata.load_sets(crops_dirs, limit=limit, seed=seed)
+    frames, dedup = [], {"duplicates_dropped": 0, "conflicting_label_crops_dropped": 0}
+    for _, group in raw.groupby("set", sort=True):
+        kept, d = tdata.drop_duplicates(group.reset_index(drop=True))
+        frames.append(kept)
+        for k in dedup:
+            dedup[k] += d[k]
+    df = pd.concat(frames, ignore_index=True)
+    parts = tdata.assign_parts(df, seed=seed)
+    train = tdata.to_arrays(df[parts == "train"], size)
+    tune = tdata.to_arrays(df[parts == "tune"], size)
+    if len(np.unique(train.y)) < 2 or len(tune.y) == 0:
+        raise MaskbatchError("the training part holds only one class or too few images; "
+                             "give more crops")
     weights = tdata.class_weights(train.y)
-    summary = _summary(df, train_mask, val_mask, dedup, len(raw), crops_dir)
-    print(f"train: {summary['train']['counts']}  validation: {summary['validation']['counts']}  "
-          f"duplicates dropped: {dedup['duplicates_dropped']}  class weights: "
-          f"{ {k: round(v, 3) for k, v in weights.items()} }")
+    summary = _summary(df, parts, dedup, info)
+    print(f"train: {summary['train']['counts']}  tune: {summary['tune']['counts']}  "
+          f"val: {summary['val']['counts']}  duplicates dropped: {dedup['duplicates_dropped']}  "
+          f"class weights: { {k: round(v, 3) for k, v in weights.items()} }  "
+          f"TensorFlow threads: {thread_pools}")
 
-    # ---- fit
+    # ---- fit (early stopping on the tune part)
     fit_started = time.perf_counter()
-    model, history = fit_model(arch, train, val, epochs=epochs, batch_size=batch_size, seed=seed,
+    model, history = fit_model(arch, train, tune, epochs=epochs, batch_size=batch_size, seed=seed,
                                verbose=verbose)
     fit_seconds = time.perf_counter() - fit_started
     best_epoch = int(np.argmin(history["val_loss"])) + 1
 
-    # ---- export + parity on real validation crops
+    # ---- export + parity on real tune crops
     onnx_bytes = to_onnx(model, size)
-    parity = parity_check(model, onnx_bytes, val.x[:PARITY_CROPS])
+    parity = parity_check(model, onnx_bytes, tune.x[:PARITY_CROPS])
 
-    # ---- metrics from the ONNX model (what inference runs), threshold chosen on validation
+    # ---- metrics from the ONNX model (what inference runs): threshold chosen on tune,
+    # every reported number on val
     provisional = {"input_size": size, "threshold": 0.5, "onnx_sha256": sha256_bytes(onnx_bytes)}
     classifier = Classifier(onnx_bytes, provisional)
-    val_prob = classifier.predict_batch(val.x)
-    threshold = choose_threshold(val.y, val_prob)
-    validation = classification_report(val.y, val_prob, threshold)
-    validation["at_threshold_0.5"] = classification_report(val.y, val_prob, 0.5)
+    tune_prob = classifier.predict_batch(tune.x)
+    threshold = choose_threshold(tune.y, tune_prob)
     classifier.threshold = threshold
+    tune_report = classification_report(tune.y, tune_prob, threshold)
+    del train
+    val = tdata.to_arrays(df[parts == "val"], size)
+    validation = _set_report(classifier, val, threshold)
+    per_set = {}
+    for name in sorted(df["set"].unique()):
+        in_set = (val.rows["set"] == name).to_numpy()
+        if in_set.any():
+            per_set[name] = _set_report(
+                classifier, tdata.Arrays(val.x[in_set], val.y[in_set], val.rows[in_set]),
+                threshold)
     cross = {}
     if eval_crops:
         cross[files.basename(eval_crops)] = evaluate_crops(classifier, eval_crops)
-    bench = time_inference(onnx_bytes, size, x=val.x)
+    bench = time_inference(onnx_bytes, size, x=tune.x)
 
     card = {
         "format": "maskbatch-classifier/1",
@@ -200,6 +279,7 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
         "input_size": size,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
+        "outputs": [OUTPUT_NAME],
         "input_layout": "NHWC float32",
         "color_order": "BGR",
         "scaling": "x/255",
@@ -208,8 +288,8 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
         "class_names": list(CLASS_NAMES),
         "output": "P(face_with_mask)",
         "threshold": threshold,
-        "threshold_rule": ">= threshold -> face_with_mask; chosen on the validation split "
-                          "(best macro-averaged F1, median of ties)",
+        "threshold_rule": ">= threshold -> face_with_mask; chosen on the tune part of the "
+                          "training photos (best macro-averaged F1, median of ties), never on val",
         "onnx_sha256": sha256_bytes(onnx_bytes),
         "onnx_bytes": len(onnx_bytes),
         "onnx_opset": OPSET,
@@ -218,24 +298,30 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
         "training": {
             "seed": seed, "epochs_max": epochs, "epochs_run": len(history["loss"]),
             "best_epoch": best_epoch, "batch_size": batch_size, "limit": limit,
-            "optimizer": f"Adam lr={LEARNING_RATE:g}, ReduceLROnPlateau(val_loss, x0.5, "
-                         "patience 3)",
+            "optimizer": f"Adam lr={LEARNING_RATE:g}, ReduceLROnPlateau(tune loss, x0.5, "
+                         f"patience {PLATEAU_PATIENCE})",
             "loss": "binary_crossentropy",
             "class_weight": {CLASS_NAMES[0]: round(weights[1], 4),
                              CLASS_NAMES[1]: round(weights[0], 4)},
             "augmentation": "RandomRotation(15 deg), RandomTranslation(0.1, 0.1), "
                             "RandomFlip(horizontal); fill nearest; training only",
-            "early_stopping": f"val_loss, patience {PATIENCE}, best weights restored",
+            "early_stopping": f"tune loss, patience {PATIENCE}, best weights restored",
+            "tensorflow_threads": thread_pools,
+            "deterministic": "keras.utils.set_random_seed(seed), "
+                             "tf.config.experimental.enable_op_determinism(), fixed thread pools",
             "fit_seconds": round(fit_seconds, 1),
             "total_seconds": None,
             "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
         },
+        "tune": tune_report,
         "validation": validation,
+        "validation_per_set": per_set,
         "cross_dataset": cross,
         "inference_benchmark": {"onnxruntime_threads": 1, "median_of_repeats": True, **bench,
                                 "machine": platform.machine(), "cpu_count": os.cpu_count()},
         "versions": _versions(),
-        "command": _command(crops_dir, out_dir, arch, epochs, batch_size, seed, eval_crops,
+        "command": _command(crops_dirs, out_dir, arch, epochs, batch_size, seed, eval_crops,
                             limit),
     }
 
@@ -246,6 +332,9 @@ def run(crops_dir: str, out_dir: str, arch: str = "compact", epochs: int | None 
                        "epochs_run": len(history["loss"])}, str(out / "history.json"))
     write_plots(str(out), history, validation["confusion_matrix"]["rows_true_cols_pred"],
                 list(CLASS_NAMES), threshold)
+    write_bytes_atomic(str(out / "confusion_per_set.png"), confusion_sets_png(
+        {name: rep["confusion_matrix"]["rows_true_cols_pred"] for name, rep in per_set.items()},
+        {name: rep["accuracy"] for name, rep in per_set.items()}, list(CLASS_NAMES), threshold))
     card["training"]["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(card, str(out / "model_card.json"))
     _print_result(card)
@@ -257,6 +346,8 @@ def _print_result(card: dict) -> None:
     line = (f"{card['architecture']}: {card['parameters']:,} params, "
             f"val acc {v['accuracy']:.4f} (threshold {card['threshold']}), "
             f"no-mask recall {v['per_class'][CLASS_NAMES[1]]['recall']:.4f}")
+    for name, rep in card.get("validation_per_set", {}).items():
+        line += f", {name} val acc {rep['accuracy']:.4f}"
     for name, rep in card["cross_dataset"].items():
         line += f", {name} acc {rep['accuracy']:.4f}"
     print(line)

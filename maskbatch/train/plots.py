@@ -58,6 +58,33 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -
     return _figure_bytes(fig)
 
 
+def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str, float],
+                       class_names: list[str], threshold: float) -> bytes:
+    """One confusion matrix per validation set, side by side (rows true, columns predicted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(matrices), 1)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+    short = [c.replace("face_", "") for c in class_names]
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        ax.imshow(matrix, cmap="Blues")
+        peak = max(max(row) for row in matrix) or 1
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                ax.text(j, i, str(value), ha="center", va="center",
+                        color="white" if value > peak / 2 else "black", fontsize=12)
+        ax.set_xticks(range(len(short)), short)
+        ax.set_yticks(range(len(short)), short)
+        ax.set_xlabel("Predicted")
+        ax.set_ylabel("True")
+        ax.set_title(f"{name} val: accuracy {accuracy.get(name, 0):.3f}")
+    fig.suptitle(f"Validation per set, threshold {threshold:g}")
+    return _figure_bytes(fig)
+
+
 def write_plots(out_dir: str, history: dict[str, list[float]], matrix: list[list[int]],
                 class_names: list[str], threshold: float = 0.5) -> list[str]:
     """accuracy.png, loss.png and confusion_matrix.png in `out_dir`; returns their names."""
