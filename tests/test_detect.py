@@ -70,6 +70,23 @@ def test_weights_with_a_wrong_checksum_are_refused(bundled: tuple[Path, Path], t
         detect.locate_weights()
 
 
+def test_an_edited_prototxt_is_refused(bundled: tuple[Path, Path], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prototxt is part of the net (its layers, its detection_output confidence_threshold):
+    a copy edited by one number is refused by the code, not only by this test's own hash."""
+    prototxt, weights = bundled
+    text = prototxt.read_text()
+    assert "confidence_threshold: 0.01" in text
+    (tmp_path / prototxt.name).write_text(text.replace("confidence_threshold: 0.01",
+                                                       "confidence_threshold: 0.5"))
+    (tmp_path / weights.name).symlink_to(weights)
+    monkeypatch.setenv(detect.ENV_DIR, str(tmp_path))
+    with pytest.raises(MaskbatchError, match=f"{detect.PROTOTXT_FILE} has the wrong sha1"):
+        detect.locate_weights()
+    with pytest.raises(MaskbatchError, match="wrong sha1"):
+        detect.load_detector(str(tmp_path))
+
+
 def test_a_folder_without_the_files_is_a_clear_error(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(detect.ENV_DIR, str(tmp_path))
