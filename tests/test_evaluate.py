@@ -63,6 +63,22 @@ def test_voc_ap_known_values() -> None:
     assert voc_ap(np.array([]), np.array([])) == 0.0
 
 
+def test_voc_ap_integrates_the_precision_envelope() -> None:
+    # ranked FP, TP, TP on two faces: recall 0 .5 1, precision 0 .5 2/3. The envelope lifts the
+    # precision on the first recall step to the best later one (2/3): AP 2/3, not .5*.5+.5*2/3.
+    assert voc_ap(np.array([0.0, 0.5, 1.0]), np.array([0.0, 0.5, 2 / 3])) == pytest.approx(2 / 3)
+    # the same through the matcher: a false alarm ranked above both faces
+    truth = truth_df([("a.jpg", 0, 0, 40, 50, MASK), ("a.jpg", 100, 0, 140, 50, MASK)])
+    preds = pred_df([("a.jpg", 200, 0, 240, 50, MASK, 0.95, 1.0),
+                     ("a.jpg", 0, 0, 40, 50, MASK, 0.9, 1.0), ("a.jpg", 100, 0, 140, 50, MASK, 0.8, 1.0)])
+    m = score_detections(truth, preds).metrics
+    assert m["classes"][MASK]["ap"] == pytest.approx(2 / 3)
+    assert m["detection"]["ap"] == pytest.approx(2 / 3)
+    # a dip in the middle: TP, FP, FP, TP on two faces -> 1 * .5 + .5 * .5
+    assert voc_ap(np.array([0.5, 0.5, 0.5, 1.0]), np.array([1.0, 0.5, 1 / 3, 0.5])) \
+        == pytest.approx(0.75)
+
+
 def test_iou_matrix() -> None:
     iou = iou_matrix(np.array([[0, 0, 10, 10], [20, 20, 30, 30]]), np.array([[5, 0, 15, 10]]))
     assert iou[0, 0] == pytest.approx(50 / 150)
