@@ -233,6 +233,7 @@ def test_files_on_local_disk_and_memory(tmp_path: Path):
     assert files.is_dir(str(tmp_path / "sub")) and not files.is_dir(str(tmp_path / "a.jpg"))
     assert files.join("memory://bucket", "x", "y.jpg") == "memory://bucket/x/y.jpg"
     assert files.join("/data/", "y.jpg") == "/data/y.jpg" and files.join("/", "y") == "/y"
+    assert files.join("s3://", "bucket", "y.jpg") == "s3://bucket/y.jpg"  # a bare protocol
     assert files.basename("s3://b/photos/") == "photos" and files.basename("/a/b.jpg") == "b.jpg"
     fs = fsspec.filesystem("memory")
     fs.pipe("/files-test/p.jpg", b"x")
