@@ -164,12 +164,27 @@ def run_module(module: str, sample: int, seed: int, python: str) -> dict:
     return summary
 
 
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| module | mutants | run (sample) | killed | survived | timeout | incompetent | score |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['module']} | {r['mutants']} | {r['sampled']} | {r['killed']} | "
+                     f"{r['survived']} | {r['timeout']} | {r['incompetent']} | {r['score']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", default=",".join(TESTS), help="comma-separated")
     parser.add_argument("--sample", type=int, default=40, help="mutants per module; 0 = all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", action="store_true",
+                        help="only print the Markdown table of the results in build/mutants")
     args = parser.parse_args()
+    if args.report:
+        print(markdown_table([json.loads((BUILD / f"{m}.json").read_text())
+                              for m in args.modules.split(",") if (BUILD / f"{m}.json").is_file()]))
+        return
     BUILD.mkdir(parents=True, exist_ok=True)
     rows = []
     for module in args.modules.split(","):
