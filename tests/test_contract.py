@@ -85,6 +85,20 @@ def test_submission_has_one_row_per_face_and_none_for_photos_without(template_ru
     assert summary["images"] == 4 and summary["ok"] == 3 and summary["failed"] == 1
     assert summary["failures"] == {"absent.jpg": "missing file"}
     assert summary["faces"] == len(sub) == len(result.detections)
+    assert summary["faces_per_class"] == sub["classname"].value_counts().reindex(
+        [MASK, NO_MASK], fill_value=0).to_dict()
+    assert summary["images_per_second"] * summary["seconds"] == pytest.approx(4, rel=0.02)
+
+
+def test_detections_are_in_template_order_best_face_first(template_run):
+    result, out = template_run
+    det = pd.read_parquet(out / "detections.parquet")
+    pd.testing.assert_frame_equal(det, result.detections)
+    assert list(dict.fromkeys(det["name"])) == ["0005.jpg", "0002.jpg"]
+    assert (det["name"] == "0005.jpg").sum() >= 5  # a crowd: the order inside a photo shows
+    for _, scores in det.groupby("name", sort=False)["score"]:
+        assert scores.is_monotonic_decreasing
+    assert (det["model_sha256"] == read_model()[1]["onnx_sha256"]).all()
 
 
 def test_the_datasets_own_template_is_read_as_it_is(data: Path):
