@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskbatch import MASK, NO_MASK, files, output
+from maskbatch import MASK, NO_MASK, files, images, output
 from maskbatch.api import _check_resumable, _run_record, list_inputs, predict
 from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import ClusterConfig, DetectorConfig
@@ -262,3 +262,48 @@ def test_files_on_local_disk_and_memory(tmp_path: Path):
         fs.rm("/files-test", recursive=True)
     with pytest.raises(MaskbatchError, match="cannot open nosuchproto://x"):
         files.filesystem("nosuchproto://x")
+
+
+# --------------------------------------------------------------------------- extraction, in-process
+
+
+def test_extract_partition_crops_skips_and_fails_with_reasons(data: Path, tmp_path: Path):
+    from maskbatch.datasets import DEFAULT_LABEL_MAP, FaceBox, ImageRecord
+    from maskbatch.pipeline import decode_crop, extract_partition
+
+    photo = str(data / "medical-mask" / "images" / "0003.jpg")
+    boxes = (FaceBox(100, 50, 220, 200, MASK), FaceBox(-20, -10, 60, 90, NO_MASK),  # clipped
+             FaceBox(10, 10, 50, 50, "hijab_niqab"), FaceBox(5000, 10, 5100, 50, MASK),
+             FaceBox(0, 0, 0, 0, MASK, problem="box has no size"))
+    cv2.imwrite(str(tmp_path / "whole.png"), np.full((60, 40, 3), 200, np.uint8))
+    records = [ImageRecord(photo, "0003.jpg", "kaggle-json", boxes),
+               ImageRecord(str(tmp_path / "absent.jpg"), "absent.jpg", "kaggle-json", boxes[:1]),
+               ImageRecord(photo, "broken.jpg", "kaggle-json", problem="annotation is not JSON"),
+               ImageRecord(str(tmp_path / "whole.png"), "whole.png", "crops",
+                           whole_image_label="without_mask"),
+               ImageRecord(str(tmp_path / "whole.png"), "other.png", "crops",
+                           whole_image_label="selfies"),
+               ImageRecord(photo, "nothing.jpg", "kaggle-json", boxes[2:4])]
+    crops, manifest = extract_partition(records, DEFAULT_LABEL_MAP, 32)
+    m = manifest.set_index("image")
+    assert list(manifest["image"]) == [r.name for r in records]
+    assert m.loc["0003.jpg", ["status", "n_boxes", "n_faces", "n_skipped_boxes"]].tolist() == \
+        ["ok", 5, 2, 3]
+    assert m.loc["0003.jpg", "skipped_detail"] == (
+        "box 2: class 'hijab_niqab' is not a training label; box 3: empty or outside the image "
+        "after clipping; box 4: box has no size")
+    source = images.load_image(photo)
+    assert (m.loc["0003.jpg", "height"], m.loc["0003.jpg", "width"]) == source.shape[:2]
+    assert m.loc["absent.jpg", ["status", "reason"]].tolist() == ["failed", "missing file"]
+    assert m.loc["broken.jpg", ["status", "reason"]].tolist() == ["failed", "annotation is not JSON"]
+    assert m.loc["whole.png", ["status", "n_faces"]].tolist() == ["ok", 1]
+    assert m.loc["other.png", "status"] == "skipped" and "'selfies'" in m.loc["other.png", "reason"]
+    assert m.loc["nothing.jpg", "status"] == "skipped"
+    assert m.loc["nothing.jpg", "reason"].startswith("no usable box (box 0: class 'hijab_niqab'")
+    assert list(crops["crop_id"]) == ["0003.jpg#0", "0003.jpg#1", "whole.png#0"]
+    assert list(crops["label"]) == [MASK, NO_MASK, NO_MASK]
+    assert crops.iloc[1][["x1", "y1", "x2", "y2"]].tolist() == [0, 0, 60, 90]
+    first = decode_crop(crops.iloc[0]["image"])
+    assert first.shape == (32, 32, 3)
+    assert np.array_equal(first, images.resize(source[50:200, 100:220], 32))
+    assert crops["pixel_hash"].nunique() == 3
