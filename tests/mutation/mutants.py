@@ -73,8 +73,8 @@ def annotation_spans(source: Path) -> list[tuple[tuple[int, int], tuple[int, int
 
 
 def run_module(module: str, sample: int, seed: int, python: str) -> dict:
-    from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+    from cosmic_ray.work_db import use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
     work = BUILD / module
     copy_tree(work)
@@ -128,7 +128,17 @@ def run_module(module: str, sample: int, seed: int, python: str) -> dict:
     started = time.perf_counter()
     subprocess.run([cr, "exec", str(config), str(session)], cwd=work, env=env, check=True)
     exec_s = time.perf_counter() - started
+    return summarize(module, total, len(kept), n_annotation, selected, base_s, exec_s, seed)
 
+
+def summarize(module: str, total: int, sampled: int, n_annotation: int, selected: list[str],
+              base_s: float, exec_s: float, seed: int) -> dict:
+    """Counts and survivors of a module's session (finished or stopped early: the mutants run so
+    far), written to build/mutants/MODULE.json and MODULE.survivors.txt."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    session = BUILD / module / "session.sqlite"
     counts = {"killed": 0, "survived": 0, "timeout": 0, "incompetent": 0}
     survivors = []
     with use_db(str(session), WorkDB.Mode.open) as db:
@@ -149,7 +159,7 @@ def run_module(module: str, sample: int, seed: int, python: str) -> dict:
                                   "occurrence": m.occurrence, "function": m.definition_name,
                                   "diff": result.diff})
     run = counts["killed"] + counts["survived"] + counts["timeout"]
-    summary = {"module": module, "mutants": total, "sampled": len(kept), **counts,
+    summary = {"module": module, "mutants": total, "sampled": sampled, **counts,
                "annotation_mutants_not_run": n_annotation,
                "score": round((counts["killed"] + counts["timeout"]) / run, 3) if run else None,
                "tests": selected, "baseline_s": round(base_s, 1), "exec_s": round(exec_s),
@@ -176,12 +186,27 @@ def main() -> None:
     parser.add_argument("--modules", default=",".join(TESTS), help="comma-separated")
     parser.add_argument("--sample", type=int, default=40, help="mutants per module; 0 = all")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--collect", action="store_true",
+                        help="summarize the modules' sessions as they are (e.g. stopped early)")
     parser.add_argument("--report", action="store_true",
                         help="only print the Markdown table of the results in build/mutants")
     args = parser.parse_args()
     if args.report:
         print(markdown_table([json.loads((BUILD / f"{m}.json").read_text())
                               for m in args.modules.split(",") if (BUILD / f"{m}.json").is_file()]))
+        return
+    if args.collect:
+        for module in args.modules.split(","):
+            from cosmic_ray.work_db import WorkDB, use_db
+            from cosmic_ray.work_item import WorkerOutcome
+
+            with use_db(str(BUILD / module / "session.sqlite"), WorkDB.Mode.open) as db:
+                done = [r for _, r in db.completed_work_items]
+                n_annotation = sum(r.output == "type annotation" for r in done)
+                total = db.num_work_items - n_annotation
+                ran = sum(r.worker_outcome != WorkerOutcome.SKIPPED for r in done)
+            print(summarize(module, total, ran, n_annotation, TESTS[module], 0.0, 0.0,
+                            args.seed)["score"])
         return
     BUILD.mkdir(parents=True, exist_ok=True)
     rows = []
