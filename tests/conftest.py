@@ -12,16 +12,41 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+DATA_SETS = ("medical-mask", "voc-masks", "messy", "crops")
+
+
 def data_dir() -> Path | None:
     folder = Path(os.environ.get("MASKBATCH_DATA", REPO.parent / "shared" / "data"))
     return folder if (folder / "medical-mask").is_dir() else None
+
+
+def data_required() -> bool:
+    """In CI (CI=true, as CI services set it) or when MASKBATCH_DATA is set, a missing sample data
+    folder is an error, not a reason to skip a third of the suite."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes") or "MASKBATCH_DATA" in os.environ
+
+
+def missing_data_message() -> str | None:
+    folder = Path(os.environ.get("MASKBATCH_DATA", REPO.parent / "shared" / "data"))
+    absent = [name for name in DATA_SETS if not (folder / name).is_dir()]
+    if not absent:
+        return None
+    return (f"sample data not found: {folder} lacks {', '.join(absent)} (set MASKBATCH_DATA to "
+            "the shared data folder, or place it at ../shared/data)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    message = missing_data_message()
+    if message and data_required():
+        raise pytest.UsageError(f"{message}; CI=true or MASKBATCH_DATA set: refusing to skip the "
+                                "tests that need it")
 
 
 @pytest.fixture(scope="session")
 def data() -> Path:
     folder = data_dir()
     if folder is None:
-        pytest.skip("sample data not found: set MASKBATCH_DATA or place it at ../shared/data")
+        pytest.skip(missing_data_message() or "sample data not found")
     return folder
 
 

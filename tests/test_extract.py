@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import fsspec
 import numpy as np
 import pandas as pd
@@ -61,7 +62,8 @@ def test_medical_mask_one_crop_per_valid_train_csv_box(data, medical):
     assert manifest["n_faces"].sum() == len(crops)
     invalid = (~truth["valid"]).sum()
     assert manifest["n_skipped_boxes"].sum() >= invalid
-    assert (out / "manifest.parquet").exists() and (out / "class_counts.png").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "manifest.parquet"), manifest)
+    assert cv2.imread(str(out / "class_counts.png")).shape == (350, 500, 3)  # 5 x 3.5 in, 100 dpi
     summary = json.loads((out / "summary.json").read_text())
     assert summary["crops"] == len(crops)
 

@@ -67,6 +67,10 @@ def test_gamma_matches_the_notebook_table():
     image = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
     table = np.array([((i / 255.0) ** 0.5) * 255 for i in range(256)]).astype(np.uint8)
     assert (images.adjust_gamma(image, 2.0) == table[image]).all()
+    # known values, not only the same formula: gamma 2 is a square root, truncated
+    lit = images.adjust_gamma(np.array([[[0, 64, 255]]], np.uint8), 2.0)
+    assert lit.tolist() == [[[0, 127, 255]]]
+    assert (images.adjust_gamma(image, 1.0) == image).all()
 
 
 @pytest.mark.parametrize("box, expected", [

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import write_broken_files
@@ -134,7 +135,14 @@ def test_cli_end_to_end_with_previews(data, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "images        2 (2 ok" in proc.stdout
-    assert (out / "previews" / "0001.jpg").exists()
+    preview = cv2.imread(str(out / "previews" / "0001.jpg"))
+    photo = cv2.imread(str(folder / "0001.jpg"))
+    assert preview.shape == photo.shape  # drawn on the photo itself (under 1280 px: not shrunk)
+    boxes = pd.read_parquet(out / "detections.parquet").query("name == '0001.jpg'")
+    assert len(boxes) > 0
+    x1, y1, x2, y2 = boxes.iloc[0][["x1", "x2", "y1", "y2"]].astype(int)  # left, top, right, bottom
+    left_edge = preview[y1 + 10:y2 - 10, x1].astype(int) - photo[y1 + 10:y2 - 10, x1].astype(int)
+    assert np.abs(left_edge).mean() > 40  # a box edge is drawn where the face was found
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--resume" in again.stderr
 

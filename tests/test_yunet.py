@@ -103,7 +103,11 @@ def test_forward_gives_relative_boxes_above_the_threshold(data: Path) -> None:
     assert len(rel) >= 1 and rel.dtype == np.float32
     assert ((rel[:, :4] >= 0) & (rel[:, :4] <= 1)).all()
     assert (rel[:, 2] > rel[:, 0]).all() and (rel[:, 3] > rel[:, 1]).all()
-    assert (rel[:, 4] >= 0.5).all()
+    # the threshold is YuNet's own score threshold: a higher one keeps exactly the rows above it
+    high = yunet.forward(yunet.load_yunet(), image, (800, 448), 0.8)
+    assert 0 < len(high) < len(rel)
+    above = rel[rel[:, 4] >= 0.8]
+    np.testing.assert_array_equal(high[np.argsort(-high[:, 4])], above[np.argsort(-above[:, 4])])
 
 
 def test_yunet_mode_finds_most_small_faces_of_a_street_scene(data: Path) -> None:

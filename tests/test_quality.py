@@ -1,0 +1,59 @@
+"""Quality floors: detection AP and end-to-end mAP of the real detectors and the bundled classifier
+on a fixed subset of the VALIDATION photos of both labelled sets (maskbatch.datasets.splits).
+
+Each mode is named explicitly (the default mode may change). The floors sit just under the values
+measured when they were set (docs/mutation.md, "Quality floors"): close enough that a real
+regression fails them, e.g. the YuNet box fit set to identity (BOX_FIT["yunet"] = BoxFit())
+costs 0.024-0.045 of AP and mAP on these photos, more than each margin.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from maskbatch.classify import ModelRef, default_model_dir, read_model
+from maskbatch.config import DetectorConfig
+from maskbatch.datasets.splits import split_names
+from maskbatch.evaluate import boxes_from_submission, read_truth, score_detections
+from maskbatch.pipeline import predict_partition
+
+N_PHOTOS = 40  # the first 40 validation names (sorted) of each set
+
+# (dataset, mode): (measured detection AP, floor, measured mAP, floor); measured on 2026-11-27
+# with opencv-python-headless 4.14.0, onnxruntime 1.32.0 and the bundled classifier
+FLOORS = {
+    ("medical-mask", "yunet"): (0.7515, 0.740, 0.7936, 0.780),
+    ("voc-masks", "yunet"): (0.7638, 0.752, 0.8201, 0.808),
+    ("medical-mask", "seed"): (0.4381, 0.420, 0.4291, 0.410),
+    ("voc-masks", "seed"): (0.4125, 0.395, 0.3971, 0.380),
+}
+
+
+@pytest.fixture(scope="module")
+def model_ref() -> ModelRef:
+    _, card = read_model()
+    return ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
+
+
+def validation_quality(data, dataset: str, mode: str, model_ref: ModelRef) -> dict:
+    """Detection AP and mAP of `mode` on the first N_PHOTOS validation photos of `dataset`."""
+    names = split_names(dataset, "val")[:N_PHOTOS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        truth, _, _ = read_truth(str(data / dataset))
+    items = [(n, str(data / dataset / "images" / n)) for n in names]
+    detections, manifest = predict_partition(items, DetectorConfig(mode=mode), model_ref)
+    assert (manifest["status"] == "ok").all(), manifest[manifest["status"] != "ok"]
+    return score_detections(truth, boxes_from_submission(detections), names).metrics
+
+
+@pytest.mark.parametrize(("dataset", "mode"), list(FLOORS), ids=[f"{m}-{d}" for d, m in FLOORS])
+def test_detection_ap_and_map_stay_above_their_floors(data, dataset, mode, model_ref):
+    _, det_floor, _, map_floor = FLOORS[(dataset, mode)]
+    metrics = validation_quality(data, dataset, mode, model_ref)
+    assert metrics["n_images"] == N_PHOTOS and metrics["n_truth_faces"] > 150
+    det_ap, mean_ap = metrics["detection"]["ap"], metrics["map"]
+    assert det_ap >= det_floor, f"{mode} on {dataset}: detection AP {det_ap:.4f} < {det_floor}"
+    assert mean_ap >= map_floor, f"{mode} on {dataset}: mAP {mean_ap:.4f} < {map_floor}"
