@@ -15,7 +15,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskbatch import MASK, NO_MASK, __version__, cluster, coco, detect, files, images, output, run_report
+from maskbatch import (
+    MASK,
+    NO_MASK,
+    __version__,
+    cluster,
+    coco,
+    detect,
+    files,
+    images,
+    output,
+    run_report,
+    storage,
+)
 from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
 from maskbatch.datasets import load_records, parse_label_map
@@ -27,6 +39,7 @@ from maskbatch.pipeline import extract_partition, predict_partition
 
 def _prepare_out_dir(out_dir: str, overwrite: bool, resume: bool = False) -> None:
     """Refuse to mix a new run into a folder holding an older one, unless told what to do."""
+    storage.check_output_bucket(out_dir)  # fsspec would create a missing bucket
     fs, path = files.filesystem(out_dir)
     if fs.exists(path) and not fs.isdir(path):
         raise MaskbatchError(f"--out {out_dir} is a file, not a folder")
@@ -219,6 +232,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     if resume:
         _check_resumable(out_dir, record)
     _prepare_out_dir(out_dir, overwrite, resume)
+    storage.remove_temporaries(out_dir)  # an interrupted run's half-renamed objects
     for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json",
                   "detections.coco.json", "images.coco.json", "report.html"):
         fs, p = files.filesystem(files.join(out_dir, stale))
@@ -270,6 +284,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     run_report.write_run_report(out_dir, detections, manifest, summary=summary(result),
                                 run={**record, "images": images_arg}, model_card=card,
                                 detector=detector, timeline=timeline.points, gallery=gallery)
+    storage.remove_temporaries(out_dir)  # e.g. a part written twice by a retried task
     return result
 
 

@@ -208,6 +208,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MaskbatchError as exc:
         print(f"maskbatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from maskbatch.storage import describe_error
+
+        urls = [getattr(args, k, None) for k in ("images", "dataset", "crops", "truth", "pred",
+                                                  "out", "images_dir")]
+        message = describe_error(exc, urls)
+        if message is None:
+            raise
+        print(f"maskbatch {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"maskbatch {args.command}: interrupted; finished partitions are kept "
               "(run again with --resume)", file=sys.stderr)

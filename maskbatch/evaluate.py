@@ -390,7 +390,8 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
     det_match = np.full(len(p), -1, dtype=np.int64)  # truth row matched class-agnostically
     for pi, ti, s_cls, _m_cls, s_det, m_det in results:
         status_cls[pi], status_det[pi] = s_cls, s_det
-        det_match[pi] = np.where(m_det >= 0, ti[np.clip(m_det, 0, None)], -1)
+        if len(ti):  # an image with predictions but no truth box matches nothing
+            det_match[pi] = np.where(m_det >= 0, ti[np.clip(m_det, 0, None)], -1)
 
     # truth side of the class-agnostic matching
     found_by = np.full(len(t), -1, dtype=np.int64)

@@ -127,3 +127,17 @@ def test_evaluate_reports_coco_ap(data, tmp_path, model_ref):
     table = format_table(metrics)
     assert "AP@[.5:.95]" in table and "101-point" in table
     assert "COCO AP@[.5:.95]" in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_image_with_predictions_but_no_truth_box(sample):
+    """An evaluated image without a truth box (e.g. only ignore-class boxes removed) scores its
+    predictions as false alarms, in maskbatch and pycocotools alike (was an IndexError)."""
+    _, truth, names, detections, _ = sample
+    predictions = boxes_from_submission(detections)
+    with_preds = [n for n in names if n in set(predictions["name"])]
+    faces = _without_ignore_regions(truth)
+    faces = faces[faces["name"] != with_preds[0]]
+    ours = score_detections(faces, predictions, names).metrics
+    ref = coco_metrics(faces, predictions, names)
+    for c in CLASS_NAMES:
+        assert ours["classes"][c]["ap_101"] == pytest.approx(ref["classes"][c]["ap50"], abs=1e-9)
