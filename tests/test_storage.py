@@ -80,6 +80,7 @@ def _env(server_env: dict, **extra: str) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_predict_from_and_into_a_bucket(s3, photos_bucket):
     from maskbatch.api import predict
 
@@ -99,6 +100,7 @@ def test_predict_from_and_into_a_bucket(s3, photos_bucket):
     assert "maskbatch run report" in page and "src='http" not in page and "src='previews" not in page
 
 
+@pytest.mark.slow
 def test_template_csv_in_a_bucket(s3, data):
     from maskbatch.api import predict
 
@@ -116,6 +118,7 @@ def test_template_csv_in_a_bucket(s3, data):
     assert list(dict.fromkeys(sub["name"])) == [n for n in order if n in set(sub["name"])]
 
 
+@pytest.mark.slow
 def test_interrupted_run_then_resume_leaves_no_temporary_objects(s3, s3_server, photos_bucket):
     """Kill a real `maskbatch predict` (and its workers) once a partition is committed; an
     object store's rename is copy + delete, so the kill may leave `.tmp-` objects (one is put
