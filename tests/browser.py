@@ -115,6 +115,7 @@ def load_page(browser: str, url: str, width: int = 1280, height: int = 2000,
         result.title, result.text = info["title"], info["text"]
         result.images, result.broken_images = info["images"], info["broken"]
         shot = call("Page.captureScreenshot", format="png",
+                    captureBeyondViewport=True,
                     clip={"x": 0, "y": 0, "width": width, "height": height, "scale": 1})
         result.screenshot = base64.b64decode(shot["data"])
         ws.close()
