@@ -263,4 +263,3 @@ def call_each(client: Client, jobs: Sequence[tuple[Callable[..., Any], tuple]]) 
         except Exception:  # noqa: BLE001 - one missing picture is not worth failing the run
             out.append(b"")
     return out
-
