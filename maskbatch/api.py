@@ -6,6 +6,7 @@ Notebook use:  ``df = maskbatch.predict("photos/", out_dir="out/")``.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import time
@@ -14,7 +15,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskbatch import MASK, NO_MASK, __version__, cluster, detect, files, images, output
+from maskbatch import (
+    MASK,
+    NO_MASK,
+    __version__,
+    cluster,
+    coco,
+    detect,
+    files,
+    images,
+    output,
+    run_report,
+    storage,
+)
 from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
 from maskbatch.datasets import load_records, parse_label_map, splits
@@ -26,6 +39,7 @@ from maskbatch.pipeline import extract_partition, predict_partition
 
 def _prepare_out_dir(out_dir: str, overwrite: bool, resume: bool = False) -> None:
     """Refuse to mix a new run into a folder holding an older one, unless told what to do."""
+    storage.check_output_bucket(out_dir)  # fsspec would create a missing bucket
     fs, path = files.filesystem(out_dir)
     if fs.exists(path) and not fs.isdir(path):
         raise MaskbatchError(f"--out {out_dir} is a file, not a folder")
@@ -232,7 +246,9 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     if resume:
         _check_resumable(out_dir, record)
     _prepare_out_dir(out_dir, overwrite, resume)
-    for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json"):
+    storage.remove_temporaries(out_dir)  # an interrupted run's half-renamed objects
+    for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json",
+                  "detections.coco.json", "images.coco.json", "report.html"):
         fs, p = files.filesystem(files.join(out_dir, stale))
         if fs.exists(p):
             fs.rm(p)
@@ -251,6 +267,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             print(f"Dask dashboard: {dash}", flush=True)
         cluster.install_plugin(client, cluster.MaskbatchSetup(onnx_bytes, card))
         started = time.perf_counter()
+        timeline = run_report.Timeline()  # photos committed over time, for report.html
         parts_dir = files.join(out_dir, "parts")
 
         def commit(index: int, result: tuple[pd.DataFrame, pd.DataFrame]) -> None:
@@ -258,6 +275,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             stem = files.join(parts_dir, _part_name(list(manifest["name"])))
             output.write_parquet_atomic(detections, stem + ".detections.parquet")
             output.write_parquet_atomic(manifest, stem + ".images.parquet")  # commit marker
+            timeline.add(len(manifest))
 
         cluster.run_partitions(client, todo, cluster_config.partition_size, _predict_work,
                                commit, progress=cluster_config.progress, label="predict",
@@ -266,6 +284,9 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         detections, manifest = _assemble(out_dir, inputs)
         if previews:
             _write_previews(client, out_dir, manifest, detections, previews)
+        gallery = run_report.draw_gallery(detections, manifest, card,
+                                          functools.partial(cluster.call_each, client),
+                                          n_first=min(previews, 8) or run_report.N_FIRST)
     output.write_parquet_atomic(detections, files.join(out_dir, "detections.parquet"))
     output.write_csv_atomic(output.submission_frame(detections),
                             files.join(out_dir, "submission.csv"))
@@ -273,6 +294,11 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     result = PredictResult(detections, manifest, seconds, len(todo), out_dir, dash,
                            time.perf_counter() - wall_started)
     output.write_json_atomic(summary(result), files.join(out_dir, "summary.json"))
+    coco.write_coco(out_dir, detections, manifest)
+    run_report.write_run_report(out_dir, detections, manifest, summary=summary(result),
+                                run={**record, "images": images_arg}, model_card=card,
+                                detector=detector, timeline=timeline.points, gallery=gallery)
+    storage.remove_temporaries(out_dir)  # e.g. a part written twice by a retried task
     return result
 
 

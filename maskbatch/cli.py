@@ -49,6 +49,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _mode_names() -> list[str]:
+    """The detector modes, listed in --mode's help."""
+    from maskbatch.detect import MODES
+
+    return list(MODES)
+
+
 def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int) -> None:
     g = p.add_argument_group("Dask")
     g.add_argument("--scheduler", metavar="ADDR",
@@ -133,8 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "beside it)")
     p.add_argument("--model", help="model folder with model.onnx + model_card.json "
                    "(default: the bundled model)")
-    p.add_argument("--mode", default=DetectorConfig.mode,
-                   help=f"detector mode (default: {DetectorConfig.mode})")
+    p.add_argument("--mode", default=DetectorConfig.mode, metavar="MODE",
+                   help=f"detector mode, one of: {', '.join(_mode_names())} (default: "
+                        f"{DetectorConfig.mode}; seed = the notebook's res10 pass; "
+                        "docs/detector-modes.md)")
     p.add_argument("--confidence", type=_probability,
                    help="detector confidence threshold (default: the mode's own)")
     p.add_argument("--gamma", type=_positive_float, default=DetectorConfig.gamma,
@@ -152,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train.csv, an annotations folder or a labelled dataset folder")
     p.add_argument("--pred", required=True, help="output folder of `maskbatch predict`")
     p.add_argument("--out", help="report folder (default: PRED/evaluation)")
-    p.add_argument("--iou", type=_probability, default=0.5)
+    p.add_argument("--iou", type=_probability, default=0.5, metavar="T",
+                   help="IoU a predicted box needs with a truth box to count as a hit, for the "
+                        "per-class AP, mAP, precision and recall (default: 0.5; the COCO "
+                        "AP@[.5:.95] is reported as well, whatever T is)")
     return parser
 
 
@@ -228,6 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run(args)
     except MaskbatchError as exc:
         print(f"maskbatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from maskbatch.storage import describe_error
+
+        urls = [getattr(args, k, None) for k in ("images", "dataset", "crops", "truth", "pred",
+                                                  "out", "images_dir")]
+        message = describe_error(exc, urls)
+        if message is None:
+            raise
+        print(f"maskbatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"maskbatch {args.command}: interrupted; finished partitions are kept "

@@ -250,3 +250,16 @@ class ProgressBar:
     def close(self) -> None:
         if self.enabled and sys.stderr.isatty():
             sys.stderr.write("\n")
+
+
+def call_each(client: Client, jobs: Sequence[tuple[Callable[..., Any], tuple]]) -> list[Any]:
+    """Run each (function, args) job as one task on the workers; a job that fails gives b""
+    (small side work, e.g. the run report's pictures, which workers draw from the photos)."""
+    futures = [client.submit(fn, *args, pure=False) for fn, args in jobs]
+    out = []
+    for future in futures:
+        try:
+            out.append(future.result())
+        except Exception:  # noqa: BLE001 - one missing picture is not worth failing the run
+            out.append(b"")
+    return out

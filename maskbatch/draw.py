@@ -10,19 +10,39 @@ from maskbatch import MASK, images
 COLOURS = {MASK: (60, 180, 60), "face_no_mask": (40, 40, 230)}  # BGR
 
 
+def label_text(classname: str, mask_prob: float) -> str:
+    """The label of a face: its class and the probability of that class (not always P(mask))."""
+    if classname == MASK:
+        return f"mask {mask_prob:.2f}"
+    return f"no mask {1.0 - mask_prob:.2f}"
+
+
+def label_box(left: int, top: int, text_w: int, text_h: int, width: int, height: int
+              ) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a label's background: above the face box where there is room, else
+    just inside its top edge; shifted left where it would run off the right edge. Always inside
+    the image (unless the label is wider or taller than the image itself)."""
+    box_w, box_h = text_w + 4, text_h + 6
+    x0 = int(min(max(left, 0), max(width - box_w, 0)))
+    y1 = int(top) if top - box_h >= 0 else int(max(top, 0)) + box_h
+    y1 = int(min(y1, height))
+    return x0, max(y1 - box_h, 0), x0 + box_w, y1
+
+
 def annotate(image: np.ndarray, detections: list[tuple]) -> np.ndarray:
     """A copy of `image` with (left, top, right, bottom, classname, mask_prob) boxes drawn."""
     out = image.copy()
-    thickness = max(1, round(max(out.shape[:2]) / 500))
+    height, width = out.shape[:2]
+    thickness = max(1, round(max(height, width) / 500))
     for left, top, right, bottom, classname, mask_prob in detections:
         colour = COLOURS.get(classname, (200, 200, 0))
         cv2.rectangle(out, (int(left), int(top)), (int(right), int(bottom)), colour, thickness)
-        text = f"{'mask' if classname == MASK else 'no mask'} {mask_prob:.2f}"
+        text = label_text(classname, float(mask_prob))
         scale = 0.4 * thickness
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        y = max(int(top), th + 4)
-        cv2.rectangle(out, (int(left), y - th - 4), (int(left) + tw + 4, y), colour, -1)
-        cv2.putText(out, text, (int(left) + 2, y - 3), cv2.FONT_HERSHEY_SIMPLEX, scale,
+        (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x0, y0, x1, y1 = label_box(int(left), int(top), tw, th + baseline, width, height)
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, -1)
+        cv2.putText(out, text, (x0 + 2, y1 - 3 - baseline), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
@@ -34,4 +54,22 @@ def preview_jpeg(path: str, detections: list[tuple], max_side: int = 1280) -> by
     if scale < 1:
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 88])
+    return buf.tobytes() if ok else b""
+
+
+def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25) -> bytes:
+    """JPEG bytes of one face with a margin around it, scaled to `side` px (for galleries)."""
+    image = images.load_image(path)
+    height, width = image.shape[:2]
+    left, top, right, bottom = (float(v) for v in box[:4])
+    pad = margin * max(right - left, bottom - top)
+    x0, y0 = int(max(left - pad, 0)), int(max(top - pad, 0))
+    x1, y1 = int(min(right + pad, width)), int(min(bottom + pad, height))
+    if x1 <= x0 or y1 <= y0:
+        return b""
+    crop = image[y0:y1, x0:x1]
+    scale = side / max(crop.shape[:2])
+    crop = cv2.resize(crop, None, fx=scale, fy=scale,
+                      interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return buf.tobytes() if ok else b""

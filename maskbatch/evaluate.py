@@ -17,6 +17,10 @@
   IoU uses continuous pixel coordinates: area = (right - left) * (bottom - top).
 * **Ignore regions**: truth boxes whose class is not in ``DEFAULT_LABEL_MAP`` (e.g.
   ``mask_weared_incorrect``, ``hijab_niqab``). They count in no recall.
+* **COCO AP** (``metrics["coco"]``, :mod:`maskbatch.coco`): AP@[.5:.95], AP@0.5 and AP@0.75
+  by pycocotools itself, whatever ``iou`` is, with the same ranking score; COCO interpolates
+  precision at 101 recall points, so ``metrics["classes"][c]["ap_101"]`` is maskbatch's own
+  curve interpolated that way: it equals pycocotools' per-class AP@0.5 (tests/test_coco.py).
 * **Precision / recall at the chosen thresholds**: every row the job wrote (its detector and
   classifier thresholds), per class and class-agnostic (detection only: was the face found at all).
 * **Detection recall by face size**: class-agnostic matching (ranked by the detector score alone),
@@ -303,6 +307,13 @@ def _pr_curve(status: np.ndarray, rank: np.ndarray, n_truth: int
     return recall, precision, voc_ap(recall, precision) if len(tp) else 0.0
 
 
+def _ap_101(recall: np.ndarray, precision: np.ndarray, n_truth: int) -> float:
+    """The same curve's AP with COCO's 101-point interpolation (to compare with pycocotools)."""
+    from maskbatch.coco import ap_101
+
+    return ap_101(recall, precision) if n_truth else math.nan
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else math.nan
 
@@ -379,7 +390,8 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
     det_match = np.full(len(p), -1, dtype=np.int64)  # truth row matched class-agnostically
     for pi, ti, s_cls, _m_cls, s_det, m_det in results:
         status_cls[pi], status_det[pi] = s_cls, s_det
-        det_match[pi] = np.where(m_det >= 0, ti[np.clip(m_det, 0, None)], -1)
+        if len(ti):  # an image with predictions but no truth box matches nothing
+            det_match[pi] = np.where(m_det >= 0, ti[np.clip(m_det, 0, None)], -1)
 
     # truth side of the class-agnostic matching
     found_by = np.full(len(t), -1, dtype=np.int64)
@@ -401,7 +413,8 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
         n_truth = int((t_cls == k).sum())
         recall, precision, ap = _pr_curve(status_cls[sel], rank[sel], n_truth)
         curves[c] = (recall, precision)
-        metrics["classes"][c] = {"ap": ap, **_counts(status_cls[sel], n_truth)}
+        metrics["classes"][c] = {"ap": ap, "ap_101": _ap_101(recall, precision, n_truth),
+                                 **_counts(status_cls[sel], n_truth)}
         if not math.isnan(ap):
             aps.append(ap)
     metrics["map"] = float(np.mean(aps)) if aps else math.nan
@@ -529,6 +542,9 @@ def _evaluate(truth: str, pred_dir: str, iou: float, images_dir: str | None
               "predicted with no faces")
     outside = int((~det["name"].isin(set(names))).sum())
     ev = score_detections(boxes, det, names, iou)
+    from maskbatch.coco import coco_metrics
+
+    ev.metrics["coco"] = coco_metrics(boxes, det, names)
     ev.metrics["n_images_not_predicted"] = len(names) - len(in_run)
     ev.metrics["n_predictions_outside_truth"] = outside
     if ev.metrics["n_predictions_unknown_class"]:
@@ -581,7 +597,14 @@ def format_table(metrics: dict) -> str:
         w(f"{label:18}{_fmt(m['ap']):>7}{_fmt(m['precision']):>11}{_fmt(m['recall']):>8}"
           f"{m['n_truth']:>7}{m['n_pred']:>7}{m['tp']:>7}{m['fp']:>7}{m['fn']:>7}"
           f"{m['ignored']:>9}\n")
-    w(f"{'mAP':18}{_fmt(metrics['map']):>7}\n\n")
+    w(f"{'mAP':18}{_fmt(metrics['map']):>7}\n")
+    coco = metrics.get("coco") or {}
+    if coco.get("available"):
+        w(f"COCO ({coco['tool']}): AP@[.5:.95] {_fmt(coco['ap'])}, AP@0.5 {_fmt(coco['ap50'])}, "
+          f"AP@0.75 {_fmt(coco['ap75'])} (101-point; the AP above is VOC all-point)\n")
+    elif coco:
+        w(f"COCO AP: not computed: {coco.get('reason')}\n")
+    w("\n")
     w("Detection recall by face size (shorter side, px):\n")
     for b in metrics["recall_by_size"]:
         w(f"  {b['bin']:>6}  recall {_fmt(b['recall']):>6}  ({b['found']}/{b['n_truth']})\n")

@@ -212,6 +212,11 @@ def _metrics_html(m: dict) -> str:
             f"<td>{c['ignored']}</td></tr>")
     rows.append(f"<tr class='map'><th>mAP</th><td>{_fmt(m['map'])}</td>"
                 "<td colspan='8'></td></tr>")
+    coco = m.get("coco") or {}
+    if coco.get("available"):
+        rows.append(f"<tr><th>COCO AP@[.5:.95]</th><td>{_fmt(coco['ap'])}</td><td colspan='8' "
+                    f"style='text-align:left'>AP@0.5 {_fmt(coco['ap50'])}, AP@0.75 "
+                    f"{_fmt(coco['ap75'])} ({html.escape(coco['tool'])}, 101-point)</td></tr>")
     size = "".join(f"<tr><th>{html.escape(b['bin'])} px</th><td>{_fmt(b['recall'])}</td>"
                    f"<td>{b['found']} / {b['n_truth']}</td></tr>" for b in m["recall_by_size"])
     conf = m["confusion"]

@@ -527,3 +527,56 @@ def test_image_dask_config_keeps_glibc_malloc_defaults_in_workers() -> None:
     copies = [rest.split() for word, rest in _dockerfile_instructions() if word == "COPY"]
     assert ["dask.yaml", "/etc/dask/maskbatch.yaml"] in copies
     assert "!dask.yaml" in (DEPLOY / ".dockerignore").read_text().split()
+
+
+# --------------------------------------------------------------------------- issue 15 fixes
+
+def _bash_lines(text: str) -> list[str]:
+    return [line for lang, body in _code_blocks(text) if lang in ("bash", "sh", "")
+            for line in _logical_lines(body)]
+
+
+def test_readme_image_recipe_fills_every_folder_the_dockerfile_copies() -> None:
+    """A user who follows deploy/README's build recipe gets every `COPY` source: the committed
+    files are in the repository, the rest (wheel cache, tcmalloc's .deb) a README line writes."""
+    lines = _bash_lines(README.read_text())
+    build = next(i for i, line in enumerate(lines) if line.startswith("docker build"))
+    recipe = lines[:build]
+    sources = [rest.split()[0] for word, rest in _dockerfile_instructions()
+               if word == "COPY" and not rest.startswith("--from")]
+    assert {"wheels/", "debs/", "dask.yaml"} <= set(sources)
+    for src in sources:
+        if (DEPLOY / src).exists() and src.rstrip("/") not in LOCAL_ONLY | {"debs"}:
+            continue  # committed
+        folder = f"deploy/{src.rstrip('/')}"
+        writers = [line for line in recipe if folder in line and "docker run" in line]
+        assert writers, f"deploy/README's recipe never fills {folder} (COPY {src} would fail)"
+    debs = [line for line in recipe if "deploy/debs" in line and "docker run" in line]
+    assert any("apt-get download" in line and "libtcmalloc-minimal4" in line for line in debs)
+
+
+def test_renaming_a_manifest_renames_its_scheduler_service_selector(tmp_path: Path) -> None:
+    """The selector must follow the name: deploy/README's rename recipe (real sed) changes one
+    line, and the scheduler service then still selects the renamed cluster's scheduler."""
+    recipe = [line for line in _bash_lines(README.read_text())
+              if line.startswith("sed -i 's/name: &")]
+    assert len(recipe) == 2, recipe
+    for path in sorted(K8S.glob("*.y*ml")):
+        selectors = [line.split("#")[0].split(":", 1)[1].strip()
+                     for line in path.read_text().splitlines()
+                     if line.strip().startswith("dask.org/cluster-name:")]
+        assert selectors and all(s.startswith("*") for s in selectors), \
+            f"{path.name}: the selector hard-codes the cluster name: {selectors}"
+    copy = tmp_path / "my-k8s"
+    copy.mkdir()
+    for path in K8S.glob("*.y*ml"):
+        (copy / path.name).write_text(path.read_text())
+    for line in recipe:
+        argv = shlex.split(line.replace("my-k8s/", f"{copy}/"))
+        subprocess.run(argv, check=True, timeout=30)
+    for path in sorted(copy.glob("*.y*ml")):
+        doc = _load_all(path)[0]
+        cluster = doc["spec"] if doc["kind"] == "DaskCluster" else doc["spec"]["cluster"]["spec"]
+        selector = cluster["scheduler"]["service"]["selector"]
+        assert doc["metadata"]["name"] in ("maskbatch-big", "predict-run-2"), path.name
+        assert selector["dask.org/cluster-name"] == doc["metadata"]["name"], path.name
