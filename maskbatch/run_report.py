@@ -205,6 +205,12 @@ def detector_card(config: DetectorConfig) -> dict:
     mode = detect.get_mode(config.mode)
     nets = {p.net for p in mode.passes}
     weights = []
+    if "tuned" in nets:
+        path, card = yunet.read_tuned_card()
+        val = card.get("validation", {})
+        scores = ", ".join(f"{k} det AP {v['det_ap']:.3f}" for k, v in val.items())
+        weights.append(f"{path.name} (sha256 {card['onnx_sha256'][:12]}…, YuNet fine-tuned on "
+                       f"{', '.join(card['training_data']['datasets'])}; validation: {scores})")
     if "yunet" in nets:
         weights.append(f"{yunet.MODEL_FILE} (sha256 {yunet.MODEL_SHA256[:12]}…, opencv_zoo, MIT)")
     if "res10" in nets:
