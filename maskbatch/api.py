@@ -5,7 +5,6 @@ Notebook use:  ``df = maskbatch.predict("photos/", out_dir="out/")``.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from maskbatch import MASK, NO_MASK, __version__, cluster, detect, files, images, output
+from maskbatch import MASK, NO_MASK, __version__, cluster, detect, files, inputs, output
 from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
 from maskbatch.datasets import load_records, parse_label_map
@@ -145,25 +144,8 @@ class PredictResult:
 def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[str, str]]:
     """(name, path) of every photo to process, from a folder/URL or a submission template CSV."""
     if images_arg.lower().endswith(".csv"):
-        fs, path = files.filesystem(images_arg)
-        if not fs.isfile(path):
-            raise MaskbatchError(f"template CSV not found: {images_arg}")
-        with fs.open(path, "rb") as f:
-            reader = csv.DictReader(io.StringIO(f.read().decode("utf-8-sig")))
-            if "name" not in (reader.fieldnames or []):
-                raise MaskbatchError(f"{images_arg}: template CSV needs a `name` column")
-            names = list(dict.fromkeys(row["name"] for row in reader if row["name"]))
-        folder = images_dir or files.join(images_arg.rsplit("/", 1)[0] or ".", "images")
-        if not files.is_dir(folder):
-            raise MaskbatchError(f"images folder for the template not found: {folder} "
-                                 "(give it with --images-dir)")
-        return [(n, files.join(folder, n)) for n in names]
-    if not files.is_dir(images_arg):
-        raise MaskbatchError(f"images folder not found: {images_arg}")
-    paths = files.list_files(images_arg, images.IMAGE_EXTENSIONS)
-    if not paths:
-        raise MaskbatchError(f"no images ({', '.join(images.IMAGE_EXTENSIONS)}) in {images_arg}")
-    return [(files.basename(p), p) for p in paths]
+        return inputs.template_inputs(images_arg, images_dir)
+    return inputs.folder_inputs(images_arg)
 
 
 def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig, partition_size: int
