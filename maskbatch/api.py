@@ -178,17 +178,15 @@ def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig, partiti
 def _check_resumable(out_dir: str, record: dict) -> None:
     run_json = files.join(out_dir, "run.json")
     fs, path = files.filesystem(run_json)
-    if not fs.exists(path):
-        return
+    if not fs.exists(path) or not is_maskbatch_output(out_dir):
+        return  # nothing to resume; _prepare_out_dir refuses a folder that is not maskbatch's
     import json
 
-    try:
-        with fs.open(path, "rb") as f:
-            old = json.loads(f.read())
-    except ValueError:
-        raise MaskbatchError(f"cannot --resume {out_dir}: its run.json is not readable JSON") from None
-    if not isinstance(old, dict) or old.get("command") != "predict":
-        raise MaskbatchError(f"cannot --resume {out_dir}: it holds no predict run")
+    with fs.open(path, "rb") as f:
+        old = json.loads(f.read())
+    if old.get("command") != "predict":
+        raise MaskbatchError(f"cannot --resume {out_dir}: it holds a maskbatch "
+                             f"{old.get('command')} run, not a predict run")
     for key in ("model_sha256", "detector", "inputs_sha1"):
         if old.get(key) != record.get(key):
             raise MaskbatchError(f"cannot --resume {out_dir}: its run used a different {key} "
