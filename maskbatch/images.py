@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from maskbatch import files
 from maskbatch.config import MAX_BYTES, MAX_PIXELS, InputLimits
@@ -87,9 +88,12 @@ def read_bytes(path: str, max_bytes: int = MAX_BYTES) -> bytes:
     if refusal is not None:
         status, reason = refusal
         raise (SkippedInput if status == "skipped" else ImageError)(reason)
-    if files.is_url(path):
-        return _read_remote(path, max_bytes)
-    return _read_local(files.os_path(path), max_bytes)
+    if not files.is_url(path):
+        return _read_local(files.os_path(path), max_bytes)
+    fs, local = files.filesystem(path)
+    if isinstance(fs, LocalFileSystem):  # file:// URLs get the same checks as plain paths
+        return _read_local(files.os_path(local), max_bytes)
+    return _read_remote(path, max_bytes)
 
 
 def _read_local(path: str, max_bytes: int) -> bytes:

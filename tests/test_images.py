@@ -108,6 +108,8 @@ def test_special_files_are_skipped_without_being_read(tmp_path):
     for name, reason in expected.items():
         with pytest.raises(SkippedInput, match=reason):
             images.load_image(str(tmp_path / name))
+    with pytest.raises(SkippedInput, match="FIFO"):
+        images.load_image(f"file://{tmp_path}/fifo.jpg")
     assert time.perf_counter() - started < 5
 
 
