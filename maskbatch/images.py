@@ -12,6 +12,7 @@ import hashlib
 import io
 import math
 import os
+import queue
 import re
 import stat
 import struct
@@ -325,23 +326,43 @@ def load_photo(path: str, limits: InputLimits = InputLimits()) -> Photo:
 def _within(seconds: float, work: Callable[[], Photo]) -> Photo:
     if not seconds or not math.isfinite(seconds) or seconds <= 0:
         return work()
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as exc:  # handed to the caller's thread below
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="maskbatch-read", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
+    helper = _helper()
+    done, box = threading.Event(), {}
+    helper.put((work, box, done))
+    if not done.wait(seconds):
+        _helpers.current = None  # that helper is stuck: the next photo gets a new one
         raise ImageError(f"gave up after {seconds:g} s reading and decoding it (see "
                          "--read-timeout): a stuck file system or a file that never ends?")
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box["value"]  # type: ignore[return-value]
+
+
+# One long-lived helper thread per calling thread (a Dask worker thread), reused photo after photo:
+# the hand-over costs about 0.1 ms of CPU per photo against 3-4 ms to decode one
+# (benchmarks/bench_read.py). A helper stuck in a read is left behind and replaced.
+_helpers = threading.local()
+
+
+def _helper() -> queue.SimpleQueue:
+    inbox = getattr(_helpers, "current", None)
+    if inbox is None:
+        inbox = queue.SimpleQueue()
+        threading.Thread(target=_serve, args=(inbox,), name="maskbatch-read", daemon=True).start()
+        _helpers.current = inbox
+    return inbox
+
+
+def _serve(inbox: queue.SimpleQueue) -> None:
+    while True:
+        work, box, done = inbox.get()
+        try:
+            box["value"] = work()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+        del work, box, done
 
 
 def adjust_gamma(image: np.ndarray, gamma: float = 1.0) -> np.ndarray:
