@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from hostile import build_corpus
 
-from maskbatch import cli, files
+from maskbatch import cli, files, inputs
 from maskbatch.api import PredictResult, list_inputs, predict
 from maskbatch.classify import ModelRef, default_model_dir, read_model, sha256_bytes
 from maskbatch.cluster import dask_client, workers_lost
@@ -114,6 +114,29 @@ def test_the_corpus_round_trips_as_a_template(corpus, corpus_run):
     assert [n for n, _ in pairs] == written
     for name, path in pairs:
         assert expected[name].status == "ok" and os.path.exists(files.os_path(path)), name
+
+
+def test_template_names_outside_the_folder_or_like_urls(data, tmp_path):
+    """A template name with :// raised in a worker and ended the job; ../ and absolute names were
+    opened, and the reason told whether the outside path existed."""
+    photos = tmp_path / "images"
+    photos.mkdir()
+    for name in ("0001.jpg", "0002.jpg"):
+        (photos / name).write_bytes((data / "medical-mask" / "images" / name).read_bytes())
+    (tmp_path / "outside.jpg").write_bytes((photos / "0001.jpg").read_bytes())
+    names = ["0001.jpg", "../outside.jpg", "../not-there.jpg", str(tmp_path / "outside.jpg"),
+             "http://example.com/x.jpg", "a://b.jpg", "x::y.jpg", "0002.jpg"]
+    template = tmp_path / "submission.csv"
+    template.write_text("name,x1,x2,y1,y2,classname\n" + "".join(f"{n},,,,,\n" for n in names))
+    result = predict(str(template), str(tmp_path / "out"), images_dir=str(photos),
+                     cluster_config=ClusterConfig(workers=1, partition_size=16, progress=False))
+    m = result.manifest.set_index("name")
+    assert list(result.manifest["name"]) == names
+    assert m.loc["0001.jpg", "status"] == m.loc["0002.jpg", "status"] == "ok"
+    outside = names[1:5]
+    assert set(m.loc[outside, "reason"]) == {inputs.OUTSIDE}  # same words, existing or not
+    assert (m.loc[outside, "status"] == "failed").all() and (m.loc[outside, "path"] == "").all()
+    assert m.loc["a://b.jpg", "reason"] == m.loc["x::y.jpg", "reason"] == "missing file"
 
 
 @pytest.fixture()
