@@ -5,10 +5,10 @@ Notebook use:  ``df = maskbatch.predict("photos/", out_dir="out/")``.
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +23,13 @@ from maskbatch import (
     coco,
     detect,
     files,
-    images,
+    inputs,
     output,
     run_report,
     storage,
 )
-from maskbatch.classify import ModelRef, default_model_dir, read_model
-from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
+from maskbatch.classify import Classifier, ModelRef, default_model_dir, read_model
+from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig, InputLimits
 from maskbatch.datasets import load_records, parse_label_map, splits
 from maskbatch.errors import MaskbatchError
 from maskbatch.pipeline import extract_partition, predict_partition
@@ -44,17 +44,34 @@ def _prepare_out_dir(out_dir: str, overwrite: bool, resume: bool = False) -> Non
     if fs.exists(path) and not fs.isdir(path):
         raise MaskbatchError(f"--out {out_dir} is a file, not a folder")
     existing = fs.ls(path, detail=False) if fs.exists(path) else []
+    if existing and resume and not is_maskbatch_output(out_dir):
+        raise MaskbatchError(f"refusing to --resume into {out_dir}: it is not a maskbatch output "
+                             "folder (no run.json written by maskbatch); nothing was changed")
     if existing and not resume:
         if not overwrite:
             raise MaskbatchError(
                 f"output folder {out_dir} is not empty (an earlier run?); use --resume to finish "
                 "that run or --overwrite to replace it"
             )
-        if not fs.exists(files.join(path, "run.json")):
+        if not is_maskbatch_output(out_dir):
             raise MaskbatchError(f"refusing to --overwrite {out_dir}: it is not a maskbatch output "
-                                 "folder (no run.json)")
+                                 "folder (no run.json written by maskbatch)")
         fs.rm(path, recursive=True)
     fs.makedirs(path, exist_ok=True)
+
+
+def is_maskbatch_output(out_dir: str) -> bool:
+    """True when the folder's run.json was written by maskbatch (extract or predict)."""
+    import json
+
+    fs, path = files.filesystem(files.join(out_dir, "run.json"))
+    try:
+        with fs.open(path, "rb") as f:
+            record = json.loads(f.read())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("command") in ("extract", "predict")
+            and "version" in record)
 
 
 def _part_name(names: list[str]) -> str:
@@ -168,30 +185,14 @@ class PredictResult:
     out_dir: str
     dashboard: str | None = None
     wall_seconds: float = 0.0  # the whole call, cluster start-up and final files included
+    worker_restarts: int = 0  # worker processes lost while this call ran (restarted by Dask)
 
 
 def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[str, str]]:
     """(name, path) of every photo to process, from a folder/URL or a submission template CSV."""
     if images_arg.lower().endswith(".csv"):
-        fs, path = files.filesystem(images_arg)
-        if not fs.isfile(path):
-            raise MaskbatchError(f"template CSV not found: {images_arg}")
-        with fs.open(path, "rb") as f:
-            reader = csv.DictReader(io.StringIO(f.read().decode("utf-8-sig")))
-            if "name" not in (reader.fieldnames or []):
-                raise MaskbatchError(f"{images_arg}: template CSV needs a `name` column")
-            names = list(dict.fromkeys(row["name"] for row in reader if row["name"]))
-        folder = images_dir or files.join(images_arg.rsplit("/", 1)[0] or ".", "images")
-        if not files.is_dir(folder):
-            raise MaskbatchError(f"images folder for the template not found: {folder} "
-                                 "(give it with --images-dir)")
-        return [(n, files.join(folder, n)) for n in names]
-    if not files.is_dir(images_arg):
-        raise MaskbatchError(f"images folder not found: {images_arg}")
-    paths = files.list_files(images_arg, images.IMAGE_EXTENSIONS)
-    if not paths:
-        raise MaskbatchError(f"no images ({', '.join(images.IMAGE_EXTENSIONS)}) in {images_arg}")
-    return [(files.basename(p), p) for p in paths]
+        return inputs.template_inputs(images_arg, images_dir)
+    return inputs.folder_inputs(images_arg)
 
 
 def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig, partition_size: int
@@ -205,12 +206,15 @@ def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig, partiti
 def _check_resumable(out_dir: str, record: dict) -> None:
     run_json = files.join(out_dir, "run.json")
     fs, path = files.filesystem(run_json)
-    if not fs.exists(path):
-        return
+    if not fs.exists(path) or not is_maskbatch_output(out_dir):
+        return  # nothing to resume; _prepare_out_dir refuses a folder that is not maskbatch's
     import json
 
     with fs.open(path, "rb") as f:
         old = json.loads(f.read())
+    if old.get("command") != "predict":
+        raise MaskbatchError(f"cannot --resume {out_dir}: it holds a maskbatch "
+                             f"{old.get('command')} run, not a predict run")
     for key in ("model_sha256", "detector", "inputs_sha1"):
         if old.get(key) != record.get(key):
             raise MaskbatchError(f"cannot --resume {out_dir}: its run used a different {key} "
@@ -228,17 +232,21 @@ def _done_parts(out_dir: str) -> list[str]:
 def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             model: str | None = None, detector: DetectorConfig = DetectorConfig(),
             cluster_config: ClusterConfig = ClusterConfig(), previews: int = 0,
-            resume: bool = False, overwrite: bool = False) -> PredictResult:
+            resume: bool = False, overwrite: bool = False,
+            limits: InputLimits = InputLimits()) -> PredictResult:
     """Detect and classify every face in a folder of photos; write detections, submission, manifest.
 
     Results are committed per partition under OUT_DIR/parts (so --resume skips finished work) and
-    assembled into detections.parquet, submission.csv and images.parquet at the end.
+    assembled into detections.parquet, submission.csv and images.parquet at the end. Every photo
+    is read within `limits` (bytes, pixels, seconds); one that is not fails alone.
     """
     if resume and overwrite:
         raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
+    check_predict_arguments(detector, previews, limits)
     detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
     inputs = list_inputs(images_arg, images_dir)
     onnx_bytes, card = read_model(model)
+    check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
     model_dir = Path(model) if model else default_model_dir()
     onnx_path = model_dir if model_dir.suffix == ".onnx" else model_dir / "model.onnx"
     ref = ModelRef(card["onnx_sha256"], str(onnx_path))
@@ -259,7 +267,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         done.update(output.read_parquet(part, columns=["name"])["name"])
     todo = [item for item in inputs if item[0] not in done]
 
-    wall_started = time.perf_counter()
+    wall_started, events_since = time.perf_counter(), time.time()
     dash = None
     with cluster.dask_client(cluster_config) as client:
         dash = cluster.dashboard(client)
@@ -279,8 +287,9 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
 
         cluster.run_partitions(client, todo, cluster_config.partition_size, _predict_work,
                                commit, progress=cluster_config.progress, label="predict",
-                               detector=detector, model=ref)
+                               detector=detector, model=ref, limits=limits)
         seconds = time.perf_counter() - started
+        restarts = cluster.workers_lost(client, events_since)
         detections, manifest = _assemble(out_dir, inputs)
         if previews:
             _write_previews(client, out_dir, manifest, detections, previews)
@@ -292,7 +301,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
                             files.join(out_dir, "submission.csv"))
     output.write_parquet_atomic(manifest, files.join(out_dir, "images.parquet"))
     result = PredictResult(detections, manifest, seconds, len(todo), out_dir, dash,
-                           time.perf_counter() - wall_started)
+                           time.perf_counter() - wall_started, restarts)
     output.write_json_atomic(summary(result), files.join(out_dir, "summary.json"))
     coco.write_coco(out_dir, detections, manifest)
     run_report.write_run_report(out_dir, detections, manifest, summary=summary(result),
@@ -302,8 +311,38 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     return result
 
 
-def _predict_work(items: list, detector: DetectorConfig, model: ModelRef) -> tuple:
-    return predict_partition(items, detector, model)
+def _predict_work(items: list, detector: DetectorConfig, model: ModelRef,
+                  limits: InputLimits = InputLimits()) -> tuple:
+    return predict_partition(items, detector, model, limits)
+
+
+def check_predict_arguments(detector: DetectorConfig, previews: int, limits: InputLimits) -> None:
+    """One readable error for a setting that cannot work (the CLI checks the same when parsing)."""
+    if not (math.isfinite(detector.gamma) and detector.gamma > 0):
+        raise MaskbatchError(f"gamma must be a finite number above 0, got {detector.gamma}")
+    if detector.confidence is not None and not 0 <= detector.confidence <= 1:
+        raise MaskbatchError(f"confidence must be between 0 and 1, got {detector.confidence}")
+    if not detector.min_face >= 0:
+        raise MaskbatchError(f"min_face must be 0 or more pixels, got {detector.min_face}")
+    if previews < 0:
+        raise MaskbatchError(f"previews must be 0 or more, got {previews}")
+    if limits.max_bytes < 1 or limits.max_pixels < 1:
+        raise MaskbatchError("max_bytes and max_pixels must be at least 1")
+    if not limits.read_timeout > 0:
+        raise MaskbatchError(f"read_timeout must be above 0 seconds, got {limits.read_timeout}")
+
+
+def check_model_loads(onnx_bytes: bytes, card: dict, where: str) -> None:
+    """Load the model once here, so that a file that matches its card but is no ONNX model stops
+    the job with one line before anything is written (not in every worker with a traceback)."""
+    try:
+        Classifier(onnx_bytes, card)
+    except MaskbatchError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        detail = lines[0][:200] if lines else type(exc).__name__
+        raise MaskbatchError(f"model {where} does not load: {detail}") from None
 
 
 def _assemble(out_dir: str, inputs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -344,7 +383,10 @@ def _write_previews(client: object, out_dir: str, manifest: pd.DataFrame,
                          rows["mask_prob"]))
         futures.append((name, client.submit(preview_jpeg, path, boxes, pure=False)))
     for name, future in futures:
-        data = future.result()
+        try:
+            data = future.result()
+        except MaskbatchError:  # the photo changed or went away since it was read: no preview
+            continue
         if data:
             stem = Path(name).stem
             output.write_bytes_atomic(files.join(out_dir, "previews", f"{stem}.jpg"), data)
@@ -353,11 +395,14 @@ def _write_previews(client: object, out_dir: str, manifest: pd.DataFrame,
 def summary(result: PredictResult) -> dict:
     manifest, det = result.manifest, result.detections
     per_class = {c: int((det["classname"] == c).sum()) for c in (MASK, NO_MASK)}
-    failed = manifest[manifest["status"] != "ok"]
+    failed = manifest[manifest["status"] == "failed"]
+    skipped = manifest[manifest["status"] == "skipped"]
     return {
         "images": len(manifest), "processed_now": result.processed,
         "ok": int((manifest["status"] == "ok").sum()), "failed": len(failed),
-        "failures": dict(zip(failed["name"], failed["reason"])),
+        "skipped": len(skipped), "failures": dict(zip(failed["name"], failed["reason"])),
+        "skipped_entries": dict(zip(skipped["name"], skipped["reason"])),
+        "worker_restarts": result.worker_restarts,
         "faces": len(det), "faces_per_class": per_class,
         "seconds": round(result.seconds, 2), "wall_seconds": round(result.wall_seconds, 2),
         "images_per_second": round(result.processed / result.seconds, 2) if result.seconds else None,

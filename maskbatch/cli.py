@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from maskbatch import __version__
-from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig
+from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig, InputLimits
 from maskbatch.errors import MaskbatchError
+
+if "__mp_main__" in sys.modules:
+    # This module is being imported as the main module of a local Dask worker process that this
+    # command spawned: Ctrl-C in the terminal reaches that process too, and is the driver's to
+    # handle (it closes the cluster). Ignored from here, before the worker imports its libraries,
+    # the press no longer prints a KeyboardInterrupt traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,6 +53,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return value
@@ -54,6 +65,37 @@ def _mode_names() -> list[str]:
     from maskbatch.detect import MODES
 
     return list(MODES)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _amount(text: str, unit: int) -> int:
+    """A positive whole amount with an optional K, M or G suffix (times unit, unit**2, unit**3)."""
+    scale = {"k": unit, "m": unit**2, "g": unit**3}.get(text[-1:].lower(), 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 64M, got {text!r}") from None
+    if not math.isfinite(value) or value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return int(value)
+
+
+def _bytes(text: str) -> int:
+    return _amount(text, 1024)
+
+
+def _pixels(text: str) -> int:
+    return _amount(text, 1000)
 
 
 def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int) -> None:
@@ -149,8 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=_positive_float, default=DetectorConfig.gamma,
                    help="gamma correction of the res10 detector's input only (default: 2.0; "
                         "the yunet mode takes the photo as it is)")
-    p.add_argument("--previews", type=int, default=0, metavar="N",
+    p.add_argument("--previews", type=_non_negative_int, default=0, metavar="N",
                    help="write the first N annotated images to OUT/previews/")
+    p.add_argument("--min-face", type=_non_negative_int, default=DetectorConfig.min_face,
+                   metavar="PX", help="drop faces whose shorter side is under PX pixels (default: "
+                   f"{DetectorConfig.min_face}, the smallest labelled faces of the sample sets)")
+    g = p.add_argument_group("per-photo budget (a photo over it fails alone, with the reason)")
+    g.add_argument("--max-bytes", type=_bytes, default=InputLimits.max_bytes, metavar="SIZE",
+                   help=f"largest file read, e.g. 64M (default: {InputLimits.max_bytes // 2**20}M)")
+    g.add_argument("--max-pixels", type=_pixels, default=InputLimits.max_pixels, metavar="N",
+                   help="largest width x height decoded, checked in the header, e.g. 100M "
+                        f"(default: {InputLimits.max_pixels // 10**6}M)")
+    g.add_argument("--read-timeout", type=_positive_float, default=InputLimits.read_timeout,
+                   metavar="S", help="seconds to read and decode one photo (default: "
+                   f"{InputLimits.read_timeout:g})")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     _add_cluster_args(p, partition_default=16)
@@ -198,14 +252,18 @@ def _run(args: argparse.Namespace) -> None:
         from maskbatch.api import predict
         from maskbatch.report_text import predict_table
 
-        detector = DetectorConfig(mode=args.mode, confidence=args.confidence, gamma=args.gamma)
+        detector = DetectorConfig(mode=args.mode, confidence=args.confidence, gamma=args.gamma,
+                                  min_face=args.min_face)
+        limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels,
+                             read_timeout=args.read_timeout)
         from maskbatch.detect import MODES
 
         if args.mode not in MODES:
             raise MaskbatchError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
         result = predict(args.images, args.out, images_dir=args.images_dir, model=args.model,
                          detector=detector, cluster_config=_cluster_config(args),
-                         previews=args.previews, resume=args.resume, overwrite=args.overwrite)
+                         previews=args.previews, resume=args.resume, overwrite=args.overwrite,
+                         limits=limits)
         print(predict_table(result))
     elif args.command == "train":
         from maskbatch.train import train
@@ -252,6 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskbatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        import logging
+
+        for noisy in ("asyncio", "distributed", "tornado"):  # a cluster closed mid-start
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
         print(f"maskbatch {args.command}: interrupted; finished partitions are kept "
               "(run again with --resume)", file=sys.stderr)
         return 130

@@ -10,7 +10,9 @@ import ctypes.util
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -78,6 +80,32 @@ def _preload_in_workers(library: str | None) -> Iterator[None]:
             os.environ["LD_PRELOAD"] = before
 
 
+def _forget_half_started_clusters(before: set[int]) -> None:
+    """Ctrl-C while a LocalCluster starts leaves one that never finished starting; Dask's exit hook
+    would then try to close it and print an AssertionError traceback. Its worker processes end
+    by themselves once the driver is gone."""
+    from distributed.deploy.spec import SpecCluster
+
+    with contextlib.suppress(Exception):
+        for cluster in list(SpecCluster._instances):
+            if id(cluster) not in before:
+                SpecCluster._instances.discard(cluster)
+
+
+def dask_setup(worker: Any = None) -> None:
+    """Preloaded into local worker processes (LocalCluster(preload=[this module])): ignore Ctrl-C.
+
+    Ctrl-C in a terminal reaches every process of the group, and each local worker printed its own
+    KeyboardInterrupt traceback (about 70 lines). The driver alone handles it: it closes the
+    cluster, which ends the workers. Workers the user starts (`dask worker`) are left alone.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A task's error reaches the driver with the task; what a local worker would still log is the
+    # noise of a driver closing the cluster under it (heartbeats to a scheduler already gone).
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
 def scheduler_address(config: ClusterConfig) -> str | None:
     """--scheduler, else $DASK_SCHEDULER_ADDRESS, else None (start a local cluster)."""
     return config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
@@ -101,17 +129,26 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
             yield client
         return
     workers = config.workers or max(1, (os.cpu_count() or 1) // max(config.threads_per_worker, 1))
-    extra = {}
+    extra: dict[str, Any] = {}
     if config.processes:
+        extra["preload"] = [__name__]  # dask_setup below: the workers leave Ctrl-C to the driver
         # one library thread per Dask thread: onnxruntime and OpenCV must not oversubscribe
         extra["env"] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                         "MKL_NUM_THREADS": "1"}
     preload = worker_malloc() if config.processes else None
     with _preload_in_workers(preload), dask.config.set(NANNY_ENV):
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=config.threads_per_worker,
-            processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR, **extra,
-        )
+        from distributed.deploy.spec import SpecCluster
+
+        before = {id(c) for c in SpecCluster._instances}
+        try:
+            cluster = LocalCluster(
+                n_workers=workers, threads_per_worker=config.threads_per_worker,
+                processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR,
+                **extra,
+            )
+        except KeyboardInterrupt:
+            _forget_half_started_clusters(before)
+            raise
         # a worker the nanny restarts later gets the same variables from the nanny itself
     with cluster, Client(cluster) as client:
         yield client
@@ -121,6 +158,18 @@ def dashboard(client: Client) -> str | None:
     with contextlib.suppress(Exception):
         return client.dashboard_link
     return None
+
+
+def workers_lost(client: Client, since: float) -> int:
+    """Worker processes the scheduler lost unexpectedly (killed, crashed, out of memory) since
+    `since` (time.time()); Dask restarts them and reruns their tasks, the summary says so."""
+    try:
+        events = client.get_events("all")
+    except Exception:  # an old or unreachable scheduler: nothing to report rather than a crash
+        return 0
+    return sum(1 for stamp, msg in events
+               if stamp >= since and isinstance(msg, dict) and msg.get("action") == "remove-worker"
+               and not msg.get("expected"))
 
 
 class MaskbatchSetup(WorkerPlugin):

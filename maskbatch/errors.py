@@ -7,3 +7,8 @@ class MaskbatchError(Exception):
 
 class ImageError(MaskbatchError):
     """One input image cannot be used; the message is the reason written to the manifest."""
+
+
+class SkippedInput(ImageError):
+    """An entry that is not a photo to read (a folder, a broken link, a FIFO, an unsupported
+    format); the manifest lists it as skipped, with the message as the reason."""

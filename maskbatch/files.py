@@ -1,16 +1,42 @@
-"""Listing and joining paths on local disk or any fsspec filesystem (file://, memory://, s3://)."""
+"""Listing and joining paths on local disk or any fsspec filesystem (file://, memory://, s3://).
+
+A path is a URL only when it starts with a protocol fsspec knows (``s3://``, ``memory://``,
+``simplecache::s3://``); any other string is a local path, whatever it contains (``a::b.jpg``,
+``x://y`` are names the OS allows).
+
+File names that are not valid UTF-8 are shown as text (:func:`text_name`): each byte that does not
+decode becomes ``\\xNN``. Every output (Parquet, CSV, JSON) holds that text; :func:`os_path` turns
+it back into the OS's name when the file is opened.
+"""
 
 from __future__ import annotations
 
+import os
 import posixpath
+import re
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from maskbatch.errors import MaskbatchError
+
+_PROTOCOL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")
+_ESCAPED_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def is_url(path: str) -> bool:
+    """True for an fsspec URL (a known protocol before ``://`` or ``::``), False for a local path."""
+    match = _PROTOCOL.match(path)
+    if not match:
+        return False
+    protocol = match.group(1).lower()
+    return protocol in fsspec.registry or protocol in fsspec.available_protocols()
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem behind a path or URL, and the path within it."""
+    if not is_url(url):
+        return LocalFileSystem(), os.path.abspath(url).replace(os.sep, "/")
     try:
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
@@ -45,3 +71,29 @@ def list_files(url: str, extensions: tuple[str, ...]) -> list[str]:
 
 def basename(path: str) -> str:
     return posixpath.basename(path.rstrip("/"))
+
+
+def text_name(name: str) -> str:
+    """A name as the OS gave it (undecodable bytes as surrogates) made into valid text.
+
+    Valid UTF-8 names are returned unchanged; in others each undecodable byte becomes ``\\xNN``.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def os_path(path: str) -> str:
+    """The OS's name of a local path written by :func:`text_name` (``\\xNN`` back to its byte).
+
+    A path that exists as written wins, so a name that really contains ``\\x80`` still opens.
+    """
+    if "\\x" not in path or os.path.lexists(path):
+        return path
+    raw = _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), path)
+    try:
+        return os.fsdecode(os.fsencode(raw))
+    except UnicodeError:
+        return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import uuid
 
 import pandas as pd
@@ -56,7 +57,27 @@ def write_parquet_atomic(df: pd.DataFrame, url: str) -> None:
 
 
 def write_csv_atomic(df: pd.DataFrame, url: str) -> None:
-    write_bytes_atomic(url, df.to_csv(index=False).encode())
+    write_bytes_atomic(url, csv_text(df).encode())
+
+
+def csv_text(df: pd.DataFrame) -> str:
+    """CSV of a table, header first, with "\n" line ends; any field holding a comma, a quote, a CR
+    or a LF is quoted, so names with control characters read back whole (pandas' own writer
+    leaves a lone CR unquoted and the row splits in two when read back)."""
+    lines = [",".join(csv_field(c) for c in df.columns)]
+    lines.extend(",".join(csv_field(v) for v in row)
+                 for row in df.itertuples(index=False, name=None))
+    return "\n".join(lines) + "\n"
+
+
+def csv_field(value: object) -> str:
+    """One CSV field: empty for missing values, quoted where the text needs it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = str(value)
+    if any(ch in text for ch in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def write_json_atomic(obj: object, url: str) -> None:

@@ -14,9 +14,9 @@ import pandas as pd
 
 from maskbatch import detect, images
 from maskbatch.classify import ModelRef, fit_crop, get_classifier, preprocess
-from maskbatch.config import CROP_SIZE, DetectorConfig
+from maskbatch.config import CROP_SIZE, DetectorConfig, InputLimits
 from maskbatch.datasets import FaceBox, ImageRecord
-from maskbatch.errors import ImageError
+from maskbatch.errors import ImageError, SkippedInput
 from maskbatch.output import (
     CROP_COLUMNS,
     DETECTION_COLUMNS,
@@ -114,33 +114,46 @@ def decode_crop(png: bytes) -> np.ndarray:
 # --------------------------------------------------------------------------- prediction
 
 
-def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, model: ModelRef
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, model: ModelRef,
+                      limits: InputLimits = InputLimits()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Detect and classify the faces of a list of (name, path) photos.
 
-    Each photo is decoded once; faces are found on the gamma-corrected copy, cropped from the
-    original and resized to the classifier's input right away (the photo is freed before the next
-    one is decoded), prepared with the classifier's own preprocess, and all crops of the partition
-    are classified in one onnxruntime call. Returns (detections, manifest) in input order.
+    Each photo is decoded once, within the per-photo budget `limits` (a photo over it fails alone);
+    faces are found on the gamma-corrected copy, faces under ``detector.min_face`` px dropped,
+    cropped from the original and resized to the classifier's input right away (the photo is freed
+    before the next one is decoded), prepared with the classifier's own preprocess, and all crops of
+    the partition are classified in one onnxruntime call. Whatever goes wrong with one photo becomes
+    its row (status failed or skipped, and the reason); the others go on. Returns (detections,
+    manifest) in input order.
     """
     classifier = get_classifier(model)
     detect.load_mode(detector.mode)
     manifest, faces, boxes_per_image = [], [], []
     for name, path in items:
         started = time.perf_counter()
-        row = {"name": name, "path": path, "status": "ok", "reason": "", "n_faces": 0,
-               "width": 0, "height": 0, "seconds": 0.0}
+        row = {"name": name, "path": "" if images.refused_reason(path) else path, "status": "ok",
+               "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0}
         found = np.zeros((0, 5))
+        crops: list[np.ndarray] = []
         try:
-            image = images.load_image(path)
-            row["height"], row["width"] = image.shape[:2]
-            found = detect.detect_faces(image, detector)
+            photo = images.load_photo(path, limits)
+            image = photo.image
+            row.update(height=image.shape[0], width=image.shape[1], reason=photo.note)
+            found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
             for x1, y1, x2, y2, _ in found:
                 # resized now, so that only one decoded photo at a time is in memory
-                faces.append(fit_crop(images.crop(image, (int(x1), int(y1), int(x2), int(y2))),
+                crops.append(fit_crop(images.crop(image, (int(x1), int(y1), int(x2), int(y2))),
                                       classifier.input_size))
+            del image, photo
+        except SkippedInput as exc:
+            row.update(status="skipped", reason=str(exc))
         except ImageError as exc:
             row.update(status="failed", reason=str(exc))
+        except Exception as exc:  # one photo's surprise (a detector error...) must not end the job
+            row.update(status="failed", reason=unexpected_reason(exc))
+        if row["status"] != "ok":
+            found, crops = np.zeros((0, 5)), []
+        faces.extend(crops)
         row["n_faces"] = len(found)
         boxes_per_image.append(found)
         manifest.append(_finish(row, started))
@@ -160,4 +173,21 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
     return detections, pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
 
 
-__all__ = ["decode_crop", "extract_partition", "extract_record", "predict_partition"]
+def keep_faces(found: np.ndarray, min_face: int) -> np.ndarray:
+    """Detections (x1, y1, x2, y2, score) whose shorter side is at least `min_face` pixels."""
+    if not len(found) or min_face <= 0:
+        return found
+    sides = np.minimum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1])
+    return found[sides >= min_face]
+
+
+def unexpected_reason(exc: BaseException) -> str:
+    """A failure reason for an error nobody planned for, in one line and without build paths."""
+    if isinstance(exc, MemoryError):
+        return "not enough memory to process it"
+    text = images.plain_cv_error(exc) if "OpenCV" in str(exc) else images.first_line(exc)
+    return f"could not be processed ({type(exc).__name__}: {text})"
+
+
+__all__ = ["decode_crop", "extract_partition", "extract_record", "keep_faces", "predict_partition",
+           "unexpected_reason"]

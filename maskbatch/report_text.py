@@ -29,15 +29,29 @@ def extract_table(result: ExtractResult) -> str:
 def predict_table(result: PredictResult) -> str:
     s = summary(result)
     lines = [
-        f"images        {s['images']} ({s['ok']} ok, {s['failed']} failed, "
+        f"images        {s['images']} ({s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped, "
         f"{s['processed_now']} processed by this run)",
         f"faces         {s['faces']} ({s['faces_per_class'][MASK]} {MASK}, "
         f"{s['faces_per_class'][NO_MASK]} {NO_MASK})",
         f"speed         {s['images_per_second']} images/s ({s['seconds']} s)",
     ]
-    for name, reason in list(s["failures"].items())[:10]:
-        lines.append(f"  failed: {name}: {reason}")
+    if s["worker_restarts"]:
+        lines.append(f"workers       {s['worker_restarts']} worker process(es) died and were "
+                     "restarted during the run; their photos were processed again")
+    shown = 0
+    for status, entries in (("failed", s["failures"]), ("skipped", s["skipped_entries"])):
+        for name, reason in entries.items():
+            if shown < 10:
+                lines.append(f"  {status}: {printable(name)}: {printable(reason)}")
+            shown += 1
+    if shown > 10:
+        lines.append(f"  ... and {shown - 10} more (status and reason of each in images.parquet)")
     out = result.out_dir
     lines.append(f"written       {out}/submission.csv, {out}/detections.parquet, "
                  f"{out}/images.parquet")
     return "\n".join(lines)
+
+
+def printable(text: str) -> str:
+    """Text safe to print on a terminal: control characters (CR, ESC...) shown as escapes."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)

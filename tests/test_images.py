@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
 from conftest import huge_png_header
 
 from maskbatch import images
-from maskbatch.errors import ImageError
+from maskbatch.config import InputLimits
+from maskbatch.errors import ImageError, SkippedInput
 
 
 def test_messy_real_files_decode_to_8bit_bgr(data):
@@ -42,9 +45,9 @@ def test_grayscale_becomes_three_channels():
 
 @pytest.mark.parametrize("content, reason", [
     (b"", "empty file"),
-    (b"GIF89a-not-really", "not an image"),
+    (b"GIF89a\x01\x00\x01\x00-not-really", "cannot decode gif"),
     (b"hello, world", "not an image"),
-    (huge_png_header(), "cannot decode png"),
+    (huge_png_header(), "100000 x 100000 pixels, over the 100 megapixel limit"),
 ])
 def test_broken_bytes_give_a_reason(content, reason):
     with pytest.raises(ImageError, match=reason):
@@ -83,3 +86,114 @@ def test_gamma_matches_the_notebook_table():
 ])
 def test_clip_box(box, expected):
     assert images.clip_box(box, 100, 50) == expected
+
+
+# --------------------------------------------------------------------------- per-photo budget
+
+
+def _jpeg(width: int = 64, height: int = 48) -> bytes:
+    rng = np.random.default_rng(0)
+    return cv2.imencode(".jpg", rng.integers(0, 256, (height, width, 3), dtype=np.uint8))[1].tobytes()
+
+
+def test_special_files_are_skipped_without_being_read(tmp_path):
+    """A FIFO blocked a worker forever; a link to /dev/zero was read until the worker died."""
+    import os
+    import time
+
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    expected = {"fifo.jpg": "FIFO", "zero.jpg": "character device", "gone.jpg": "broken symbolic",
+                "loop.jpg": "symbolic link loop", "folder.jpg": "a folder"}
+    started = time.perf_counter()
+    for name, reason in expected.items():
+        with pytest.raises(SkippedInput, match=reason):
+            images.load_image(str(tmp_path / name))
+    with pytest.raises(SkippedInput, match="FIFO"):
+        images.load_image(f"file://{tmp_path}/fifo.jpg")
+    assert time.perf_counter() - started < 5
+
+
+def test_symlink_to_a_photo_is_read(tmp_path):
+    (tmp_path / "real.jpg").write_bytes(_jpeg())
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "real.jpg")
+    assert images.load_image(str(tmp_path / "link.jpg")).shape == (48, 64, 3)
+
+
+def test_bytes_and_pixels_are_capped(tmp_path):
+    big = tmp_path / "sparse.jpg"
+    with open(big, "wb") as f:
+        f.truncate(10 * 2**30)  # 10 GB that occupy no disk: refused from its size, never read
+    with pytest.raises(ImageError, match="larger than the 64 MB limit"):
+        images.load_image(str(big))
+    (tmp_path / "small.jpg").write_bytes(_jpeg())
+    with pytest.raises(ImageError, match="larger than the 1.0 KB|larger than the 0.0 MB"):
+        images.load_image(str(tmp_path / "small.jpg"), InputLimits(max_bytes=1000))
+    with pytest.raises(ImageError, match="64 x 48 pixels, over the 0.001 megapixel limit"):
+        images.load_image(str(tmp_path / "small.jpg"), InputLimits(max_pixels=1000))
+
+
+def test_a_stuck_read_fails_the_photo_not_the_worker():
+    """A file system that never answers: the photo fails after the time budget, the caller goes on."""
+    import threading
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    release = threading.Event()
+
+    class StuckFileSystem(MemoryFileSystem):
+        """Knows one photo, and never answers when asked about it."""
+
+        protocol = "stucktest"
+        store: dict = {}
+        pseudo_dirs = [""]
+
+        def info(self, path, **kwargs):
+            release.wait(30)
+            return {"name": path, "size": 10, "type": "file"}
+
+    fsspec.register_implementation("stucktest", StuckFileSystem, clobber=True)
+    try:
+        with pytest.raises(ImageError, match="gave up after 0.5 s"):
+            images.load_image("stucktest://photo.jpg", InputLimits(read_timeout=0.5))
+    finally:
+        release.set()
+
+
+def test_multi_page_tiff_says_what_was_read(tmp_path):
+    from PIL import Image
+
+    pages = [Image.new("RGB", (40, 30), colour) for colour in ("red", "green", "blue")]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
+    photo = images.decode_photo(buf.getvalue())
+    assert photo.image.shape == (30, 40, 3)
+    assert photo.note == "page 1 of 3 read (multi-page TIFF; the others are not)"
+    single = io.BytesIO()
+    pages[0].save(single, format="TIFF")
+    assert images.decode_photo(single.getvalue()).note == ""
+
+
+def test_gif_named_jpg_is_decoded():
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buf, format="GIF")
+    assert images.sniff_format(buf.getvalue()) == "gif"
+    assert images.decode_image(buf.getvalue()).shape == (30, 40, 3)
+
+
+def test_reasons_carry_no_opencv_build_paths():
+    err = cv2.error("OpenCV(4.14.0) /io/opencv/modules/imgcodecs/src/grfmt_gif.cpp:508: error: "
+                    "(-215:Assertion failed) false in function 'getFrameCount_'\n")
+    text = images.plain_cv_error(err)
+    assert "/io/opencv" not in text and ".cpp" not in text and "OpenCV(" not in text
+    try:  # a real one: a 0x0 resize
+        cv2.resize(np.zeros((0, 0, 3), np.uint8), (5, 5))
+    except cv2.error as exc:
+        text = images.plain_cv_error(exc)
+    assert text.startswith("the decoder refused it") and "/" not in text.replace("!", "")

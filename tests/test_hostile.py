@@ -1,0 +1,266 @@
+"""No single input can stop, hang or corrupt a job: the hostile corpus (tests/hostile.py), run whole
+through the CLI on a real local cluster, and the user-facing edges around it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from hostile import build_corpus
+
+from maskbatch import cli, files, inputs
+from maskbatch.api import PredictResult, list_inputs, predict
+from maskbatch.classify import ModelRef, default_model_dir, read_model, sha256_bytes
+from maskbatch.cluster import dask_client, workers_lost
+from maskbatch.config import ClusterConfig, DetectorConfig
+from maskbatch.errors import MaskbatchError
+from maskbatch.output import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
+from maskbatch.pipeline import keep_faces, predict_partition
+from maskbatch.report_text import predict_table
+
+BOX_COLUMNS = ["x1", "x2", "y1", "y2", "classname", "score", "mask_prob"]
+
+
+@pytest.fixture(scope="module")
+def model_ref() -> ModelRef:
+    _, card = read_model()
+    return ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
+
+
+@pytest.fixture(scope="module")
+def real_photos(data):
+    return sorted((data / "medical-mask" / "images").iterdir())[:9]
+
+
+@pytest.fixture(scope="module")
+def corpus(real_photos, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile") / "photos"
+    return folder, build_corpus(folder, real_photos)
+
+
+@pytest.fixture(scope="module")
+def corpus_run(corpus, tmp_path_factory):
+    folder, _ = corpus
+    out = tmp_path_factory.mktemp("hostile-run") / "out"
+    cmd = [sys.executable, "-m", "maskbatch.cli", "predict", str(folder), "--out", str(out),
+           "--workers", "2", "--partition-size", "4", "--no-progress"]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return proc, out, time.perf_counter() - started
+
+
+def test_the_whole_job_survives_the_hostile_corpus(corpus, corpus_run, real_photos, model_ref):
+    folder, expected = corpus
+    proc, out, seconds = corpus_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    manifest = pd.read_parquet(out / "images.parquet")
+    assert list(manifest.columns) == PREDICT_MANIFEST_COLUMNS
+    assert sorted(manifest["name"]) == sorted(expected)  # every entry, exactly once
+    rows = manifest.set_index("name")
+    for name, entry in expected.items():
+        row = rows.loc[name]
+        assert row["status"] == entry.status, (name, row["reason"])
+        assert entry.reason in row["reason"], (name, row["reason"])
+        assert "OpenCV(" not in row["reason"] and ".cpp" not in row["reason"]
+
+    summary = json.loads((out / "summary.json").read_text())
+    for status in ("ok", "failed", "skipped"):
+        assert summary[status] == sum(e.status == status for e in expected.values()), status
+    assert set(summary["skipped_entries"]) == {n for n, e in expected.items()
+                                               if e.status == "skipped"}
+
+    # submission.csv reads back whole, with the csv module and with pandas
+    det = pd.read_parquet(out / "detections.parquet")
+    assert list(det.columns) == DETECTION_COLUMNS
+    assert len(det) == manifest["n_faces"].sum() > 10
+    sub = pd.read_csv(out / "submission.csv")
+    with open(out / "submission.csv", newline="", encoding="utf-8") as f:
+        rows_csv = list(csv.DictReader(f))
+    assert list(sub["name"]) == [r["name"] for r in rows_csv] == list(det["name"])
+    assert list(sub["x1"]) == list(det["x1"])
+
+    # the real photos, whatever their names, get exactly the detections of a clean run
+    clean, _ = predict_partition([(p.name, str(p)) for p in real_photos], DetectorConfig(),
+                                 model_ref)
+    for name, entry in expected.items():
+        if entry.source is None:
+            continue
+        got = det[det["name"] == name][BOX_COLUMNS].reset_index(drop=True)
+        want = clean[clean["name"] == entry.source][BOX_COLUMNS].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, obj=name)
+
+    # what the terminal shows: control characters escaped, skipped entries counted
+    assert "\r" not in proc.stdout and "\x1b" not in proc.stdout
+    assert f"{summary['skipped']} skipped" in proc.stdout
+    print(f"hostile corpus: {len(expected)} entries in {seconds:.1f}s (CLI, 2 workers)")
+
+
+def test_the_corpus_round_trips_as_a_template(corpus, corpus_run):
+    """The names written to submission.csv name the same files when read back as a template."""
+    folder, expected = corpus
+    _, out, _ = corpus_run
+    with open(out / "submission.csv", newline="", encoding="utf-8") as f:
+        written = list(dict.fromkeys(r["name"] for r in csv.DictReader(f)))
+    pairs = list_inputs(str(out / "submission.csv"), str(folder))
+    assert [n for n, _ in pairs] == written
+    for name, path in pairs:
+        assert expected[name].status == "ok" and os.path.exists(files.os_path(path)), name
+
+
+def test_template_names_outside_the_folder_or_like_urls(data, tmp_path):
+    """A template name with :// raised in a worker and ended the job; ../ and absolute names were
+    opened, and the reason told whether the outside path existed."""
+    photos = tmp_path / "images"
+    photos.mkdir()
+    for name in ("0001.jpg", "0002.jpg"):
+        (photos / name).write_bytes((data / "medical-mask" / "images" / name).read_bytes())
+    (tmp_path / "outside.jpg").write_bytes((photos / "0001.jpg").read_bytes())
+    names = ["0001.jpg", "../outside.jpg", "../not-there.jpg", str(tmp_path / "outside.jpg"),
+             "http://example.com/x.jpg", "a://b.jpg", "x::y.jpg", "0002.jpg"]
+    template = tmp_path / "submission.csv"
+    template.write_text("name,x1,x2,y1,y2,classname\n" + "".join(f"{n},,,,,\n" for n in names))
+    result = predict(str(template), str(tmp_path / "out"), images_dir=str(photos),
+                     cluster_config=ClusterConfig(workers=1, partition_size=16, progress=False))
+    m = result.manifest.set_index("name")
+    assert list(result.manifest["name"]) == names
+    assert m.loc["0001.jpg", "status"] == m.loc["0002.jpg", "status"] == "ok"
+    outside = names[1:5]
+    assert set(m.loc[outside, "reason"]) == {inputs.OUTSIDE}  # same words, existing or not
+    assert (m.loc[outside, "status"] == "failed").all() and (m.loc[outside, "path"] == "").all()
+    assert m.loc["a://b.jpg", "reason"] == m.loc["x::y.jpg", "reason"] == "missing file"
+
+
+@pytest.fixture()
+def one_photo(data, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "0001.jpg").write_bytes((data / "medical-mask" / "images" / "0001.jpg").read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("flag", ["resume", "overwrite"])
+def test_resume_and_overwrite_only_touch_maskbatch_folders(one_photo, tmp_path, flag):
+    """--resume into a folder that was not a maskbatch output overwrote the user's files."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    own = {"submission.csv": "my own submission\n", "summary.json": "{\"mine\": true}\n"}
+    for name, text in own.items():
+        (mine / name).write_text(text)
+    for run_json in (None, "{\"hello\": 1}\n", "not json"):
+        if run_json is not None:
+            (mine / "run.json").write_text(run_json)
+            own["run.json"] = run_json
+        with pytest.raises(MaskbatchError, match="not a maskbatch output"):
+            predict(str(one_photo), str(mine), cluster_config=ClusterConfig(workers=1),
+                    **{flag: True})
+        assert {p.name: p.read_text() for p in mine.iterdir()} == own
+
+
+def test_a_model_that_matches_its_card_but_does_not_load(one_photo, tmp_path):
+    """Gave a traceback from every worker and left run.json behind."""
+    model = tmp_path / "model"
+    model.mkdir()
+    junk = b"this is not an ONNX graph"
+    (model / "model.onnx").write_bytes(junk)
+    (model / "model_card.json").write_text(json.dumps({"onnx_sha256": sha256_bytes(junk),
+                                                       "input_size": 128}))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(one_photo),
+                           "--out", str(out), "--model", str(model), "--workers", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "does not load" in proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gamma", "nan"], "finite"),
+    (["--gamma", "inf"], "finite"),
+    (["--gamma", "-1"], "above 0"),
+    (["--previews", "-1"], "0 or more"),
+    (["--min-face", "-3"], "0 or more"),
+    (["--max-bytes", "0"], "at least 1"),
+    (["--max-pixels", "lots"], "such as 64M"),
+    (["--read-timeout", "nan"], "finite"),
+])
+def test_bad_arguments_are_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["predict", "photos", "--out", "out", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_budget_options_reach_the_job(monkeypatch):
+    seen = {}
+
+    def fake_predict(*args, **kwargs):
+        seen.update(kwargs)
+        raise MaskbatchError("stop here")
+
+    monkeypatch.setattr("maskbatch.api.predict", fake_predict)
+    assert cli.main(["predict", "photos", "--out", "out", "--max-bytes", "2M", "--max-pixels",
+                     "5M", "--read-timeout", "3", "--min-face", "7"]) == 2
+    assert seen["limits"].max_bytes == 2 * 2**20 and seen["limits"].max_pixels == 5_000_000
+    assert seen["limits"].read_timeout == 3 and seen["detector"].min_face == 7
+
+
+def test_smallest_face_size(data, model_ref):
+    """Without a smallest face size, noise gave 3x5 px faces at score 1.00."""
+    found = np.array([[0, 0, 3, 5, 1.0], [10, 10, 16, 30, 0.9], [0, 0, 40, 40, 0.8]])
+    assert keep_faces(found, 5).tolist() == found[1:].tolist()
+    assert keep_faces(found, 0).tolist() == found.tolist()
+    photo = [("0001.jpg", str(data / "medical-mask" / "images" / "0001.jpg"))]
+    det, manifest = predict_partition(photo, DetectorConfig(), model_ref)
+    assert len(det) > 0 and (np.minimum(det.y1 - det.x1, det.y2 - det.x2) >= 5).all()
+    none, manifest = predict_partition(photo, DetectorConfig(min_face=10_000), model_ref)
+    assert len(none) == 0 and manifest.loc[0, "status"] == "ok"
+
+
+def test_worker_restarts_are_counted_and_reported():
+    """A worker lost mid-run was never mentioned to the user."""
+    with dask_client(ClusterConfig(workers=1, progress=False)) as client:
+        since = time.time()
+        assert workers_lost(client, since) == 0
+        pid = next(iter(client.run(os.getpid).values()))
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 60
+        while workers_lost(client, since) == 0 and time.time() < deadline:
+            time.sleep(0.2)
+        assert workers_lost(client, since) == 1
+    result = PredictResult(pd.DataFrame(columns=DETECTION_COLUMNS),
+                           pd.DataFrame(columns=PREDICT_MANIFEST_COLUMNS), 1.0, 0, "out",
+                           worker_restarts=1)
+    assert "1 worker process(es) died and were restarted" in predict_table(result)
+
+
+def test_ctrl_c_is_one_line(data, tmp_path):
+    """Ctrl-C in a terminal printed about 70 lines of worker tracebacks."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted((data / "medical-mask" / "images").iterdir())[:40]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maskbatch.cli", "predict", str(folder), "--out", str(out),
+         "--workers", "2", "--partition-size", "1", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "parts").is_dir() and any((out / "parts").iterdir()):
+            break  # the workers are at work: the moment a user presses Ctrl-C
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["maskbatch predict: interrupted; finished partitions are "
+                                        "kept (run again with --resume)"], err
