@@ -248,7 +248,8 @@ def test_ctrl_c_is_one_line(data, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for src in sorted((data / "medical-mask" / "images").iterdir())[:40]:
-        (folder / src.name).write_bytes(src.read_bytes())
+        for copy in range(3):  # enough work that the job cannot end between two polls below
+            (folder / f"{copy}-{src.name}").write_bytes(src.read_bytes())
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskbatch.cli", "predict", str(folder), "--out", str(out),
