@@ -57,7 +57,11 @@ def test_report_says_what_the_run_found(run):
     for section in ("The first photos", "The most crowded photos",
                     "The least certain faces", "Throughput", "Detector", "Classifier (model card)"):
         assert section in page, section
-    assert "yunet" in page and result.detections["model_sha256"].iloc[0][:12] in page
+    from maskbatch import yunet
+
+    detector_sha = yunet.read_tuned_card()[1]["onnx_sha256"][:12]  # the default mode's weights
+    assert "tuned" in page and detector_sha in page
+    assert result.detections["model_sha256"].iloc[0][:12] in page
 
 
 def test_report_is_self_contained(run):
