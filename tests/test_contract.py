@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -285,7 +286,10 @@ def test_extract_partition_crops_skips_and_fails_with_reasons(data: Path, tmp_pa
                ImageRecord(str(tmp_path / "whole.png"), "other.png", "crops",
                            whole_image_label="selfies"),
                ImageRecord(photo, "nothing.jpg", "kaggle-json", boxes[2:4])]
+    started = time.perf_counter()
     crops, manifest = extract_partition(records, DEFAULT_LABEL_MAP, 32)
+    wall = time.perf_counter() - started
+    assert 0 <= manifest["seconds"].sum() <= wall  # each row: the time spent on that image
     m = manifest.set_index("image")
     assert list(manifest["image"]) == [r.name for r in records]
     assert m.loc["0003.jpg", ["status", "n_boxes", "n_faces", "n_skipped_boxes"]].tolist() == \
@@ -297,6 +301,7 @@ def test_extract_partition_crops_skips_and_fails_with_reasons(data: Path, tmp_pa
     assert (m.loc["0003.jpg", "height"], m.loc["0003.jpg", "width"]) == source.shape[:2]
     assert m.loc["absent.jpg", ["status", "reason"]].tolist() == ["failed", "missing file"]
     assert m.loc["broken.jpg", ["status", "reason"]].tolist() == ["failed", "annotation is not JSON"]
+    assert m.loc[["absent.jpg", "broken.jpg", "other.png"], "n_faces"].tolist() == [0, 0, 0]
     assert m.loc["whole.png", ["status", "n_faces"]].tolist() == ["ok", 1]
     assert m.loc["other.png", "status"] == "skipped" and "'selfies'" in m.loc["other.png", "reason"]
     assert m.loc["nothing.jpg", "status"] == "skipped"
@@ -308,3 +313,18 @@ def test_extract_partition_crops_skips_and_fails_with_reasons(data: Path, tmp_pa
     assert first.shape == (32, 32, 3)
     assert np.array_equal(first, images.resize(source[50:200, 100:220], 32))
     assert crops["pixel_hash"].nunique() == 3
+
+
+def test_predict_partition_rows_share_out_the_time_spent(photos: Path, tmp_path: Path):
+    from maskbatch.pipeline import predict_partition
+
+    _, card = read_model()
+    ref = ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
+    items = [("grey.jpg", str(photos / "grey.jpg")), ("absent.jpg", str(tmp_path / "absent.jpg"))]
+    predict_partition(items, DetectorConfig(), ref)  # nets and model loaded once
+    started = time.perf_counter()
+    detections, manifest = predict_partition(items, DetectorConfig(), ref)
+    wall = time.perf_counter() - started
+    assert detections.empty and list(manifest["status"]) == ["ok", "failed"]
+    assert list(manifest["n_faces"]) == [0, 0]
+    assert (manifest["seconds"] >= 0).all() and manifest["seconds"].sum() <= wall + 1e-3

@@ -86,6 +86,7 @@ def test_template_csv_limits_and_orders_rows(data, tmp_path):
                      cluster_config=ClusterConfig(workers=1, progress=False))
     assert list(result.manifest["name"]) == names
     sub = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert len(sub) == result.manifest["n_faces"].sum() > 0  # an empty file does not pass
     assert set(sub["name"]) <= set(names)
     firsts = [n for n in dict.fromkeys(sub["name"])]
     assert firsts == [n for n in names if n in firsts]
