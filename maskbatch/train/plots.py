@@ -67,7 +67,7 @@ def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str,
     import matplotlib.pyplot as plt
 
     n = max(len(matrices), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4), squeeze=False)
     short = [c.replace("face_", "") for c in class_names]
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
         ax.imshow(matrix, cmap="Blues")
@@ -79,9 +79,11 @@ def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str,
         ax.set_xticks(range(len(short)), short)
         ax.set_yticks(range(len(short)), short)
         ax.set_xlabel("Predicted")
-        ax.set_ylabel("True")
+        if ax is axes[0][0]:
+            ax.set_ylabel("True")
         ax.set_title(f"{name} val: accuracy {accuracy.get(name, 0):.3f}")
     fig.suptitle(f"Validation per set, threshold {threshold:g}")
+    fig.tight_layout()
     return _figure_bytes(fig)
 
 
