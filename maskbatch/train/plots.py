@@ -44,18 +44,23 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
+    _draw_matrix(ax, matrix, class_names)
+    ax.set_ylabel("True")
+    ax.set_title(title)
+    return _figure_bytes(fig)
+
+
+def _draw_matrix(ax: object, matrix: list[list[int]], labels: list[str]) -> None:
+    """Counts of a confusion matrix on `ax`, shaded, labelled by class (x: predicted)."""
     ax.imshow(matrix, cmap="Blues")
     peak = max(max(row) for row in matrix) or 1
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center",
                     color="white" if value > peak / 2 else "black", fontsize=12)
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("Predicted")
-    ax.set_ylabel("True")
-    ax.set_title(title)
-    return _figure_bytes(fig)
 
 
 def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str, float],
@@ -70,15 +75,7 @@ def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str,
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4), squeeze=False)
     short = [c.replace("face_", "") for c in class_names]
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
-        ax.imshow(matrix, cmap="Blues")
-        peak = max(max(row) for row in matrix) or 1
-        for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
-                ax.text(j, i, str(value), ha="center", va="center",
-                        color="white" if value > peak / 2 else "black", fontsize=12)
-        ax.set_xticks(range(len(short)), short)
-        ax.set_yticks(range(len(short)), short)
-        ax.set_xlabel("Predicted")
+        _draw_matrix(ax, matrix, short)
         if ax is axes[0][0]:
             ax.set_ylabel("True")
         ax.set_title(f"{name} val: accuracy {accuracy.get(name, 0):.3f}")
