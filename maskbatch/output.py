@@ -79,7 +79,10 @@ def write_parquet_atomic(df: pd.DataFrame, url: str) -> None:
 
 def write_table_atomic(df: pd.DataFrame, schema: pa.Schema, url: str) -> None:
     """A DataFrame as Parquet with a fixed Arrow schema (columns in the schema's order)."""
-    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+    # one thread: Arrow's thread pool buys nothing on a partition's few rows, and on a busy
+    # machine every hand-off to it waits for a core (seconds per file at 100 % CPU pressure)
+    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False,
+                                 nthreads=1)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     write_bytes_atomic(url, buf.getvalue())

@@ -220,7 +220,7 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
             imgs.add(manifest)
             dets.add(detections)
             handles["submission.csv"].write(output.csv_bytes(
-                output.submission_frame(detections.to_pandas()), header=header))
+                output.submission_frame(detections.to_pandas(use_threads=False)), header=header))
             header = False
             _count(stats, manifest, detections, previews)
         dets.flush()
@@ -235,7 +235,7 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
 
 def _read_table(fs: object, path: str, schema: pa.Schema) -> pa.Table:
     with fs.open(path, "rb") as f:  # type: ignore[attr-defined]
-        return pq.read_table(f, schema=schema)
+        return pq.read_table(f, schema=schema, use_threads=False)  # see output.write_table_atomic
 
 
 def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews: int) -> None:
@@ -253,7 +253,7 @@ def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews:
             if state != "ok" and len(stats.failures) < FAILURES_LISTED:
                 stats.failures[name] = reason
     if len(stats.previews) < previews and ok:
-        rows = detections.to_pandas()
+        rows = detections.to_pandas(use_threads=False)
         for name, path, state in zip(manifest.column("name").to_pylist(),
                                      manifest.column("path").to_pylist(), status):
             if state == "ok" and len(stats.previews) < previews:
