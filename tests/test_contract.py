@@ -23,6 +23,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from maskbatch import MASK, NO_MASK, files, images, output
 from maskbatch.api import _check_resumable, _run_record, list_inputs, predict
@@ -262,8 +263,9 @@ def test_files_on_local_disk_and_memory(tmp_path: Path):
         assert files.full_path(local, path + "/a.jpg") == str(tmp_path / "a.jpg")
     finally:
         fs.rm("/files-test", recursive=True)
-    with pytest.raises(MaskbatchError, match="cannot open nosuchproto://x"):
-        files.filesystem("nosuchproto://x")
+    # an unknown "protocol" is part of a local name (issue #14: local paths are never URLs)
+    local, path = files.filesystem("nosuchproto://x")
+    assert isinstance(local, LocalFileSystem) and path.endswith("/nosuchproto:/x")
 
 
 # --------------------------------------------------------------------------- extraction, in-process
