@@ -144,7 +144,7 @@ def test_broken_files_are_all_in_the_manifest(data, tmp_path):
     assert reasons["empty.jpg"] == "empty file"
     assert "truncated JPEG" in reasons["truncated.jpg"]
     assert "not an image" in reasons["not-an-image.jpg"]
-    assert "cannot decode" in reasons["huge-header.png"]
+    assert "over the 100 megapixel limit" in reasons["huge-header.png"]  # refused at the header
     assert reasons["missing.jpg"] == "missing file"
     assert "broken annotation" in reasons["broken.jpg"]
     for ok_name in ["good.jpg", "webp-named-jpg.jpg", "rgba-16bit.png", "face.webp"]:

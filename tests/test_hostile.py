@@ -257,8 +257,9 @@ def test_ctrl_c_is_one_line(data, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if (out / "parts").is_dir() and any((out / "parts").iterdir()):
-            break  # the workers are at work: the moment a user presses Ctrl-C
+        if (out / "parts").is_dir() and any(p.name.endswith(".images.parquet")
+                                            for p in (out / "parts").iterdir()):
+            break  # a partition is committed, the workers are at work: a user presses Ctrl-C
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)  # what the terminal does: the whole process group
     _, err = proc.communicate(timeout=120)
