@@ -247,13 +247,13 @@ def test_ctrl_c_is_one_line(data, tmp_path):
     """Ctrl-C in a terminal printed about 70 lines of worker tracebacks."""
     folder = tmp_path / "photos"
     folder.mkdir()
-    for src in sorted((data / "medical-mask" / "images").iterdir())[:40]:
-        for copy in range(3):  # enough work that the job cannot end between two polls below
+    for src in sorted((data / "medical-mask" / "images").iterdir())[:100]:
+        for copy in range(3):  # enough work that the job cannot end before Ctrl-C lands
             (folder / f"{copy}-{src.name}").write_bytes(src.read_bytes())
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskbatch.cli", "predict", str(folder), "--out", str(out),
-         "--workers", "2", "--partition-size", "1", "--no-progress"],
+         "--workers", "1", "--partition-size", "1", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
