@@ -25,6 +25,7 @@ from maskbatch import (
     files,
     inputs,
     output,
+    parts,
     run_report,
     storage,
 )
@@ -93,14 +94,25 @@ class ExtractResult:
     files: list[str] = field(default_factory=list)
 
 
-def _extract_and_write(records: list, label_map: dict, crop_size: int, out_dir: str
+def _extract_and_write(pairs: list, label_map: dict, crop_size: int, out_dir: str
                        ) -> pd.DataFrame:
     """Worker side: crop a partition, write its crops shard itself, return only the manifest."""
+    records = [record for _, record in pairs]
     crops, manifest = extract_partition(records, label_map, crop_size)
     if len(crops):
         shard = files.join(out_dir, "crops", _part_name([r.name for r in records]) + ".parquet")
         output.write_parquet_atomic(crops, shard)
     return manifest
+
+
+def _extract_poisoned(pairs: list, attempts: int) -> pd.DataFrame:
+    """Driver side: an image whose workers kept dying gets a failed manifest row."""
+    (_, record), = pairs
+    row = {c: 0 for c in output.EXTRACT_MANIFEST_COLUMNS}
+    row.update(image=record.name, path=record.path, source_dataset=record.dataset,
+               status="failed", reason=POISON_REASON.format(attempts=attempts),
+               n_boxes=len(record.boxes), skipped_detail="", seconds=0.0)
+    return pd.DataFrame([row], columns=output.EXTRACT_MANIFEST_COLUMNS)
 
 
 def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: str = "auto",
@@ -126,10 +138,14 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
     started = time.perf_counter()
     manifests: dict[int, pd.DataFrame] = {}
     with cluster.dask_client(cluster_config) as client:
+        size = cluster_config.partition_size or cluster.choose_partition_size(
+            len(records), cluster.total_threads(client))
         cluster.run_partitions(
-            client, records, cluster_config.partition_size, _extract_and_write,
-            lambda i, m: manifests.__setitem__(i, m), progress=cluster_config.progress,
-            label="extract", label_map=mapping, crop_size=crop_size, out_dir=out_dir)
+            client, cluster.contiguous_partitions(enumerate(records), size), _extract_and_write,
+            lambda pairs, m: manifests.__setitem__(pairs[0][0], m),
+            on_poison=_extract_poisoned, total_items=len(records),
+            progress=cluster_config.progress, label="extract", label_map=mapping,
+            crop_size=crop_size, out_dir=out_dir)
     seconds = time.perf_counter() - started
     manifest = pd.concat([manifests[i] for i in sorted(manifests)], ignore_index=True)
     output.write_parquet_atomic(manifest, files.join(out_dir, "manifest.parquet"))
@@ -176,16 +192,45 @@ def _class_count_plot(counts: dict[str, int], dataset: str, url: str) -> None:
 # --------------------------------------------------------------------------- predict
 
 
-@dataclass
 class PredictResult:
-    detections: pd.DataFrame
-    manifest: pd.DataFrame
-    seconds: float  # processing: from the first task submitted to the last partition committed
-    processed: int  # images processed by this call (fewer than len(manifest) after --resume)
-    out_dir: str
-    dashboard: str | None = None
-    wall_seconds: float = 0.0  # the whole call, cluster start-up and final files included
-    worker_restarts: int = 0  # worker processes lost while this call ran (restarted by Dask)
+    """What predict() did. `detections` and `manifest` are read from the output files when first
+    asked for, so a run of millions of photos never holds them in the driver unless you do (or
+    pass them in: `detections=`, `manifest=`)."""
+
+    def __init__(self, out_dir: str, seconds: float, processed: int,
+                 counts: parts.Compacted | None = None, dashboard: str | None = None,
+                 wall_seconds: float = 0.0, startup_seconds: float = 0.0,
+                 partition_size: int = 0, stats: cluster.RunStats | None = None,
+                 worker_restarts: int = 0, detections: pd.DataFrame | None = None,
+                 manifest: pd.DataFrame | None = None) -> None:
+        self.out_dir = out_dir
+        self.seconds = seconds  # processing: from the first task submitted to the last committed
+        self.processed = processed  # images processed by this call (fewer after --resume)
+        self.counts = counts or parts.Compacted()
+        self.dashboard = dashboard
+        self.wall_seconds = wall_seconds  # the whole call, cluster start-up and final files included
+        self.startup_seconds = startup_seconds  # from the call to the first task submitted
+        self.partition_size = partition_size
+        self.stats = stats or cluster.RunStats()
+        self.worker_restarts = worker_restarts  # worker processes lost while this call ran
+        self._frames: dict[str, pd.DataFrame] = {}
+        if detections is not None:
+            self._frames["detections.parquet"] = detections
+        if manifest is not None:
+            self._frames["images.parquet"] = manifest
+
+    def _read(self, name: str) -> pd.DataFrame:
+        if name not in self._frames:
+            self._frames[name] = output.read_parquet(files.join(self.out_dir, name))
+        return self._frames[name]
+
+    @property
+    def detections(self) -> pd.DataFrame:
+        return self._read("detections.parquet")
+
+    @property
+    def manifest(self) -> pd.DataFrame:
+        return self._read("images.parquet")
 
 
 def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[str, str]]:
@@ -195,8 +240,8 @@ def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[st
     return inputs.folder_inputs(images_arg)
 
 
-def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig, partition_size: int
-                ) -> dict:
+def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig,
+                partition_size: int | str) -> dict:
     return {"command": "predict", "version": __version__, "model_sha256": model.sha256,
             "detector": detector.as_dict(), "partition_size": partition_size,
             "inputs": len(inputs),
@@ -221,14 +266,6 @@ def _check_resumable(out_dir: str, record: dict) -> None:
                                  "(use --overwrite to start again)")
 
 
-def _done_parts(out_dir: str) -> list[str]:
-    fs, path = files.filesystem(files.join(out_dir, "parts"))
-    if not fs.isdir(path):
-        return []
-    return sorted(files.full_path(fs, p) for p in fs.ls(path, detail=False)
-                  if p.endswith(".images.parquet"))
-
-
 def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             model: str | None = None, detector: DetectorConfig = DetectorConfig(),
             cluster_config: ClusterConfig = ClusterConfig(), previews: int = 0,
@@ -236,13 +273,15 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             limits: InputLimits = InputLimits()) -> PredictResult:
     """Detect and classify every face in a folder of photos; write detections, submission, manifest.
 
-    Results are committed per partition under OUT_DIR/parts (so --resume skips finished work) and
-    assembled into detections.parquet, submission.csv and images.parquet at the end. Every photo
-    is read within `limits` (bytes, pixels, seconds); one that is not fails alone.
+    Workers commit each partition under OUT_DIR/parts and the driver logs it (so --resume skips
+    finished work); at the end the committed parts are streamed, in input order, into
+    detections.parquet, submission.csv and images.parquet. Every photo is read within `limits`
+    (bytes, pixels, seconds); one that is not fails alone.
     """
     if resume and overwrite:
         raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
     check_predict_arguments(detector, previews, limits)
+    called = time.perf_counter()
     detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
     inputs = list_inputs(images_arg, images_dir)
     onnx_bytes, card = read_model(model)
@@ -250,7 +289,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     model_dir = Path(model) if model else default_model_dir()
     onnx_path = model_dir if model_dir.suffix == ".onnx" else model_dir / "model.onnx"
     ref = ModelRef(card["onnx_sha256"], str(onnx_path))
-    record = _run_record(inputs, ref, detector, cluster_config.partition_size)
+    record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto")
     if resume:
         _check_resumable(out_dir, record)
     _prepare_out_dir(out_dir, overwrite, resume)
@@ -262,46 +301,46 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             fs.rm(p)
     output.write_json_atomic(record, files.join(out_dir, "run.json"))
 
-    done: set[str] = set()
-    for part in _done_parts(out_dir):
-        done.update(output.read_parquet(part, columns=["name"])["name"])
-    todo = [item for item in inputs if item[0] not in done]
-
+    log = parts.CommitLog(out_dir)
+    done = parts.done_ranges(log.entries())
+    todo = sum(1 for _ in parts.not_done(len(inputs), done))
     wall_started, events_since = time.perf_counter(), time.time()
-    dash = None
     with cluster.dask_client(cluster_config) as client:
         dash = cluster.dashboard(client)
         if dash and cluster_config.progress:
             print(f"Dask dashboard: {dash}", flush=True)
         cluster.install_plugin(client, cluster.MaskbatchSetup(onnx_bytes, card))
+        size = cluster_config.partition_size or cluster.choose_partition_size(
+            todo, cluster.total_threads(client))
         started = time.perf_counter()
         timeline = run_report.Timeline()  # photos committed over time, for report.html
-        parts_dir = files.join(out_dir, "parts")
 
-        def commit(index: int, result: tuple[pd.DataFrame, pd.DataFrame]) -> None:
-            detections, manifest = result
-            stem = files.join(parts_dir, _part_name(list(manifest["name"])))
-            output.write_parquet_atomic(detections, stem + ".detections.parquet")
-            output.write_parquet_atomic(manifest, stem + ".images.parquet")  # commit marker
-            timeline.add(len(manifest))
+        def commit(_: list, entry: dict) -> None:
+            log.append(entry)
+            timeline.add(entry["count"])
 
-        cluster.run_partitions(client, todo, cluster_config.partition_size, _predict_work,
-                               commit, progress=cluster_config.progress, label="predict",
-                               detector=detector, model=ref, limits=limits)
+        try:
+            stats = cluster.run_partitions(
+                client, cluster.contiguous_partitions(
+                    ((i, inputs[i]) for i in parts.not_done(len(inputs), done)), size),
+                _predict_and_commit, commit,
+                on_poison=functools.partial(_poisoned, out_dir), total_items=todo,
+                progress=cluster_config.progress, label="predict", out_dir=out_dir,
+                detector=detector, model=ref, limits=limits)
+        finally:
+            log.close()
         seconds = time.perf_counter() - started
         restarts = cluster.workers_lost(client, events_since)
-        detections, manifest = _assemble(out_dir, inputs)
+        counts = parts.compact(out_dir, [name for name, _ in inputs], previews)
         if previews:
-            _write_previews(client, out_dir, manifest, detections, previews)
+            _write_previews(client, out_dir, counts.previews)
+        result = PredictResult(out_dir, seconds, todo, counts, dash,
+                               time.perf_counter() - wall_started,
+                               (stats.first_submit or started) - called, size, stats, restarts)
+        detections, manifest = result.detections, result.manifest
         gallery = run_report.draw_gallery(detections, manifest, card,
                                           functools.partial(cluster.call_each, client),
                                           n_first=min(previews, 8) or run_report.N_FIRST)
-    output.write_parquet_atomic(detections, files.join(out_dir, "detections.parquet"))
-    output.write_csv_atomic(output.submission_frame(detections),
-                            files.join(out_dir, "submission.csv"))
-    output.write_parquet_atomic(manifest, files.join(out_dir, "images.parquet"))
-    result = PredictResult(detections, manifest, seconds, len(todo), out_dir, dash,
-                           time.perf_counter() - wall_started, restarts)
     output.write_json_atomic(summary(result), files.join(out_dir, "summary.json"))
     coco.write_coco(out_dir, detections, manifest)
     run_report.write_run_report(out_dir, detections, manifest, summary=summary(result),
@@ -311,9 +350,16 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     return result
 
 
-def _predict_work(items: list, detector: DetectorConfig, model: ModelRef,
-                  limits: InputLimits = InputLimits()) -> tuple:
-    return predict_partition(items, detector, model, limits)
+def _predict_and_commit(pairs: list[tuple[int, tuple[str, str]]], out_dir: str,
+                        detector: DetectorConfig, model: ModelRef,
+                        limits: InputLimits = InputLimits()) -> dict:
+    """Worker side: one contiguous run of inputs -> its part files; returns the small summary."""
+    detections, manifest = predict_partition([item for _, item in pairs], detector, model, limits)
+    rank = {name: i for i, name in enumerate(manifest["name"])}
+    detections = detections.assign(_rank=detections["name"].map(rank), _neg=-detections["score"])
+    detections = detections.sort_values(["_rank", "_neg"], kind="stable", ignore_index=True
+                                        ).drop(columns=["_rank", "_neg"])
+    return parts.write_part(out_dir, pairs[0][0], detections, manifest)
 
 
 def check_predict_arguments(detector: DetectorConfig, previews: int, limits: InputLimits) -> None:
@@ -345,43 +391,25 @@ def check_model_loads(onnx_bytes: bytes, card: dict, where: str) -> None:
         raise MaskbatchError(f"model {where} does not load: {detail}") from None
 
 
-def _assemble(out_dir: str, inputs: list[tuple[str, str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Committed partitions joined in input order; every input image exactly once."""
-    order = {name: i for i, (name, _) in enumerate(inputs)}
-    manifests, detections, seen = [], [], set()
-    for part in _done_parts(out_dir):
-        manifest = output.read_parquet(part)
-        manifest = manifest[manifest["name"].isin(order.keys() - seen)]
-        if manifest.empty:
-            continue
-        seen.update(manifest["name"])
-        det = output.read_parquet(part.replace(".images.parquet", ".detections.parquet"))
-        manifests.append(manifest)
-        detections.append(det[det["name"].isin(set(manifest["name"]))])
-    missing = order.keys() - seen
-    if missing:
-        raise MaskbatchError(f"{len(missing)} images have no committed result (e.g. "
-                             f"{sorted(missing)[0]}); run again with --resume")
-    manifest = pd.concat(manifests, ignore_index=True)
-    manifest = manifest.sort_values("name", key=lambda s: s.map(order), ignore_index=True)
-    det = pd.concat(detections, ignore_index=True)
-    rank = det["name"].map(order)
-    det = det.assign(_rank=rank, _neg=-det["score"]).sort_values(
-        ["_rank", "_neg"], kind="stable", ignore_index=True).drop(columns=["_rank", "_neg"])
-    return det, manifest
+POISON_REASON = "the worker died while reading it ({attempts} attempts)"
 
 
-def _write_previews(client: object, out_dir: str, manifest: pd.DataFrame,
-                    detections: pd.DataFrame, count: int) -> None:
+def _poisoned(out_dir: str, pairs: list[tuple[int, tuple[str, str]]], attempts: int) -> dict:
+    """Driver side: a photo whose workers kept dying gets a failed row of its own."""
+    (index, (name, path)), = pairs
+    manifest = pd.DataFrame([{"name": name, "path": path, "status": "failed",
+                              "reason": POISON_REASON.format(attempts=attempts), "n_faces": 0,
+                              "width": 0, "height": 0, "seconds": 0.0}],
+                            columns=output.PREDICT_MANIFEST_COLUMNS)
+    detections = pd.DataFrame(columns=output.DETECTION_COLUMNS)
+    return parts.write_part(out_dir, index, detections, manifest)
+
+
+def _write_previews(client: object, out_dir: str, chosen: list[tuple[str, str, list]]) -> None:
     from maskbatch.draw import preview_jpeg
 
-    chosen = manifest[manifest["status"] == "ok"].head(count)
-    futures = []
-    for name, path in zip(chosen["name"], chosen["path"]):
-        rows = detections[detections["name"] == name]
-        boxes = list(zip(rows["x1"], rows["x2"], rows["y1"], rows["y2"], rows["classname"],
-                         rows["mask_prob"]))
-        futures.append((name, client.submit(preview_jpeg, path, boxes, pure=False)))
+    futures = [(name, client.submit(preview_jpeg, path, boxes, pure=False))
+               for name, path, boxes in chosen]
     for name, future in futures:
         try:
             data = future.result()
@@ -393,18 +421,19 @@ def _write_previews(client: object, out_dir: str, manifest: pd.DataFrame,
 
 
 def summary(result: PredictResult) -> dict:
-    manifest, det = result.manifest, result.detections
-    per_class = {c: int((det["classname"] == c).sum()) for c in (MASK, NO_MASK)}
-    failed = manifest[manifest["status"] == "failed"]
-    skipped = manifest[manifest["status"] == "skipped"]
+    c = result.counts
     return {
-        "images": len(manifest), "processed_now": result.processed,
-        "ok": int((manifest["status"] == "ok").sum()), "failed": len(failed),
-        "skipped": len(skipped), "failures": dict(zip(failed["name"], failed["reason"])),
-        "skipped_entries": dict(zip(skipped["name"], skipped["reason"])),
+        "images": c.images, "processed_now": result.processed,
+        "ok": c.ok, "failed": c.failed, "skipped": c.skipped,
+        "failures": c.failures,  # the first parts.FAILURES_LISTED; images.parquet has them all
+        "skipped_entries": c.skipped_entries,  # the first parts.FAILURES_LISTED too
         "worker_restarts": result.worker_restarts,
-        "faces": len(det), "faces_per_class": per_class,
+        "faces": c.faces, "faces_per_class": {k: c.faces_per_class.get(k, 0) for k in (MASK, NO_MASK)},
         "seconds": round(result.seconds, 2), "wall_seconds": round(result.wall_seconds, 2),
         "images_per_second": round(result.processed / result.seconds, 2) if result.seconds else None,
+        "startup_seconds": round(result.startup_seconds, 2),
+        "final_seconds": round(c.seconds, 2), "partition_size": result.partition_size,
+        "tasks": result.stats.tasks, "tasks_killed": result.stats.killed,
+        "driver_cpu_seconds": round(result.stats.cpu_seconds, 2),
         "out_dir": result.out_dir,
     }

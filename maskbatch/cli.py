@@ -97,7 +97,7 @@ def _pixels(text: str) -> int:
     return _amount(text, 1000)
 
 
-def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int) -> None:
+def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int | None) -> None:
     g = p.add_argument_group("Dask")
     g.add_argument("--scheduler", metavar="ADDR",
                    help="existing Dask scheduler, e.g. tcp://host:8786 (default: "
@@ -106,8 +106,10 @@ def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int) -> Non
                    help="local cluster worker processes (default: one per core)")
     g.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="N",
                    help="threads per local worker process (default: 1)")
+    chosen = ("chosen for the run from the number of images and the cluster's threads, "
+              "16 to 1024" if partition_default is None else partition_default)
     g.add_argument("--partition-size", type=_positive_int, default=partition_default, metavar="N",
-                   help=f"images per Dask bag partition (default: {partition_default})")
+                   help=f"images per Dask task (default: {chosen})")
     g.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate for a TLS scheduler")
     g.add_argument("--tls-cert", metavar="PEM", help="client certificate for a TLS scheduler")
     g.add_argument("--tls-key", metavar="PEM", help="client private key for a TLS scheduler")
@@ -206,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{InputLimits.read_timeout:g})")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    _add_cluster_args(p, partition_default=16)
+    _add_cluster_args(p, partition_default=None)
 
     p = sub.add_parser("evaluate", help="score predictions against ground truth",
                        description="AP per class, mAP, recall by face size and a report.")

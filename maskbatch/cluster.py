@@ -1,9 +1,11 @@
 """The only Dask module: a client (local cluster or existing scheduler), the worker plugin that
-loads models once per worker, and running a bag's partitions with results handed back as they land.
+loads models once per worker, and running a stream of partitions in a bounded window of tasks,
+with results handed back as they land and partitions that kill workers narrowed down.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -14,12 +16,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import dask
-import dask.bag as db
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed.scheduler import KilledWorker
 from distributed.security import Security
 
 from maskbatch.config import ClusterConfig
@@ -106,6 +109,12 @@ def dask_setup(worker: Any = None) -> None:
     logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
+# A local cluster's scheduler gives a task this many retries after the worker running it died
+# (Dask's default: 3). One retry survives a worker lost for another reason; a photo that kills
+# its worker is then narrowed down quickly (run_partitions). A remote scheduler keeps its own.
+LOCAL_ALLOWED_FAILURES = 1
+
+
 def scheduler_address(config: ClusterConfig) -> str | None:
     """--scheduler, else $DASK_SCHEDULER_ADDRESS, else None (start a local cluster)."""
     return config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
@@ -136,7 +145,8 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         extra["env"] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                         "MKL_NUM_THREADS": "1"}
     preload = worker_malloc() if config.processes else None
-    with _preload_in_workers(preload), dask.config.set(NANNY_ENV):
+    with _preload_in_workers(preload), dask.config.set(
+            {**NANNY_ENV, "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
         from distributed.deploy.spec import SpecCluster
 
         before = {id(c) for c in SpecCluster._instances}
@@ -150,7 +160,11 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
             _forget_half_started_clusters(before)
             raise
         # a worker the nanny restarts later gets the same variables from the nanny itself
-    with cluster, Client(cluster) as client:
+    # A worker that died is restarted by its nanny; LocalCluster closes the nanny for good when
+    # the restart takes longer than lost-worker-timeout (15 s), which a loaded machine reaches
+    # while a photo kills its workers again and again: the cluster would shrink to nothing.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}), cluster, \
+            Client(cluster) as client:
         yield client
 
 
@@ -236,64 +250,178 @@ def _work_then_trim(items: Sequence, work: Callable[..., Any], **kwargs: Any) ->
             trim(0)
 
 
-def run_partitions(client: Client, items: Sequence, partition_size: int,
-                   work: Callable[..., Any], on_result: Callable[[int, Any], None],
-                   progress: bool = True, label: str = "", **kwargs: Any) -> None:
-    """Map `work(partition_items, **kwargs)` over a Dask bag of `items`.
+# Partition size when none is given: enough tasks per worker thread that the last ones finish
+# together (TASKS_PER_THREAD), never fewer photos than MIN_PARTITION (per-task overhead) nor more
+# than MAX_PARTITION (a task stays seconds to tens of seconds; a lost worker loses little).
+TASKS_PER_THREAD = 16
+MIN_PARTITION, MAX_PARTITION = 16, 1024
+# Tasks in flight per worker thread: enough that no thread waits for the driver, few enough that
+# the driver's and the scheduler's memory depend on the cluster's size, not on the input's.
+WINDOW_PER_THREAD = 3
+# How often the submission loop asks the scheduler how many threads the cluster has now.
+WINDOW_REFRESH_S = 5.0
 
-    Each partition's result is handed to `on_result(partition_index, result)` on the driver as soon
-    as it finishes (so results can be committed one by one). Dask reruns the partitions of a worker
-    that dies.
-    """
-    if not items:
-        return
-    bag = db.from_sequence(list(items), partition_size=max(1, partition_size))
-    parts = bag.map_partitions(functools.partial(_work_then_trim, work=work), **kwargs).to_delayed()
-    futures = client.compute(parts)
-    index = {f.key: i for i, f in enumerate(futures)}
-    bar = ProgressBar(len(futures), label, enabled=progress)
+
+def choose_partition_size(n_items: int, threads: int) -> int:
+    """Items per task for a run of `n_items` on `threads` worker threads."""
+    per_task = -(-max(n_items, 1) // (max(threads, 1) * TASKS_PER_THREAD))
+    return max(MIN_PARTITION, min(MAX_PARTITION, per_task))
+
+
+def total_threads(client: Client) -> int:
+    """Worker threads the cluster has now (at least 1, so a window is never empty)."""
     try:
-        for future in as_completed(futures):
-            on_result(index[future.key], future.result())
-            future.release()
-            bar.advance()
+        return max(1, sum(client.nthreads().values()))
+    except Exception:  # a scheduler that cannot answer now: keep going with one
+        return 1
+
+
+def contiguous_partitions(items: Iterable[tuple[int, Any]], size: int
+                          ) -> Iterator[list[tuple[int, Any]]]:
+    """Cut (index, item) pairs into lists of at most `size`, each a run of consecutive indices.
+
+    A gap in the indices (work finished by an earlier run) starts a new partition, so every
+    partition covers one contiguous range of the input.
+    """
+    size = max(1, size)
+    current: list[tuple[int, Any]] = []
+    for pair in items:
+        if current and (len(current) == size or pair[0] != current[-1][0] + 1):
+            yield current
+            current = []
+        current.append(pair)
+    if current:
+        yield current
+
+
+@dataclass
+class RunStats:
+    """What run_partitions did: tasks, worker deaths it saw, photos it isolated."""
+
+    tasks: int = 0  # tasks submitted, narrowed retries included
+    completed: int = 0
+    killed: int = 0  # tasks that ended in KilledWorker (workers died running them)
+    poisoned: int = 0  # single items given up on (on_poison called)
+    max_in_flight: int = 0
+    first_submit: float | None = None  # time.perf_counter() of the first submission
+    cpu_seconds: float = 0.0  # this process's CPU time (all threads) while the tasks ran
+
+
+def run_partitions(client: Client, partitions: Iterable[Sequence], work: Callable[..., Any],
+                   on_result: Callable[[Sequence, Any], None], *,
+                   on_poison: Callable[[Sequence, int], Any] | None = None,
+                   total_items: int | None = None, window_per_thread: int = WINDOW_PER_THREAD,
+                   progress: bool = True, label: str = "", **kwargs: Any) -> RunStats:
+    """Run `work(partition, **kwargs)` on the cluster for each partition of a stream.
+
+    At most `window_per_thread` tasks per worker thread are in flight: the next partition is
+    taken from `partitions` (an iterator is fine) only when one finishes, so the driver and the
+    scheduler hold a window of the input, never all of it. Each result is handed to
+    `on_result(partition, result)` on the driver as soon as it lands, then released.
+
+    Dask reruns the tasks of a worker that dies. A task whose workers keep dying (KilledWorker,
+    after the scheduler's allowed-failures) is narrowed when `on_poison` is given: its halves run
+    again, one suspect at a time, down to single items; a single item that still kills its
+    workers goes to `on_poison([item], attempts)`, whose result is handed to `on_result` like any
+    other. Without `on_poison` the KilledWorker is raised.
+    """
+    stats = RunStats()
+    cpu_started = time.process_time()
+    source = iter(partitions)
+    bar = ProgressBar(total_items or 0, label, enabled=progress)
+    pending = as_completed()
+    in_flight: dict[Any, tuple[Sequence, bool]] = {}  # future -> (partition, is a suspect)
+    suspects: collections.deque[Sequence] = collections.deque()
+    wrapped = functools.partial(_work_then_trim, work=work)
+    threads, checked = total_threads(client), time.monotonic()
+    exhausted = False
+
+    def submit(part: Sequence, suspect: bool) -> None:
+        future = client.submit(wrapped, part, pure=False, **kwargs)
+        in_flight[future] = (part, suspect)
+        pending.add(future)
+        stats.tasks += 1
+        stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
+        if stats.first_submit is None:
+            stats.first_submit = time.perf_counter()
+
+    def fill() -> None:
+        nonlocal exhausted, threads, checked
+        if time.monotonic() - checked > WINDOW_REFRESH_S:
+            threads, checked = total_threads(client), time.monotonic()
+        window = max(2, window_per_thread * threads)
+        if suspects and not any(s for _, s in in_flight.values()):
+            submit(suspects.popleft(), True)  # one suspect at a time: a death names its culprit
+        while not exhausted and len(in_flight) < window:
+            part = next(source, None)
+            if part is None:
+                exhausted = True
+            elif len(part):
+                submit(part, False)
+
+    try:
+        fill()
+        while in_flight:
+            future = next(pending)
+            part, _ = in_flight.pop(future)
+            try:
+                # raises what the task raised; a result lost with its worker is computed again
+                result = future.result()
+            except KilledWorker as killed:
+                if on_poison is None:
+                    raise
+                stats.killed += 1
+                if len(part) > 1:
+                    half = len(part) // 2
+                    suspects.extendleft([part[half:], part[:half]])
+                else:
+                    stats.poisoned += 1
+                    on_result(part, on_poison(part, killed.allowed_failures + 1))
+                    bar.advance(len(part))
+            else:
+                future.release()
+                on_result(part, result)
+                stats.completed += 1
+                bar.advance(len(part))
+            del future
+            fill()
     finally:
         bar.close()
-        for f in futures:
-            f.cancel()
-
-
-def partition_ranges(n: int, partition_size: int) -> list[range]:
-    """The index ranges db.from_sequence makes for `n` items at `partition_size`."""
-    size = max(1, partition_size)
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+        for future in in_flight:
+            future.cancel()
+        stats.cpu_seconds = time.process_time() - cpu_started
+    return stats
 
 
 class ProgressBar:
     """A one-line text progress bar on stderr (a no-op when disabled or not a terminal in CI)."""
 
-    def __init__(self, total: int, label: str, enabled: bool = True) -> None:
+    def __init__(self, total: int, label: str, enabled: bool = True, unit: str = "photos"
+                 ) -> None:
+        self.unit = unit
         self.total, self.label, self.done = total, label, 0
         self.enabled = enabled and total > 0
         self.started = time.perf_counter()
         self._draw()
 
-    def advance(self) -> None:
-        self.done += 1
-        self._draw()
+    def advance(self, n: int = 1) -> None:
+        before = self.done
+        self.done += n
+        self._draw(before)
 
-    def _draw(self) -> None:
+    def _draw(self, before: int = -1) -> None:
         if not self.enabled:
             return
         width = 30
         filled = int(width * self.done / self.total)
         elapsed = time.perf_counter() - self.started
         end = "\r" if sys.stderr.isatty() else "\n"
-        if not sys.stderr.isatty() and self.done not in (0, self.total) and self.done % max(
-                1, self.total // 10):
-            return
+        tenth = max(1, self.total // 10)
+        if not sys.stderr.isatty() and self.done not in (0, self.total) and (
+                self.done // tenth == before // tenth):
+            return  # in a log, one line per tenth
         sys.stderr.write(f"{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{self.done}/{self.total} partitions, {elapsed:.0f}s{end}")
+                         f"{self.done}/{self.total} {self.unit}, {elapsed:.0f}s{end}")
         sys.stderr.flush()
 
     def close(self) -> None:

@@ -47,7 +47,7 @@ class ClusterConfig:
     scheduler: str | None = None
     workers: int | None = None
     threads_per_worker: int = 1
-    partition_size: int = 16
+    partition_size: int | None = None  # None: chosen for the run (cluster.choose_partition_size)
     security: object | None = None  # distributed.security.Security, for TLS clusters
     progress: bool = True
     processes: bool = True  # local cluster of processes; False = threads (memory:// tests)

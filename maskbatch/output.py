@@ -5,19 +5,25 @@ extract writes to CROPS_DIR:
   manifest.parquet       one row per input image (EXTRACT_MANIFEST_COLUMNS)
   class_counts.png       crops per class and dataset; summary.json
 predict writes to OUT_DIR:
-  detections.parquet     one row per face (DETECTION_COLUMNS)
-  submission.csv         SUBMISSION_COLUMNS, the dataset's format
-  images.parquet         one row per input image (PREDICT_MANIFEST_COLUMNS)
+  detections.parquet     one row per face (DETECTION_SCHEMA), in input order
+  submission.csv         SUBMISSION_COLUMNS, the dataset's format, in input order
+  images.parquet         one row per input image (MANIFEST_SCHEMA), in input order
+  parts/                 the committed partitions and the commit log (maskbatch.parts)
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import uuid
+from collections.abc import Iterator
+from typing import IO
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from maskbatch import files
 
@@ -36,6 +42,22 @@ DETECTION_COLUMNS = SUBMISSION_COLUMNS + ["score", "mask_prob", "width", "height
 PREDICT_MANIFEST_COLUMNS = [
     "name", "path", "status", "reason", "n_faces", "width", "height", "seconds",
 ]
+
+# Arrow types of predict's Parquet files: every part and the final files share them, so empty
+# partitions and partitions without faces read back with the same column types.
+DETECTION_SCHEMA = pa.schema([
+    ("name", pa.string()), ("x1", pa.int64()), ("x2", pa.int64()), ("y1", pa.int64()),
+    ("y2", pa.int64()), ("classname", pa.string()), ("score", pa.float64()),
+    ("mask_prob", pa.float64()), ("width", pa.int64()), ("height", pa.int64()),
+    ("model_sha256", pa.string()),
+])
+MANIFEST_SCHEMA = pa.schema([
+    ("name", pa.string()), ("path", pa.string()), ("status", pa.string()),
+    ("reason", pa.string()), ("n_faces", pa.int64()), ("width", pa.int64()),
+    ("height", pa.int64()), ("seconds", pa.float64()),
+])
+assert DETECTION_SCHEMA.names == DETECTION_COLUMNS
+assert MANIFEST_SCHEMA.names == PREDICT_MANIFEST_COLUMNS
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
@@ -56,18 +78,45 @@ def write_parquet_atomic(df: pd.DataFrame, url: str) -> None:
     write_bytes_atomic(url, buf.getvalue())
 
 
+def write_table_atomic(df: pd.DataFrame, schema: pa.Schema, url: str) -> None:
+    """A DataFrame as Parquet with a fixed Arrow schema (columns in the schema's order)."""
+    # one thread: Arrow's thread pool buys nothing on a partition's few rows, and on a busy
+    # machine every hand-off to it waits for a core (seconds per file at 100 % CPU pressure)
+    table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False,
+                                 nthreads=1)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    write_bytes_atomic(url, buf.getvalue())
+
+
+@contextlib.contextmanager
+def open_write(url: str) -> Iterator[IO[bytes]]:
+    """A binary file opened for writing, parent folders made (streamed; fsspec on any store)."""
+    fs, path = files.filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as f:
+        yield f
+
+
+def csv_bytes(df: pd.DataFrame, header: bool = True) -> bytes:
+    """Rows of a CSV file (with the header line when asked); one writer for every CSV output."""
+    return csv_text(df, header).encode()
+
+
 def write_csv_atomic(df: pd.DataFrame, url: str) -> None:
-    write_bytes_atomic(url, csv_text(df).encode())
+    write_bytes_atomic(url, csv_bytes(df))
 
 
-def csv_text(df: pd.DataFrame) -> str:
-    """CSV of a table, header first, with "\n" line ends; any field holding a comma, a quote, a CR
-    or a LF is quoted, so names with control characters read back whole (pandas' own writer
-    leaves a lone CR unquoted and the row splits in two when read back)."""
-    lines = [",".join(csv_field(c) for c in df.columns)]
+def csv_text(df: pd.DataFrame, header: bool = True) -> str:
+    """CSV of a table (header first when asked), with "\n" line ends; any field holding a comma, a
+    quote, a CR or a LF is quoted, so names with control characters read back whole (pandas' own
+    writer leaves a lone CR unquoted and the row splits in two when read back)."""
+    lines = [",".join(csv_field(c) for c in df.columns)] if header else []
     lines.extend(",".join(csv_field(v) for v in row)
                  for row in df.itertuples(index=False, name=None))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def csv_field(value: object) -> str:

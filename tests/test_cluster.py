@@ -1,5 +1,6 @@
 """Real clusters: `dask scheduler` and `dask worker` processes on 127.0.0.1, a worker killed with
-SIGKILL mid-job, an interrupted client resumed, and a TLS-secured cluster that refuses strangers."""
+SIGKILL mid-job, a photo that kills every worker reading it, an interrupted client resumed, and a
+TLS-secured cluster that refuses strangers."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from distributed.security import Security
 from maskbatch import classify
 from maskbatch.api import predict
 from maskbatch.config import ClusterConfig
+from maskbatch.parts import CommitLog
 
 DASK = str(Path(sys.executable).with_name("dask"))
 pytestmark = pytest.mark.slow
@@ -96,7 +98,8 @@ def cluster():
 
 
 def _parts(out: Path) -> int:
-    return len(list((out / "parts").glob("*.images.parquet"))) if (out / "parts").is_dir() else 0
+    """Partitions the driver has committed: lines of the commit log (what --resume reads)."""
+    return len(CommitLog(str(out)).entries())
 
 
 def _wait_for_parts(out: Path, n: int, timeout: float = 120) -> None:
@@ -323,3 +326,69 @@ def test_partitions_run_through_the_trimming_wrapper():
                for i in range(cluster.TRIM_EVERY)]
     assert results == [6 * i for i in range(cluster.TRIM_EVERY)]
     assert cluster._partitions_run == before + cluster.TRIM_EVERY
+
+
+def test_a_photo_that_kills_its_workers_is_isolated(photos, reference, tmp_path):
+    """A partition whose workers keep dying is narrowed to the one photo, which fails with a
+    reason; every other photo is processed and committed as in a clean run.
+
+    The real job's worker function, on a real LocalCluster of processes; the poison is a real
+    kill: the worker process exits (os._exit) whenever it reaches one photo's name.
+    """
+    import functools
+
+    from maskbatch import api, cluster, parts
+    from maskbatch.classify import default_model_dir, read_model
+    from maskbatch.config import DetectorConfig
+
+    inputs = api.list_inputs(str(photos))[:24]
+    poison = inputs[9][0]
+    onnx, card = read_model()
+    ref = classify.ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
+    out = str(tmp_path / "out")
+
+    def deadly(pairs, **kwargs):
+        if any(name == poison for _, (name, _) in pairs):
+            os._exit(1)  # the worker process dies, as on a segfault or the OOM killer
+        return api._predict_and_commit(pairs, **kwargs)
+
+    log = CommitLog(out)
+    with cluster.dask_client(ClusterConfig(workers=2, progress=False)) as client:
+        cluster.install_plugin(client, cluster.MaskbatchSetup(onnx, card))
+        stats = cluster.run_partitions(
+            client, cluster.contiguous_partitions(enumerate(inputs), 8), deadly,
+            lambda _, entry: log.append(entry), on_poison=functools.partial(api._poisoned, out),
+            progress=False, out_dir=out, detector=DetectorConfig(), model=ref)
+    log.close()
+    assert stats.poisoned == 1 and stats.killed >= 4  # 8 -> 4 -> 2 -> 1, two attempts each
+    parts.compact(out, [name for name, _ in inputs])
+    manifest = pd.read_parquet(Path(out) / "images.parquet")
+    assert list(manifest["name"]) == [name for name, _ in inputs]
+    failed = manifest[manifest["status"] != "ok"]
+    assert list(failed["name"]) == [poison]
+    assert failed["reason"].iloc[0] == "the worker died while reading it (2 attempts)"
+    detections = pd.read_parquet(Path(out) / "detections.parquet")
+    expected = reference[reference["name"].isin(set(manifest["name"]) - {poison})]
+    pd.testing.assert_frame_equal(detections, expected.reset_index(drop=True))
+
+
+def test_submission_window_is_bounded():
+    """Partitions are pulled from the stream only as tasks finish: a window per thread."""
+    from maskbatch import cluster
+
+    pulled = []
+
+    def stream():
+        for i in range(120):
+            pulled.append(i)
+            yield [i]
+
+    ahead = []
+    with cluster.dask_client(ClusterConfig(workers=2, processes=False, progress=False)) as client:
+        threads = cluster.total_threads(client)
+        stats = cluster.run_partitions(client, stream(), lambda items: items[0] * 2,
+                                       lambda items, r: ahead.append(len(pulled) - len(ahead)),
+                                       window_per_thread=2, progress=False)
+    assert stats.completed == stats.tasks == 120 and len(pulled) == 120
+    # when a result lands, the stream has given at most a window beyond the results handed back
+    assert stats.max_in_flight <= 2 * threads and max(ahead) <= 2 * threads

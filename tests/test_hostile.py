@@ -237,9 +237,9 @@ def test_worker_restarts_are_counted_and_reported():
         while workers_lost(client, since) == 0 and time.time() < deadline:
             time.sleep(0.2)
         assert workers_lost(client, since) == 1
-    result = PredictResult(pd.DataFrame(columns=DETECTION_COLUMNS),
-                           pd.DataFrame(columns=PREDICT_MANIFEST_COLUMNS), 1.0, 0, "out",
-                           worker_restarts=1)
+    result = PredictResult("out", 1.0, 0, worker_restarts=1,
+                           detections=pd.DataFrame(columns=DETECTION_COLUMNS),
+                           manifest=pd.DataFrame(columns=PREDICT_MANIFEST_COLUMNS))
     assert "1 worker process(es) died and were restarted" in predict_table(result)
 
 

@@ -1,0 +1,275 @@
+"""Part files and the commit log: what workers write, what the driver records, what the end reads.
+
+A worker commits its own partition: OUT_DIR/parts/p<first>-<count>.detections.parquet, then
+.images.parquet, each written atomically, named after the contiguous range of inputs it covers.
+It hands the driver a small summary (part name, range, counts), never the rows. The driver
+decides which parts count by appending that summary to the commit log, one JSON line per part;
+`--resume` reads only the log. At the end `compact` reads the committed parts once, in input
+order, streaming: detections.parquet, images.parquet and submission.csv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from maskbatch import MASK, NO_MASK, files, output
+from maskbatch.errors import MaskbatchError
+
+PARTS_DIR = "parts"
+LOG_PREFIX = "commits-"
+# On filesystems without a cheap append (object stores), the log is written in segments: one
+# small file per SEGMENT_SECONDS of commits. A driver killed mid-run loses at most that much
+# record; those parts are simply done again by --resume.
+SEGMENT_SECONDS = 10.0
+# Rows gathered from consecutive parts before one Parquet row group is written.
+ROW_GROUP_ROWS = 65_536
+# summary.json lists at most this many failed photos by name (images.parquet has them all).
+FAILURES_LISTED = 1000
+
+
+def part_stem(first: int, count: int) -> str:
+    """A part's file stem: sorting stems sorts parts in input order."""
+    return f"p{first:012d}-{count:07d}"
+
+
+def write_part(out_dir: str, first: int, detections: pd.DataFrame, manifest: pd.DataFrame
+               ) -> dict:
+    """Commit one partition's rows (worker side); return the summary the driver logs.
+
+    The manifest file is written last: a part whose manifest exists is complete.
+    """
+    stem = part_stem(first, len(manifest))
+    base = files.join(out_dir, PARTS_DIR, stem)
+    output.write_table_atomic(detections, output.DETECTION_SCHEMA, base + ".detections.parquet")
+    output.write_table_atomic(manifest, output.MANIFEST_SCHEMA, base + ".images.parquet")
+    return {"part": stem, "first": first, "count": len(manifest),
+            "failed": int((manifest["status"] != "ok").sum()), "faces": len(detections)}
+
+
+class CommitLog:
+    """The append-only record of committed parts under OUT_DIR/parts (commits-*.jsonl).
+
+    Each driver session writes its own file(s); reading takes the lines of all of them. A line
+    cut short by a crash is ignored (its part is done again).
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.fs, self.dir = files.filesystem(files.join(out_dir, PARTS_DIR))
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        self.appendable = protocol in ("file", "local")
+        self.session = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self._handle: io.TextIOBase | None = None
+        self._buffer: list[str] = []
+        self._segment = 0
+        self._flushed = time.monotonic()
+
+    def entries(self) -> list[dict]:
+        """Every committed part's summary, from all sessions' log files."""
+        if not self.fs.isdir(self.dir):
+            return []
+        found = []
+        for path in sorted(p for p in self.fs.ls(self.dir, detail=False)
+                           if files.basename(p).startswith(LOG_PREFIX)):
+            with self.fs.open(path, "rb") as f:
+                for line in f.read().decode().splitlines():
+                    with contextlib.suppress(ValueError):
+                        entry = json.loads(line)
+                        if isinstance(entry, dict) and {"part", "first", "count"} <= entry.keys():
+                            found.append(entry)
+        return found
+
+    def append(self, entry: dict) -> None:
+        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        if self.appendable:
+            if self._handle is None:
+                self.fs.makedirs(self.dir, exist_ok=True)
+                self._handle = open(f"{self.dir}/{LOG_PREFIX}{self.session}.jsonl", "a")
+            self._handle.write(line)
+            self._handle.flush()  # in the OS's hands: survives this process being killed
+            return
+        self._buffer.append(line)
+        if time.monotonic() - self._flushed >= SEGMENT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            name = f"{LOG_PREFIX}{self.session}-{self._segment:06d}.jsonl"
+            output.write_bytes_atomic(files.full_path(self.fs, f"{self.dir}/{name}"),
+                                      "".join(self._buffer).encode())
+            self._buffer, self._segment = [], self._segment + 1
+        self._flushed = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def done_ranges(entries: list[dict]) -> list[tuple[int, int]]:
+    """Merged [start, stop) ranges of input indices that committed parts cover."""
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted((e["first"], e["first"] + e["count"]) for e in entries):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def not_done(n: int, ranges: list[tuple[int, int]]) -> Iterator[int]:
+    """Input indices below `n` outside `ranges` (merged, sorted), in order."""
+    at = 0
+    for start, stop in ranges:
+        yield from range(at, min(start, n))
+        at = max(at, stop)
+    yield from range(at, n)
+
+
+def tiling(entries: list[dict], n: int) -> list[dict]:
+    """The committed parts that cover inputs 0..n-1 exactly once, in input order."""
+    chosen, expected = [], 0
+    for entry in sorted(entries, key=lambda e: (e["first"], -e["count"])):
+        if entry["first"] == expected:
+            chosen.append(entry)
+            expected += entry["count"]
+        elif entry["first"] > expected:
+            break
+    return chosen
+
+
+@dataclass
+class Compacted:
+    """What the final step counted while writing the outputs."""
+
+    images: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # directory entries that are no photo (a folder, a FIFO, a broken link...)
+    faces: int = 0
+    faces_per_class: dict[str, int] = field(default_factory=lambda: {MASK: 0, NO_MASK: 0})
+    failures: dict[str, str] = field(default_factory=dict)  # the first FAILURES_LISTED
+    skipped_entries: dict[str, str] = field(default_factory=dict)  # the first FAILURES_LISTED
+    previews: list[tuple[str, str, list]] = field(default_factory=list)  # (name, path, boxes)
+    seconds: float = 0.0
+
+
+class _Gather:
+    """Arrow tables from consecutive parts, written as row groups of about ROW_GROUP_ROWS."""
+
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self.writer, self.tables, self.rows = writer, [], 0
+
+    def add(self, table: pa.Table) -> None:
+        self.tables.append(table)
+        self.rows += table.num_rows
+        if self.rows >= ROW_GROUP_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.tables:
+            self.writer.write_table(pa.concat_tables(self.tables))
+        self.tables, self.rows = [], 0
+
+
+def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
+    """Write detections.parquet, images.parquet and submission.csv from the committed parts.
+
+    Reads each committed part once, in input order, holding one part (and one row group) at a
+    time; the three files appear only when all are complete. Part files no committed entry
+    names (a task that finished after its driver was gone) are removed.
+    """
+    started = time.perf_counter()
+    n = len(names)
+    log = CommitLog(out_dir)
+    chosen = tiling(log.entries(), n)
+    covered = sum(e["count"] for e in chosen)
+    if covered != n:
+        raise MaskbatchError(f"{n - covered} images have no committed result (e.g. "
+                             f"{names[covered]}); run again with --resume")
+    fs, parts_dir = files.filesystem(files.join(out_dir, PARTS_DIR))
+    stats = Compacted()
+    targets = {k: files.join(out_dir, k) for k in
+               ("detections.parquet", "images.parquet", "submission.csv")}
+    temps = {k: v + f".tmp-{uuid.uuid4().hex[:8]}" for k, v in targets.items()}
+    with contextlib.ExitStack() as stack:
+        handles = {k: stack.enter_context(output.open_write(v)) for k, v in temps.items()}
+        det_writer = stack.enter_context(pq.ParquetWriter(handles["detections.parquet"],
+                                                          output.DETECTION_SCHEMA))
+        img_writer = stack.enter_context(pq.ParquetWriter(handles["images.parquet"],
+                                                          output.MANIFEST_SCHEMA))
+        dets, imgs = _Gather(det_writer), _Gather(img_writer)
+        header = True
+        for entry in chosen:
+            base = f"{parts_dir}/{entry['part']}"
+            manifest = _read_table(fs, base + ".images.parquet", output.MANIFEST_SCHEMA)
+            detections = _read_table(fs, base + ".detections.parquet", output.DETECTION_SCHEMA)
+            first = entry["first"]
+            part_names = manifest.column("name").to_pylist()
+            if part_names != names[first:first + entry["count"]]:
+                raise MaskbatchError(f"part {entry['part']} does not hold the inputs it was "
+                                     "committed for; run again with --overwrite")
+            imgs.add(manifest)
+            dets.add(detections)
+            handles["submission.csv"].write(output.csv_bytes(
+                output.submission_frame(detections.to_pandas(use_threads=False)), header=header))
+            header = False
+            _count(stats, manifest, detections, previews)
+        dets.flush()
+        imgs.flush()
+    for key, target in targets.items():
+        tfs, tmp = files.filesystem(temps[key])
+        tfs.mv(tmp, files.filesystem(target)[1])
+    _remove_orphans(fs, parts_dir, {e["part"] for e in chosen})
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+def _read_table(fs: object, path: str, schema: pa.Schema) -> pa.Table:
+    with fs.open(path, "rb") as f:  # type: ignore[attr-defined]
+        return pq.read_table(f, schema=schema, use_threads=False)  # see output.write_table_atomic
+
+
+def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews: int) -> None:
+    status = manifest.column("status").to_pylist()
+    stats.images += len(status)
+    ok = status.count("ok")
+    stats.ok += ok
+    stats.failed += status.count("failed")
+    stats.skipped += status.count("skipped")
+    stats.faces += detections.num_rows
+    for name in detections.column("classname").to_pylist():
+        stats.faces_per_class[name] = stats.faces_per_class.get(name, 0) + 1
+    if ok < len(status):
+        reasons = manifest.column("reason").to_pylist()
+        for name, state, reason in zip(manifest.column("name").to_pylist(), status, reasons):
+            listed = stats.skipped_entries if state == "skipped" else stats.failures
+            if state != "ok" and len(listed) < FAILURES_LISTED:
+                listed[name] = reason
+    if len(stats.previews) < previews and ok:
+        rows = detections.to_pandas(use_threads=False)
+        for name, path, state in zip(manifest.column("name").to_pylist(),
+                                     manifest.column("path").to_pylist(), status):
+            if state == "ok" and len(stats.previews) < previews:
+                mine = rows[rows["name"] == name]
+                boxes = list(zip(mine["x1"], mine["x2"], mine["y1"], mine["y2"],
+                                 mine["classname"], mine["mask_prob"]))
+                stats.previews.append((name, path, boxes))
+
+
+def _remove_orphans(fs: object, parts_dir: str, keep: set[str]) -> None:
+    for path in fs.ls(parts_dir, detail=False):  # type: ignore[attr-defined]
+        base = files.basename(path)
+        if base.endswith(".parquet") and base.split(".", 1)[0] not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path)  # type: ignore[attr-defined]
