@@ -13,11 +13,13 @@ from maskbatch import __version__
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig, InputLimits
 from maskbatch.errors import MaskbatchError
 
-if "__mp_main__" in sys.modules:
+if "__mp_main__" in sys.modules and sys.modules["__mp_main__"] is sys.modules.get("__main__"):
     # This module is being imported as the main module of a local Dask worker process that this
     # command spawned: Ctrl-C in the terminal reaches that process too, and is the driver's to
     # handle (it closes the cluster). Ignored from here, before the worker imports its libraries,
-    # the press no longer prints a KeyboardInterrupt traceback per worker.
+    # the press no longer prints a KeyboardInterrupt traceback per worker. (Only there: a process
+    # that merely has an `__mp_main__` module, e.g. after a multiprocessing pool ran in it, keeps
+    # Ctrl-C, and so do the programs it starts.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

@@ -254,7 +254,8 @@ def test_ctrl_c_is_one_line(data, tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "maskbatch.cli", "predict", str(folder), "--out", str(out),
          "--workers", "1", "--partition-size", "1", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if (out / "parts").is_dir() and any(p.name.endswith(".images.parquet")
