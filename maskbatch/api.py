@@ -127,7 +127,7 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
     mapping = parse_label_map(label_map)
     records = load_records(dataset, layout, annotations)
     if split is not None:
-        records = split_records(records, splits.dataset_name(dataset), split)
+        records = splits.in_part(records, splits.dataset_name(dataset), split)
     if not records:
         raise MaskbatchError(f"no annotated images found in {dataset}"
                              + (f" in the {split} split" if split else ""))
@@ -160,13 +160,6 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
     output.write_json_atomic(summary, files.join(out_dir, "summary.json"))
     _class_count_plot(counts, dataset, files.join(out_dir, "class_counts.png"))
     return ExtractResult(manifest, len(index), {dataset: counts}, duplicates, seconds, out_dir)
-
-
-def split_records(records: list, dataset: str, part: str) -> list:
-    """The records of one part of a dataset's committed split; MaskbatchError when the dataset
-    has none."""
-    keep = splits.select([r.name for r in records], dataset, part)
-    return [r for r, k in zip(records, keep) if k]
 
 
 def _class_count_plot(counts: dict[str, int], dataset: str, url: str) -> None:

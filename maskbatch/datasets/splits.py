@@ -64,6 +64,12 @@ def select(names: Sequence[str], dataset: str, part: str | None) -> list[bool]:
     return [n in keep for n in names]
 
 
+def in_part(records: Sequence, dataset: str, part: str | None) -> list:
+    """The records (anything with a `.name`) of one part of a dataset's committed split;
+    MaskbatchError when the dataset has none."""
+    return [r for r, k in zip(records, select([r.name for r in records], dataset, part)) if k]
+
+
 def write_split(dataset: str, names: Iterable[str], seed: int = SEED) -> dict[str, list[str]]:
     """Make and write a dataset's split lists (a one-off, used to create the committed files)."""
     split = make_split(names, seed)

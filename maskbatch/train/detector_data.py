@@ -18,7 +18,7 @@ import numpy as np
 
 from maskbatch import images
 from maskbatch.datasets import load_records
-from maskbatch.datasets.splits import dataset_name, select
+from maskbatch.datasets.splits import dataset_name, in_part
 
 MAX_SIDE = 1024  # photos are cached at most this large (the tuned mode never runs above it)
 MIN_FACE = 4.0  # px after augmentation: smaller faces are ignore regions
@@ -39,10 +39,7 @@ def load_photos(datasets: list[str], part: str | None = "train") -> list[Photo]:
     photos = []
     for root in datasets:
         records = [r for r in load_records(root) if r.problem is None and r.boxes]
-        keep = select([r.name for r in records], dataset_name(root), part)
-        for record, wanted in zip(records, keep):
-            if not wanted:
-                continue
+        for record in in_part(records, dataset_name(root), part):
             try:
                 image = images.load_image(record.path)
             except Exception:  # noqa: BLE001 - an unreadable photo is left out of training

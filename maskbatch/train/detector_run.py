@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from maskbatch import images, yunet
-from maskbatch.datasets import load_records
-from maskbatch.datasets.splits import dataset_name, known_datasets, select
+from maskbatch.datasets import load_records, truth_table
+from maskbatch.datasets.splits import dataset_name, in_part, known_datasets
 from maskbatch.errors import MaskbatchError
 from maskbatch.train.detector_data import Photo, inference_scale, load_photos
 from maskbatch.train.detector_export import keras_weights, onnx_with_weights, parity
@@ -44,8 +44,7 @@ def validation_photos(datasets: list[str], part: str = "val") -> dict[str, list[
         if name not in known_datasets():
             continue
         records = [r for r in load_records(root) if r.problem is None and r.boxes]
-        keep = select([r.name for r in records], name, part)
-        out[name] = [(r.name, r.path) for r, k in zip(records, keep) if k]
+        out[name] = [(r.name, r.path) for r in in_part(records, name, part)]
     return out
 
 
@@ -70,33 +69,29 @@ def detection_metrics(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]
                       threshold: float) -> dict:
     """Detection AP (every face, any class), and recall / precision / recall by size at
     `threshold`, with maskbatch.evaluate's matching."""
-    from maskbatch.evaluate import score_detections
-
-    def scored(df: pd.DataFrame) -> dict:
-        pred = df.assign(classname="face_with_mask", mask_prob=math.nan)
-        return score_detections(truth, pred, image_names=names).metrics
-
-    every = scored(found)
-    at = scored(found[found["score"] > threshold])
+    every = _scored(truth, found, names)
+    at = _scored(truth, found[found["score"] > threshold], names)
     return {"det_ap": every["detection"]["ap"], "threshold": threshold,
             "recall": at["detection"]["recall"], "precision": at["detection"]["precision"],
             "recall_by_size": {b["bin"]: b["recall"] for b in at["recall_by_size"]},
             "n_images": len(names), "n_faces": every["n_truth_faces"]}
 
 
-def truth_of(root: str) -> pd.DataFrame:
-    from maskbatch.datasets import truth_table
+def _scored(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]) -> dict:
+    """maskbatch.evaluate's metrics of class-agnostic detections (every box a "face")."""
+    from maskbatch.evaluate import score_detections
 
-    return truth_table(root)
+    pred = found.assign(classname="face_with_mask", mask_prob=math.nan)
+    return score_detections(truth, pred, image_names=names).metrics
 
 
 def threshold_sweep(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]) -> list[dict]:
     """Detection precision and recall at thresholds 0.1 to 0.95 (0.05 steps)."""
     rows = []
     for threshold in np.round(np.arange(0.1, 0.951, 0.05), 2):
-        m = detection_metrics(truth, found, names, float(threshold))
-        rows.append({"threshold": float(threshold), "precision": m["precision"] or 0.0,
-                     "recall": m["recall"] or 0.0})
+        at = _scored(truth, found[found["score"] > threshold], names)["detection"]
+        rows.append({"threshold": float(threshold), "precision": at["precision"] or 0.0,
+                     "recall": at["recall"] or 0.0})
     return rows
 
 
@@ -162,7 +157,7 @@ def _validate(model_path: Path, datasets: list[str], recipe: Recipe) -> dict:
     result: dict = {"validation": {}}
     found_train, truth_all, names_train = [], [], []
     for root in datasets:
-        truth = truth_of(root)
+        truth = truth_table(root)
         train_items = validation_photos([root], "train").get(dataset_name(root), [])
         found_train.append(detect_with(model_path, train_items, recipe.area, recipe.max_upscale))
         truth_all.append(truth.assign(name=dataset_name(root) + "/" + truth["name"]))
@@ -180,7 +175,7 @@ def _validate(model_path: Path, datasets: list[str], recipe: Recipe) -> dict:
             continue
         found = detect_with(model_path, items, recipe.area, recipe.max_upscale)
         result["validation"][dataset_name(root)] = detection_metrics(
-            truth_of(root), found, [n for n, _ in items], threshold)
+            truth_table(root), found, [n for n, _ in items], threshold)
     return result
 
 
