@@ -14,7 +14,6 @@ of every size than any of them in a fraction of their time (docs/detector-modes.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import numpy as np
 from maskbatch import images, weights, yunet
 from maskbatch.config import DetectorConfig
 from maskbatch.errors import MaskbatchError
+from maskbatch.per_thread import per_thread
 
 WEIGHTS_FILE = "res10_300x300_ssd_iter_140000.caffemodel"
 WEIGHTS_SHA1 = "15aa726b4d46d9f023526d85537db81cbc8dd566"
@@ -144,9 +144,10 @@ def check_opencv() -> None:
         )
 
 
-@functools.lru_cache(maxsize=4)
+@per_thread
 def load_detector(folder: str | None = None) -> cv2.dnn.Net:
-    """The res10 net, loaded once per process (a cv2.dnn.Net cannot be pickled or shared)."""
+    """The res10 net, loaded once per thread (a cv2.dnn.Net cannot be pickled, nor used by two
+    threads at once: maskbatch.per_thread)."""
     check_opencv()
     prototxt, caffemodel = locate_weights(folder)
     return cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))

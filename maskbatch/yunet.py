@@ -14,7 +14,6 @@ Two sets of weights, one network:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from maskbatch import weights
 from maskbatch.errors import MaskbatchError
+from maskbatch.per_thread import per_thread
 
 MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 MODEL_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
@@ -94,10 +94,10 @@ def model_path(net: str) -> Path:
     raise MaskbatchError(f"unknown YuNet weights {net!r}; choose from {', '.join(NETS)}")
 
 
-@functools.lru_cache(maxsize=4)
+@per_thread
 def load_yunet(net: str = "yunet") -> cv2.FaceDetectorYN:
-    """A YuNet detector with the `net` weights ('tuned' or 'yunet'), loaded once per process (it
-    cannot be pickled or shared)."""
+    """A YuNet detector with the `net` weights ('tuned' or 'yunet'), loaded once per thread (it
+    cannot be pickled, nor used by two threads at once: maskbatch.per_thread)."""
     if opencv_version() < MIN_OPENCV:
         raise MaskbatchError(f"OpenCV {cv2.__version__} cannot load the YuNet model: the `{net}` "
                              "mode needs opencv-python-headless>=4.11,<5")

@@ -56,6 +56,45 @@ def test_multiprocess_cluster_equals_single_process(sample_dir, cluster_run, mod
     assert (result.manifest["n_faces"].to_numpy() == manifest["n_faces"].to_numpy()).all()
 
 
+@pytest.mark.parametrize("mode", ["tuned", "seed"])
+def test_several_threads_per_worker_give_the_same_answers(sample_dir, cluster_run, model_ref,
+                                                          mode, tmp_path):
+    """Two Dask threads in one worker detect at the same time: each thread has its own OpenCV
+    detector (maskbatch.per_thread). Sharing one crashed the worker (a segmentation fault) or mixed
+    up input sizes."""
+    threads = ClusterConfig(workers=1, threads_per_worker=2, processes=False, partition_size=4,
+                            progress=False)
+    result = predict(str(sample_dir), str(tmp_path / "out"), cluster_config=threads,
+                     detector=DetectorConfig(mode=mode))
+    single, _ = predict_partition(list_inputs(str(sample_dir)), DetectorConfig(mode=mode),
+                                  model_ref)
+    pd.testing.assert_frame_equal(result.detections.reset_index(drop=True),
+                                  single.reset_index(drop=True), check_exact=False, atol=1e-6)
+
+
+def test_per_thread_cache_gives_each_thread_its_own_object():
+    import threading
+
+    from maskbatch.per_thread import per_thread
+
+    made = []
+
+    @per_thread
+    def load(name: str) -> object:
+        made.append(name)
+        return object()
+
+    mine = load("a")
+    assert load("a") is mine and load("b") is not mine
+    other = []
+    thread = threading.Thread(target=lambda: other.append(load("a")))
+    thread.start()
+    thread.join()
+    assert other[0] is not mine and made == ["a", "b", "a"]
+    load.cache_clear()
+    assert load("a") is not mine
+
+
 def test_output_files_are_consistent(sample_dir, cluster_run):
     result, out = cluster_run
     det = pd.read_parquet(out / "detections.parquet")
