@@ -11,8 +11,11 @@ client process); the scheduler's peak RSS and CPU seconds (/proc); the final ste
 files written; tasks and partition size.
 
 --real runs the real detector and classifier. --noop runs the same job path with workers started
-with `--preload benchmarks/scale_noop.py` (every photo an `ok` row, not read), to push a million
-photos through the driver, the scheduler and the final step on one machine. --resume kills a
+with `--preload benchmarks/scale_noop.py` (every photo an `ok` row with 7 made-up faces, as the real
+detector finds in the bench photo, not read), to push a million photos and seven million faces
+through the driver, the scheduler and the final step on one machine. "final s" is the whole final
+step: compaction into detections.parquet / images.parquet / submission.csv, the report's digest
+and gallery, the COCO files. --resume kills a
 no-op run once half its photos are committed and times `--resume` up to its first new task.
 --many starts that many single-threaded no-op workers at a partition size of 16 to measure what
 one task costs the driver and the scheduler, and from that how many cores one driver can feed.

@@ -2,24 +2,30 @@
 
     dask worker ADDR --preload benchmarks/scale_noop.py
 
-Every photo gets an `ok` manifest row without being read; everything around it is the real job:
-listing, bounded submission, the worker's part commit, the commit log, the final step. It lets one
-machine push a million photos through the job's own path to measure the driver and the scheduler.
+Every photo gets an `ok` manifest row and FACES made-up face rows (7: what the real detector finds
+in the bench's photo) without being read; everything around it is the real job: listing, bounded
+submission, the worker's part commit, the commit log, the final step (compaction, report digest,
+COCO files). It lets one machine push a million photos and seven million faces through the job's
+own path to measure the driver and the scheduler.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from maskbatch import api
+from maskbatch import MASK, NO_MASK, api
 from maskbatch.output import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
 
+FACES = 7
 
-def noop_partition(items: list[tuple[str, str]], detector: object, model: object
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    manifest = pd.DataFrame([(name, path, "ok", "", 0, 0, 0, 0.0) for name, path in items],
+
+def noop_partition(items: list[tuple[str, str]], detector: object, model: object,
+                   limits: object = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    manifest = pd.DataFrame([(name, path, "ok", "", FACES, 96, 64, 0.0) for name, path in items],
                             columns=PREDICT_MANIFEST_COLUMNS)
-    return pd.DataFrame(columns=DETECTION_COLUMNS), manifest
+    rows = [(name, 4 + 12 * k, 10, 14 + 12 * k, 22, MASK if k % 2 else NO_MASK, 0.9 - 0.1 * k,
+             0.1 * k, 96, 64, "0" * 64) for name, _ in items for k in range(FACES)]
+    return pd.DataFrame(rows, columns=DETECTION_COLUMNS), manifest
 
 
 api.predict_partition = noop_partition

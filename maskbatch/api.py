@@ -18,6 +18,7 @@ import pandas as pd
 from maskbatch import (
     MASK,
     NO_MASK,
+    NOT_FACE,
     __version__,
     cluster,
     coco,
@@ -33,7 +34,7 @@ from maskbatch.classify import Classifier, ModelRef, default_model_dir, read_mod
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig, InputLimits
 from maskbatch.datasets import load_records, parse_label_map, splits
 from maskbatch.errors import MaskbatchError
-from maskbatch.pipeline import extract_partition, predict_partition
+from maskbatch.pipeline import extract_partition, negatives_detector, predict_partition
 
 # --------------------------------------------------------------------------- shared
 
@@ -94,11 +95,11 @@ class ExtractResult:
     files: list[str] = field(default_factory=list)
 
 
-def _extract_and_write(pairs: list, label_map: dict, crop_size: int, out_dir: str
-                       ) -> pd.DataFrame:
+def _extract_and_write(pairs: list, label_map: dict, crop_size: int, out_dir: str,
+                       negatives: DetectorConfig | None = None) -> pd.DataFrame:
     """Worker side: crop a partition, write its crops shard itself, return only the manifest."""
     records = [record for _, record in pairs]
-    crops, manifest = extract_partition(records, label_map, crop_size)
+    crops, manifest = extract_partition(records, label_map, crop_size, negatives)
     if len(crops):
         shard = files.join(out_dir, "crops", _part_name([r.name for r in records]) + ".parquet")
         output.write_parquet_atomic(crops, shard)
@@ -118,12 +119,18 @@ def _extract_poisoned(pairs: list, attempts: int) -> pd.DataFrame:
 def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: str = "auto",
             label_map: list[str] | None = None, crop_size: int = CROP_SIZE,
             cluster_config: ClusterConfig = ClusterConfig(), overwrite: bool = False,
-            split: str | None = None) -> ExtractResult:
+            split: str | None = None, negatives: str | None = None) -> ExtractResult:
     """Crop every labelled face of a dataset folder into Parquet shards, in parallel on Dask.
 
     `split` ('train' or 'val') keeps only the photos of that part of the committed split of the
     dataset named by the folder's last component (maskbatch.datasets.splits).
+    `negatives`: a detector mode; also crop the background boxes it finds (label not_face,
+    maskbatch.pipeline.background_boxes), for a classifier with a face / not-face output.
     """
+    negatives_config = None
+    if negatives is not None:
+        detect.get_mode(negatives)  # an unknown mode: one clear error before any work
+        negatives_config = negatives_detector(negatives)
     mapping = parse_label_map(label_map)
     records = load_records(dataset, layout, annotations)
     if split is not None:
@@ -133,7 +140,8 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
                              + (f" in the {split} split" if split else ""))
     _prepare_out_dir(out_dir, overwrite)
     output.write_json_atomic({"command": "extract", "dataset": dataset, "version": __version__,
-                              "crop_size": crop_size, "label_map": mapping, "split": split},
+                              "crop_size": crop_size, "label_map": mapping, "split": split,
+                              "negatives": negatives_config and negatives_config.as_dict()},
                              files.join(out_dir, "run.json"))
     started = time.perf_counter()
     manifests: dict[int, pd.DataFrame] = {}
@@ -145,7 +153,7 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
             lambda pairs, m: manifests.__setitem__(pairs[0][0], m),
             on_poison=_extract_poisoned, total_items=len(records),
             progress=cluster_config.progress, label="extract", label_map=mapping,
-            crop_size=crop_size, out_dir=out_dir)
+            crop_size=crop_size, out_dir=out_dir, negatives=negatives_config)
     seconds = time.perf_counter() - started
     manifest = pd.concat([manifests[i] for i in sorted(manifests)], ignore_index=True)
     output.write_parquet_atomic(manifest, files.join(out_dir, "manifest.parquet"))
@@ -169,9 +177,10 @@ def _class_count_plot(counts: dict[str, int], dataset: str, url: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    labels = [MASK, NO_MASK]
+    labels = [MASK, NO_MASK] + ([NOT_FACE] if counts.get(NOT_FACE) else [])
     values = [counts.get(label, 0) for label in labels]
-    bars = ax.bar(["mask", "no mask"], values, color=["#3cb43c", "#e62828"])
+    bars = ax.bar(["mask", "no mask", "not a face"][:len(labels)], values,
+                  color=["#3cb43c", "#e62828", "#888888"][:len(labels)])
     ax.bar_label(bars)
     ax.set_ylabel("face crops")
     ax.set_title(f"Crops per class: {Path(dataset.rstrip('/')).name}")
@@ -324,21 +333,27 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             log.close()
         seconds = time.perf_counter() - started
         restarts = cluster.workers_lost(client, events_since)
+        final_started = time.perf_counter()
         counts = parts.compact(out_dir, [name for name, _ in inputs], previews)
         if previews:
             _write_previews(client, out_dir, counts.previews)
         result = PredictResult(out_dir, seconds, todo, counts, dash,
                                time.perf_counter() - wall_started,
                                (stats.first_submit or started) - called, size, stats, restarts)
-        detections, manifest = result.detections, result.manifest
-        gallery = run_report.draw_gallery(detections, manifest, card,
-                                          functools.partial(cluster.call_each, client),
-                                          n_first=min(previews, 8) or run_report.N_FIRST)
+        # the report's digest and the COCO files read the final tables in batches: the driver
+        # never holds every detection (docs/benchmarks.md)
+        digest = run_report.Digest.of_out_dir(out_dir, float(card.get("threshold", 0.5)),
+                                              n_first=min(previews, 8) or run_report.N_FIRST)
+        gallery = run_report.draw_gallery(digest, functools.partial(cluster.call_each, client))
+        coco.write_coco(out_dir)
+        # the final step: compaction, previews, the report's digest and gallery, COCO files
+        counts.seconds = time.perf_counter() - final_started
+        result.wall_seconds = time.perf_counter() - wall_started
     output.write_json_atomic(summary(result), files.join(out_dir, "summary.json"))
-    coco.write_coco(out_dir, detections, manifest)
-    run_report.write_run_report(out_dir, detections, manifest, summary=summary(result),
+    run_report.write_run_report(out_dir, summary=summary(result),
                                 run={**record, "images": images_arg}, model_card=card,
-                                detector=detector, timeline=timeline.points, gallery=gallery)
+                                detector=detector, timeline=timeline.points, gallery=gallery,
+                                digest=digest)
     storage.remove_temporaries(out_dir)  # e.g. a part written twice by a retried task
     return result
 

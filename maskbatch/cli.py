@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val"],
                    help="only the photos of this part of the committed split of the dataset named "
                         "by the folder's last component (medical-mask, voc-masks)")
+    p.add_argument("--negatives", nargs="?", const="tuned", metavar="MODE",
+                   help="also crop the background boxes this detector mode (default: tuned) "
+                        "finds away from every labelled box, labelled not_face: training data "
+                        "for the classifier's face / not-face output")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     _add_cluster_args(p, partition_default=32)
 
@@ -249,7 +253,7 @@ def _run(args: argparse.Namespace) -> None:
         result = extract(args.dataset, args.out, layout=args.layout, annotations=args.annotations,
                          label_map=args.label_map, crop_size=args.crop_size,
                          cluster_config=_cluster_config(args), overwrite=args.overwrite,
-                         split=args.split)
+                         split=args.split, negatives=args.negatives)
         print(extract_table(result))
     elif args.command == "predict":
         from maskbatch.api import predict

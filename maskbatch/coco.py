@@ -27,12 +27,17 @@ import contextlib
 import io
 import json
 import math
+import uuid
+from collections.abc import Iterator
 from importlib import metadata
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from maskbatch import CLASS_NAMES, MASK, NO_MASK, files, output
+from maskbatch.errors import MaskbatchError
 
 CATEGORIES = [{"id": k + 1, "name": name, "supercategory": "face"}
               for k, name in enumerate(CLASS_NAMES)]
@@ -51,63 +56,141 @@ def class_score(classname: pd.Series, score: pd.Series, mask_prob: pd.Series) ->
     return np.where(np.isnan(p_class), s, s * p_class)
 
 
-def image_entries(manifest: pd.DataFrame) -> list[dict]:
-    """COCO `images` of every photo that was read (status ok), ids from 1 in manifest order."""
-    entries = []
-    for k, row in enumerate(manifest.itertuples(index=False)):
-        if getattr(row, "status", "ok") != "ok":
-            continue
-        entries.append({"id": k + 1, "file_name": str(row.name), "width": int(row.width),
-                        "height": int(row.height)})
-    return entries
+def image_entries(manifest: pd.DataFrame, first_id: int = 1) -> list[dict]:
+    """COCO `images` of every photo that was read (status ok); ids count every row of the
+    manifest, the first being `first_id` (1 for a whole manifest, so ids follow its order)."""
+    ok = manifest["status"].to_numpy() == "ok" if "status" in manifest else np.ones(len(manifest),
+                                                                                    bool)
+    ids = np.arange(first_id, first_id + len(manifest))[ok]
+    rows = manifest[ok]
+    return [{"id": int(i), "file_name": str(n), "width": int(w), "height": int(h)}
+            for i, n, w, h in zip(ids, rows["name"], rows["width"], rows["height"])]
 
 
-def result_entries(detections: pd.DataFrame, image_ids: dict[str, int]) -> list[dict]:
-    """COCO results of a detections table (the dataset's quirk: x1, x2, y1, y2 = left, top,
-    right, bottom); rows of images without an id are left out."""
-    det = detections[detections["name"].isin(image_ids.keys())]
+def result_json(detections: pd.DataFrame, image_ids: dict[str, int], first_id: int = 1
+                ) -> tuple[list[str], list[str]]:
+    """COCO entries of a detections table as JSON texts: (results, annotations); annotations are
+    the results with an id (from `first_id`), area and iscrowd. Boxes keep the dataset's quirk
+    (x1, x2, y1, y2 = left, top, right, bottom); rows of images without an id, or of another
+    class, are left out. Written as text, not through json.dumps: a million faces take seconds."""
+    det = detections[detections["name"].isin(image_ids.keys())
+                     & detections["classname"].isin(CATEGORY_IDS.keys())]
     if det.empty:
-        return []
+        return [], []
     left, top = det["x1"].to_numpy(float), det["x2"].to_numpy(float)
-    width = det["y1"].to_numpy(float) - left
-    height = det["y2"].to_numpy(float) - top
-    mask_prob = det["mask_prob"] if "mask_prob" in det else pd.Series(np.nan, index=det.index)
-    ranked = class_score(det["classname"], det["score"], mask_prob)
-    out = []
-    for i, (name, cls) in enumerate(zip(det["name"], det["classname"])):
-        if cls not in CATEGORY_IDS:
-            continue
-        entry = {"image_id": image_ids[name], "category_id": CATEGORY_IDS[cls],
-                 "bbox": [round(float(v), 2) for v in (left[i], top[i], width[i], height[i])],
-                 "score": round(float(ranked[i]), 6),
-                 "detector_score": round(float(det["score"].iloc[i]), 6)}
-        p = float(mask_prob.iloc[i])
-        if not math.isnan(p):
-            entry["mask_prob"] = round(p, 6)
-        out.append(entry)
-    return out
+    width = np.round(det["y1"].to_numpy(float) - left, 2)
+    height = np.round(det["y2"].to_numpy(float) - top, 2)
+    area = np.round(width * height, 2).tolist()
+    mask_prob = (det["mask_prob"] if "mask_prob" in det
+                 else pd.Series(np.nan, index=det.index))
+    ranked = np.round(class_score(det["classname"], det["score"], mask_prob), 6).tolist()
+    detector = np.round(det["score"].to_numpy(float), 6).tolist()
+    probs = np.round(mask_prob.to_numpy(float), 6).tolist()
+    image = [image_ids[n] for n in det["name"].tolist()]
+    category = [CATEGORY_IDS[c] for c in det["classname"].tolist()]
+    results, annotations = [], []
+    for k, (i, c, x, y, w, h, sc, raw, p, ar) in enumerate(zip(
+            image, category, np.round(left, 2).tolist(), np.round(top, 2).tolist(),
+            width.tolist(), height.tolist(), ranked, detector, probs, area)):
+        body = (f'"image_id":{i},"category_id":{c},"bbox":[{x!r},{y!r},{w!r},{h!r}],'
+                f'"score":{sc!r},"detector_score":{raw!r}'
+                + ("" if math.isnan(p) else f',"mask_prob":{p!r}'))
+        results.append("{" + body + "}")
+        annotations.append(f'{{"id":{first_id + k},{body},"area":{ar!r},"iscrowd":0}}')
+    return results, annotations
 
 
-def coco_files(detections: pd.DataFrame, manifest: pd.DataFrame) -> tuple[list[dict], dict]:
-    """(results list, dataset dict) of a run: what :func:`write_coco` writes."""
-    images = image_entries(manifest)
-    ids = {entry["file_name"]: entry["id"] for entry in images}
-    results = result_entries(detections, ids)
-    annotations = [{"id": k + 1, **r, "area": round(r["bbox"][2] * r["bbox"][3], 2), "iscrowd": 0}
-                   for k, r in enumerate(results)]
-    dataset = {"info": {"description": "maskbatch predictions", "format": "COCO; annotations "
-                        "are predictions, `score` = detector score * P(class)"},
-               "images": images, "categories": CATEGORIES, "annotations": annotations}
-    return results, dataset
+DATASET_HEAD = {"info": {"description": "maskbatch predictions", "format": "COCO; annotations "
+                         "are predictions, `score` = detector score * P(class)"}}
+BATCH_ROWS = 65_536  # rows of a Parquet file read at a time by write_coco
 
 
-def write_coco(out_dir: str, detections: pd.DataFrame, manifest: pd.DataFrame) -> list[str]:
-    """Write detections.coco.json and images.coco.json into `out_dir`; their paths."""
-    results, dataset = coco_files(detections, manifest)
+def write_coco(out_dir: str) -> list[str]:
+    """Write detections.coco.json and images.coco.json from OUT_DIR's images.parquet and
+    detections.parquet; their paths.
+
+    Streamed: both tables are read BATCH_ROWS rows at a time, in their (input) order, and the
+    JSON is written as it goes, so memory does not grow with the run. Each file appears whole
+    (written under a temporary name, then renamed).
+    """
     paths = [files.join(out_dir, RESULTS_FILE), files.join(out_dir, DATASET_FILE)]
-    for obj, path in zip((results, dataset), paths):
-        output.write_bytes_atomic(path, json.dumps(obj, separators=(",", ":")).encode())
+    temps = [p + f".tmp-{uuid.uuid4().hex[:8]}" for p in paths]
+    with contextlib.ExitStack() as stack:
+        results_file, dataset_file = (stack.enter_context(output.open_write(t)) for t in temps)
+        head = json.dumps(DATASET_HEAD, separators=(",", ":"))[:-1]
+        dataset_file.write(f'{head},"categories":{_json(CATEGORIES)},"images":['.encode())
+        first, comma = 1, ""
+        for batch in _batches(out_dir, "images.parquet", ["name", "status", "width", "height"]):
+            entries = image_entries(batch, first)
+            first += len(batch)
+            if entries:
+                dataset_file.write((comma + _json(entries)[1:-1]).encode())
+                comma = ","
+        dataset_file.write(b'],"annotations":[')
+        results_file.write(b"[")
+        ids = _ImageIds(_batches(out_dir, "images.parquet", ["name", "status"]))
+        n, comma = 0, ""
+        for batch in _batches(out_dir, "detections.parquet",
+                              ["name", "x1", "x2", "y1", "y2", "classname", "score",
+                               "mask_prob"]):
+            results, annotations = result_json(batch, ids.of(batch["name"]), n + 1)
+            if results:
+                results_file.write((comma + ",".join(results)).encode())
+                dataset_file.write((comma + ",".join(annotations)).encode())
+                comma = ","
+                n += len(results)
+        results_file.write(b"]")
+        dataset_file.write(b"]}")
+    for tmp, path in zip(temps, paths):
+        fs, target = files.filesystem(path)
+        fs.mv(files.filesystem(tmp)[1], target)
     return paths
+
+
+def _json(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _batches(out_dir: str, name: str, columns: list[str]) -> Iterator[pd.DataFrame]:
+    """A Parquet file of OUT_DIR as DataFrames of at most BATCH_ROWS rows, in order."""
+    fs, path = files.filesystem(files.join(out_dir, name))
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=columns,
+                                                    use_threads=False):
+            yield batch.to_pandas(types_mapper={pa.string(): pd.StringDtype("python")}.get)
+
+
+class _ImageIds:
+    """COCO image ids (manifest row + 1) of read photos, for detections in manifest order:
+    holds only the manifest rows between the last photo asked for and the next ones."""
+
+    def __init__(self, batches: Iterator[pd.DataFrame]) -> None:
+        self._batches = batches
+        self._window: dict[str, int] = {}
+        self._next_id = 1
+
+    def of(self, names: pd.Series) -> dict[str, int]:
+        """{name: id} for every name of this batch of detections (read photos only)."""
+        wanted = pd.unique(names)
+        if not len(wanted):
+            return {}
+        while wanted[-1] not in self._window:
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            ids = np.arange(self._next_id, self._next_id + len(batch))
+            ids = np.where(batch["status"].to_numpy() == "ok", ids, 0).tolist()
+            self._next_id += len(batch)
+            self._window.update(zip(batch["name"], ids))  # 0: a photo that was not read
+        missing = [n for n in wanted if n not in self._window]
+        if missing:
+            raise MaskbatchError(f"detections of {missing[0]!r} are not in images.parquet's "
+                                 "order (or not in it at all); cannot write the COCO files")
+        found = {n: self._window[n] for n in wanted if self._window[n]}
+        # photos before the batch's last one are done with: keep the window small
+        keys = list(self._window)
+        self._window = {k: self._window[k] for k in keys[keys.index(wanted[-1]):]}
+        return found
 
 
 # --------------------------------------------------------------------------- AP, the COCO way

@@ -25,11 +25,12 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -76,13 +77,20 @@ def render_local(jobs: Sequence[Job]) -> list[bytes]:
 # --------------------------------------------------------------------------- tables
 
 
-def unmasked_photos(detections: pd.DataFrame) -> pd.DataFrame:
-    """name, faces, unmasked: photos with at least one face_no_mask, most unmasked first."""
+def unmasked_photos(detections: pd.DataFrame, order: bool = False) -> pd.DataFrame:
+    """name, faces, unmasked: photos with at least one face_no_mask, most unmasked first
+    (`order`: plus _order, the first row's _order of each photo, and unsorted)."""
+    columns = ["name", "faces", "unmasked"] + (["_order"] if order else [])
     if detections.empty:
-        return pd.DataFrame(columns=["name", "faces", "unmasked"])
+        return pd.DataFrame(columns=columns)
     g = detections.assign(unmasked=detections["classname"] == NO_MASK).groupby("name", sort=False)
-    table = pd.DataFrame({"faces": g.size(), "unmasked": g["unmasked"].sum()}).reset_index()
+    parts = {"faces": g.size(), "unmasked": g["unmasked"].sum()}
+    if order:
+        parts["_order"] = g["_order"].min()
+    table = pd.DataFrame(parts).reset_index()
     table = table[table["unmasked"] > 0]
+    if order:
+        return table[columns]
     return table.sort_values(["unmasked", "faces"], ascending=False, kind="stable",
                              ignore_index=True)
 
@@ -94,14 +102,150 @@ def face_sizes(detections: pd.DataFrame) -> np.ndarray:
     return np.minimum(width, height)
 
 
-def least_certain(detections: pd.DataFrame, threshold: float, n: int = N_UNCERTAIN
-                  ) -> pd.DataFrame:
-    """The n faces whose P(mask) lies nearest the classifier's threshold."""
-    if detections.empty:
-        return detections
-    gap = (detections["mask_prob"] - threshold).abs()
-    return detections.assign(_gap=gap).sort_values("_gap", kind="stable").head(n).drop(
-        columns="_gap")
+# --------------------------------------------------------------------------- the digest
+
+IMAGE_COLUMNS = ["name", "path", "status", "reason", "n_faces"]
+DETECTION_FIELDS = ["name", "x1", "x2", "y1", "y2", "classname", "mask_prob"]
+
+
+def _concat(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """a then b (pandas warns when concatenating an empty frame)."""
+    if not len(a):
+        return b.reset_index(drop=True)
+    return pd.concat([a, b], ignore_index=True) if len(b) else a
+
+
+def _top(frame: pd.DataFrame, by: list[str], ascending: list[bool], n: int) -> pd.DataFrame:
+    """The first n rows of `frame` sorted by `by`, ties in input order (column _order)."""
+    return frame.sort_values([*by, "_order"], ascending=[*ascending, True], kind="stable",
+                             ignore_index=True).head(n)
+
+
+@dataclass
+class Digest:
+    """What report.html shows, gathered from the final tables a batch at a time, so that the
+    page of a run of millions of photos needs no more memory than one of a hundred.
+
+    Feed every manifest batch (add_images), then every detections batch (add_detections), both
+    in input order; then finish() with a way to read the manifest again (for the paths of the
+    least certain faces).
+    """
+
+    threshold: float = 0.5
+    n_first: int = N_FIRST
+    photos: int = 0
+    read: int = 0
+    failed_rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=IMAGE_COLUMNS))
+    failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    faces_per_photo: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    first: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=IMAGE_COLUMNS))
+    crowded: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=IMAGE_COLUMNS))
+    per_class: dict[str, int] = field(default_factory=lambda: {MASK: 0, NO_MASK: 0})
+    size_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    unmasked: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["name", "faces", "unmasked", "_order"]))
+    unmasked_photos: int = 0
+    uncertain: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DETECTION_FIELDS))
+    boxes: dict[str, list[tuple]] = field(default_factory=dict)
+    _carry: pd.DataFrame | None = None  # the last photo's faces of the batch before
+    _rows: int = 0
+
+    # ---- the manifest
+    def add_images(self, batch: pd.DataFrame) -> None:
+        batch = batch.assign(_order=np.arange(self.photos, self.photos + len(batch)))
+        self.photos += len(batch)
+        ok = batch[batch["status"] == "ok"]
+        bad = batch[batch["status"] != "ok"]
+        self.read += len(ok)
+        self.failed += len(bad)
+        for reason, n in bad["reason"].value_counts().items():
+            self.reasons[str(reason)] = self.reasons.get(str(reason), 0) + int(n)
+        if len(self.failed_rows) < MAX_FAILED_ROWS:
+            self.failed_rows = _concat(self.failed_rows, bad[IMAGE_COLUMNS]).head(MAX_FAILED_ROWS)
+        counts = np.bincount(ok["n_faces"].to_numpy(np.int64), minlength=1) if len(ok) else \
+            np.zeros(1, np.int64)
+        size = max(len(counts), len(self.faces_per_photo))
+        self.faces_per_photo = (np.pad(self.faces_per_photo, (0, size - len(self.faces_per_photo)))
+                                + np.pad(counts, (0, size - len(counts))))
+        if len(self.first) < self.n_first:
+            self.first = _concat(self.first, ok.head(self.n_first)).head(self.n_first)
+        self.crowded = _top(_concat(self.crowded, ok[ok["n_faces"] > 0]), ["n_faces"], [False],
+                            N_CROWDED)
+
+    # ---- the detections
+    def add_detections(self, batch: pd.DataFrame) -> None:
+        batch = batch.assign(_order=np.arange(self._rows, self._rows + len(batch)))
+        self._rows += len(batch)
+        classes = batch["classname"].to_numpy()
+        sizes = face_sizes(batch)
+        for cls in (MASK, NO_MASK):
+            self.per_class[cls] += int((classes == cls).sum())
+            h = np.histogram(sizes[classes == cls], bins=SIZE_BINS)[0]
+            self.size_counts[cls] = self.size_counts.get(cls, 0) + h
+        gap = (batch["mask_prob"] - self.threshold).abs()
+        self.uncertain = _top(_concat(self.uncertain, batch.assign(_gap=gap)), ["_gap"], [True],
+                              N_UNCERTAIN)
+        shown = set(self.first["name"]) | set(self.crowded["name"])
+        for row in batch[batch["name"].isin(shown)].itertuples(index=False):
+            self.boxes.setdefault(row.name, []).append(
+                (row.x1, row.x2, row.y1, row.y2, row.classname, row.mask_prob))
+        # faces per photo: a photo's rows are contiguous; its last one may go on in the next batch
+        if self._carry is not None:
+            batch = _concat(self._carry, batch)
+        last = batch["name"].iloc[-1] if len(batch) else None
+        self._carry = batch[batch["name"] == last] if last is not None else None
+        self._add_unmasked(batch[batch["name"] != last])
+
+    def _add_unmasked(self, rows: pd.DataFrame) -> None:
+        table = unmasked_photos(rows, order=True)
+        self.unmasked_photos += len(table)
+        self.unmasked = _top(_concat(self.unmasked, table), ["unmasked", "faces"], [False, False],
+                             MAX_UNMASKED_ROWS)
+
+    def finish(self, images: Callable[[], Iterable[pd.DataFrame]]) -> Digest:
+        """Close the last photo's faces; give the least certain faces their photo's path."""
+        if self._carry is not None and len(self._carry):
+            self._add_unmasked(self._carry)
+        self._carry = None
+        wanted = set(self.uncertain["name"])
+        paths: dict[str, str] = {}
+        for batch in images() if wanted else ():
+            hit = batch[batch["name"].isin(wanted)]
+            paths.update(zip(hit["name"], hit["path"]))
+        self.uncertain = self.uncertain.assign(path=self.uncertain["name"].map(paths))
+        return self
+
+    @property
+    def faces(self) -> int:
+        return sum(self.per_class.values())
+
+    @classmethod
+    def of_tables(cls, detections: pd.DataFrame, manifest: pd.DataFrame, threshold: float = 0.5,
+                  n_first: int = N_FIRST) -> Digest:
+        """The digest of tables held in memory (each one batch)."""
+        digest = cls(threshold=threshold, n_first=n_first)
+        digest.add_images(manifest[IMAGE_COLUMNS])
+        digest.add_detections(detections[DETECTION_FIELDS])
+        return digest.finish(lambda: [manifest[IMAGE_COLUMNS]])
+
+    @classmethod
+    def of_out_dir(cls, out_dir: str, threshold: float = 0.5, n_first: int = N_FIRST,
+                   batch_rows: int = 65_536) -> Digest:
+        """The digest of a run's images.parquet and detections.parquet, read in batches."""
+        def batches(name: str, columns: list[str]) -> Iterable[pd.DataFrame]:
+            fs, path = files.filesystem(files.join(out_dir, name))
+            with fs.open(path, "rb") as f:
+                for batch in pq.ParquetFile(f).iter_batches(batch_rows, columns=columns,
+                                                            use_threads=False):
+                    yield batch.to_pandas()
+
+        digest = cls(threshold=threshold, n_first=n_first)
+        for batch in batches("images.parquet", IMAGE_COLUMNS):
+            digest.add_images(batch)
+        for batch in batches("detections.parquet", DETECTION_FIELDS):
+            digest.add_detections(batch)
+        return digest.finish(lambda: batches("images.parquet", ["name", "path"]))
 
 
 # --------------------------------------------------------------------------- pictures
@@ -113,32 +257,31 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def histograms_png(manifest: pd.DataFrame, detections: pd.DataFrame) -> bytes:
+def histograms_png(digest: Digest) -> bytes:
     """Two histograms side by side: faces per photo, and face size (shorter side, px)."""
     fig = Figure(figsize=(10, 3.4))
     ax1, ax2 = fig.subplots(1, 2)
-    ok = manifest[manifest["status"] == "ok"]
-    counts = ok["n_faces"].to_numpy(int) if len(ok) else np.zeros(0, int)
-    top = int(counts.max()) if len(counts) else 0
-    values = np.bincount(counts, minlength=top + 1) if len(counts) else np.zeros(1, int)
+    values = digest.faces_per_photo
     ax1.bar(np.arange(len(values)), values, color="#4878a8", width=0.85)
     ax1.set_xlabel("faces in the photo")
     ax1.set_ylabel("photos")
-    ax1.set_title(f"Faces per photo ({len(ok)} photos read)")
-    sizes = face_sizes(detections)
-    bins = [b for b in SIZE_BINS if b <= max(64, sizes.max() if len(sizes) else 0) * 1.5]
-    hist, edges = np.histogram(sizes, bins=bins)
-    x = np.arange(len(hist))
+    ax1.set_title(f"Faces per photo ({digest.read} photos read)")
+    total = sum((digest.size_counts.get(c, np.zeros(len(SIZE_BINS) - 1, np.int64))
+                 for c in (MASK, NO_MASK)), np.zeros(len(SIZE_BINS) - 1, np.int64))
+    used = np.flatnonzero(total)
+    # bins up to the largest face's bin, and at least up to 64 px
+    n_bins = max(int(used[-1]) + 1 if len(used) else 0, SIZE_BINS.index(64))
+    edges = SIZE_BINS[:n_bins + 1]
+    x = np.arange(n_bins)
     for k, cls, colour in ((0, MASK, "#3cb43c"), (1, NO_MASK, "#e62828")):
-        part = face_sizes(detections[detections["classname"] == cls])
-        h, _ = np.histogram(part, bins=edges)
+        h = digest.size_counts.get(cls, np.zeros(len(SIZE_BINS) - 1, np.int64))[:n_bins]
         ax2.bar(x + (k - 0.5) * 0.4, h, width=0.4, color=colour,
                 label="mask" if cls == MASK else "no mask")
     ax2.set_xticks(x, [f"{int(a)}-{int(b)}" for a, b in zip(edges[:-1], edges[1:])],
                    rotation=45, fontsize=7)
     ax2.set_xlabel("face size: shorter side of the box (px)")
     ax2.set_ylabel("faces")
-    ax2.set_title(f"Face size ({len(sizes)} faces)")
+    ax2.set_title(f"Face size ({digest.faces} faces)")
     ax2.legend()
     for ax in (ax1, ax2):
         ax.grid(axis="y", alpha=0.3)
@@ -166,32 +309,22 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def _boxes(detections: pd.DataFrame, name: str) -> list[tuple]:
-    rows = detections[detections["name"] == name]
-    return list(zip(rows["x1"], rows["x2"], rows["y1"], rows["y2"], rows["classname"],
-                    rows["mask_prob"]))
-
-
-def gallery_jobs(detections: pd.DataFrame, manifest: pd.DataFrame, threshold: float,
-                 n_first: int = N_FIRST) -> tuple[list[tuple[str, str, str]], list[Job]]:
+def gallery_jobs(digest: Digest) -> tuple[list[tuple[str, str, str]], list[Job]]:
     """((section, caption, kind) per picture, the drawing jobs), in the same order."""
     from maskbatch.draw import face_jpeg, preview_jpeg
 
-    ok = manifest[manifest["status"] == "ok"]
     items: list[tuple[str, str, str]] = []
     jobs: list[Job] = []
-    for row in ok.head(n_first).itertuples(index=False):
-        items.append(("first", f"{row.name}: {row.n_faces} face(s)", "photo"))
-        jobs.append((preview_jpeg, (row.path, _boxes(detections, row.name), GALLERY_SIDE)))
-    crowded = ok[ok["n_faces"] > 0].sort_values("n_faces", ascending=False, kind="stable")
-    for row in crowded.head(N_CROWDED).itertuples(index=False):
-        items.append(("crowded", f"{row.name}: {row.n_faces} faces", "photo"))
-        jobs.append((preview_jpeg, (row.path, _boxes(detections, row.name), GALLERY_SIDE)))
-    paths = dict(zip(manifest["name"], manifest["path"]))
-    for row in least_certain(detections, threshold).itertuples(index=False):
+    for section, rows in (("first", digest.first), ("crowded", digest.crowded)):
+        for row in rows.itertuples(index=False):
+            caption = (f"{row.name}: {row.n_faces} face(s)" if section == "first"
+                       else f"{row.name}: {row.n_faces} faces")
+            items.append((section, caption, "photo"))
+            jobs.append((preview_jpeg, (row.path, digest.boxes.get(row.name, []), GALLERY_SIDE)))
+    for row in digest.uncertain.itertuples(index=False):
         shown = "mask" if row.classname == MASK else "no mask"
         items.append(("uncertain", f"{row.name}: {shown}, P(mask) {row.mask_prob:.2f}", "face"))
-        jobs.append((face_jpeg, (paths[row.name], (row.x1, row.x2, row.y1, row.y2), FACE_SIDE)))
+        jobs.append((face_jpeg, (row.path, (row.x1, row.x2, row.y1, row.y2), FACE_SIDE)))
     return items, jobs
 
 
@@ -282,45 +415,43 @@ def _figures(items: list[tuple[str, str, str]], pictures: list[bytes], section: 
     return "".join(cells) or "<p class='muted'>none</p>"
 
 
-def report_html(detections: pd.DataFrame, manifest: pd.DataFrame, *, summary: dict,
-                run: dict, model_card: dict, detector: dict, timeline: Sequence[tuple[float, int]],
-                gallery: Gallery) -> str:
+def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, detector: dict,
+                timeline: Sequence[tuple[float, int]], gallery: Gallery) -> str:
     """The page as a string: everything inlined."""
-    ok = manifest[manifest["status"] == "ok"]
-    failed = manifest[manifest["status"] != "ok"]
-    per_class = {c: int((detections["classname"] == c).sum()) for c in (MASK, NO_MASK)}
-    unmasked = unmasked_photos(detections)
+    per_class = digest.per_class
+    unmasked, n_unmasked = digest.unmasked, digest.unmasked_photos
+    failed, n_failed = digest.failed_rows, digest.failed
     threshold = model_card.get("threshold", 0.5)
     items, pictures = gallery
 
     kpis = "".join([
-        _kpi("photos", len(manifest)), _kpi("read", len(ok)), _kpi("failed", len(failed)),
-        _kpi("faces", len(detections)), _kpi("with mask", per_class[MASK]),
+        _kpi("photos", digest.photos), _kpi("read", digest.read), _kpi("failed", n_failed),
+        _kpi("faces", digest.faces), _kpi("with mask", per_class[MASK]),
         _kpi("without mask", per_class[NO_MASK]),
-        _kpi("photos with an unmasked face", len(unmasked)),
+        _kpi("photos with an unmasked face", n_unmasked),
         _kpi("photos/s", summary.get("images_per_second") or "–"),
     ])
     unmasked_rows = "".join(
         f"<tr><td class='l'>{html.escape(str(r.name))}</td><td>{r.unmasked}</td><td>{r.faces}"
         "</td></tr>" for r in unmasked.head(MAX_UNMASKED_ROWS).itertuples(index=False))
-    unmasked_more = (f"<p class='muted'>… and {len(unmasked) - MAX_UNMASKED_ROWS} more "
+    unmasked_more = (f"<p class='muted'>… and {n_unmasked - MAX_UNMASKED_ROWS} more "
                      "(detections.parquet has them all)</p>"
-                     if len(unmasked) > MAX_UNMASKED_ROWS else "")
+                     if n_unmasked > MAX_UNMASKED_ROWS else "")
     unmasked_table = (f"<table><tr><th class='l'>photo</th><th>unmasked faces</th>"
                       f"<th>faces</th></tr>{unmasked_rows}</table>{unmasked_more}"
-                      if len(unmasked) else "<p>No photo has an unmasked face.</p>")
+                      if n_unmasked else "<p>No photo has an unmasked face.</p>")
     failed_rows = "".join(
         f"<tr><td class='l'>{html.escape(str(r.name))}</td><td class='l'>{html.escape(str(r.status))}"
         f"</td><td class='l'>{html.escape(str(r.reason))}</td></tr>"
         for r in failed.head(MAX_FAILED_ROWS).itertuples(index=False))
-    failed_more = (f"<p class='muted'>… and {len(failed) - MAX_FAILED_ROWS} more "
-                   "(images.parquet has them all)</p>" if len(failed) > MAX_FAILED_ROWS else "")
-    reasons = failed["reason"].value_counts().head(10) if len(failed) else pd.Series(dtype=int)
-    reason_list = "".join(f"<li>{n} × {html.escape(str(r))}</li>" for r, n in reasons.items())
+    failed_more = (f"<p class='muted'>… and {n_failed - MAX_FAILED_ROWS} more "
+                   "(images.parquet has them all)</p>" if n_failed > MAX_FAILED_ROWS else "")
+    reasons = sorted(digest.reasons.items(), key=lambda kv: -kv[1])[:10]
+    reason_list = "".join(f"<li>{n} × {html.escape(str(r))}</li>" for r, n in reasons)
     failed_html = (f"<ul>{reason_list}</ul><table><tr><th class='l'>photo</th>"
                    f"<th class='l'>status</th><th class='l'>reason</th></tr>{failed_rows}</table>"
-                   f"{failed_more}" if len(failed) else "<p>Every photo was read.</p>")
-    hist = _data_uri(histograms_png(manifest, detections), "image/png")
+                   f"{failed_more}" if n_failed else "<p>Every photo was read.</p>")
+    hist = _data_uri(histograms_png(digest), "image/png")
     if timeline:
         speed = (f"<img class='plot' src='{_data_uri(throughput_png(timeline), 'image/png')}' "
                  "alt='photos committed over time'>")
@@ -349,9 +480,9 @@ classifier <code>{html.escape(str(model_card.get('onnx_sha256', ''))[:12])}</cod
 <h3>The least certain faces</h3>
 <p>P(mask) nearest the classifier's threshold ({threshold}): the faces most worth a second
 look.</p><div class="faces">{_figures(items, pictures, 'uncertain')}</div>
-<h2>Photos with at least one unmasked face ({len(unmasked)})</h2>
+<h2>Photos with at least one unmasked face ({n_unmasked})</h2>
 {unmasked_table}
-<h2>Failed and skipped photos ({len(failed)})</h2>
+<h2>Failed and skipped photos ({n_failed})</h2>
 {failed_html}
 <h2>Throughput</h2>
 {speed}
@@ -365,31 +496,35 @@ detections.coco.json + images.coco.json (COCO), summary.json, run.json.</p>
 """
 
 
-def draw_gallery(detections: pd.DataFrame, manifest: pd.DataFrame, model_card: dict,
-                 render: Callable[[Sequence[Job]], list[bytes]] = render_local,
-                 n_first: int = N_FIRST) -> Gallery:
+def draw_gallery(digest: Digest, render: Callable[[Sequence[Job]], list[bytes]] = render_local
+                 ) -> Gallery:
     """The gallery's captions and JPEGs: `render` draws the (function, args) jobs (api.predict
     gives one that runs them on the Dask workers, which read the photos)."""
-    items, jobs = gallery_jobs(detections, manifest, float(model_card.get("threshold", 0.5)),
-                               n_first)
+    items, jobs = gallery_jobs(digest)
     return items, list(render(jobs)) if jobs else []
 
 
-def write_run_report(out_dir: str, detections: pd.DataFrame, manifest: pd.DataFrame, *,
-                     summary: dict, run: dict, model_card: dict,
-                     detector: DetectorConfig = DetectorConfig(),
+def write_run_report(out_dir: str, detections: pd.DataFrame | None = None,
+                     manifest: pd.DataFrame | None = None, *, summary: dict, run: dict,
+                     model_card: dict, detector: DetectorConfig = DetectorConfig(),
                      timeline: Sequence[tuple[float, int]] = (),
-                     gallery: Gallery | None = None) -> str:
+                     gallery: Gallery | None = None, digest: Digest | None = None) -> str:
     """Write OUT_DIR/report.html from a run's final tables; its path.
 
-    detections / manifest: the run's detections.parquet / images.parquet tables. summary: the
-    run's summary.json dict; run: its run.json dict (plus "images", the input argument);
-    model_card: the classifier's card; timeline: (seconds, photos committed) points
-    (:class:`Timeline`); gallery: from :func:`draw_gallery` (default: drawn in this process).
+    The tables: `digest` (:class:`Digest`), else `detections` / `manifest` in memory, else
+    OUT_DIR's detections.parquet / images.parquet read in batches. summary: the run's
+    summary.json dict; run: its run.json dict (plus "images", the input argument); model_card:
+    the classifier's card; timeline: (seconds, photos committed) points (:class:`Timeline`);
+    gallery: from :func:`draw_gallery` (default: drawn in this process).
     """
+    threshold = float(model_card.get("threshold", 0.5))
+    if digest is None:
+        digest = (Digest.of_tables(detections, manifest, threshold)
+                  if detections is not None and manifest is not None
+                  else Digest.of_out_dir(out_dir, threshold))
     if gallery is None:
-        gallery = draw_gallery(detections, manifest, model_card)
-    page = report_html(detections, manifest, summary=summary, run=run, model_card=model_card,
+        gallery = draw_gallery(digest)
+    page = report_html(digest, summary=summary, run=run, model_card=model_card,
                        detector=detector_card(detector), timeline=list(timeline),
                        gallery=gallery)
     path = files.join(out_dir, REPORT_FILE)

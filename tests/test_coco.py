@@ -12,7 +12,7 @@ import math
 import pandas as pd
 import pytest
 
-from maskbatch import CLASS_NAMES
+from maskbatch import CLASS_NAMES, coco, output
 from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.coco import CATEGORY_IDS, ap_101, coco_metrics, write_coco
 from maskbatch.config import DetectorConfig
@@ -87,7 +87,10 @@ def test_coco_files_load_in_pycocotools(sample, tmp_path):
     from pycocotools.cocoeval import COCOeval
 
     dataset, _, _, detections, manifest = sample
-    write_coco(str(tmp_path), detections, manifest)
+    output.write_table_atomic(detections, output.DETECTION_SCHEMA,
+                              str(tmp_path / "detections.parquet"))
+    output.write_table_atomic(manifest, output.MANIFEST_SCHEMA, str(tmp_path / "images.parquet"))
+    write_coco(str(tmp_path))
     results = json.loads((tmp_path / "detections.coco.json").read_text())
     data = json.loads((tmp_path / "images.coco.json").read_text())
     assert len(results) == len(detections) == len(data["annotations"])
@@ -141,3 +144,36 @@ def test_image_with_predictions_but_no_truth_box(sample):
     ref = coco_metrics(faces, predictions, names)
     for c in CLASS_NAMES:
         assert ours["classes"][c]["ap_101"] == pytest.approx(ref["classes"][c]["ap50"], abs=1e-9)
+
+
+def test_coco_files_are_streamed_in_batches(tmp_path, monkeypatch):
+    """write_coco reads both tables a few rows at a time: ids follow the manifest (failed photos
+    keep their number but get no entry), every detection is written once, in order, and
+    detections out of the manifest's order are refused rather than dropped."""
+    from maskbatch.errors import MaskbatchError
+
+    names = [f"p{i:03d}.jpg" for i in range(40)]
+    status = ["failed" if i % 9 == 4 else "ok" for i in range(40)]
+    manifest = pd.DataFrame({"name": names, "path": "", "status": status, "reason": "",
+                             "n_faces": 0, "width": 64, "height": 48, "seconds": 0.0})
+    rows = [(n, 1 + k, 2, 11 + k, 12, CLASS_NAMES[k % 2], 0.9, 0.3, 64, 48, "sha")
+            for i, n in enumerate(names) if status[i] == "ok" for k in range(i % 3)]
+    detections = pd.DataFrame(rows, columns=output.DETECTION_COLUMNS)
+    output.write_table_atomic(detections, output.DETECTION_SCHEMA,
+                              str(tmp_path / "detections.parquet"))
+    output.write_table_atomic(manifest, output.MANIFEST_SCHEMA, str(tmp_path / "images.parquet"))
+    monkeypatch.setattr(coco, "BATCH_ROWS", 4)
+    write_coco(str(tmp_path))
+    results = json.loads((tmp_path / "detections.coco.json").read_text())
+    data = json.loads((tmp_path / "images.coco.json").read_text())
+    ok = [i for i, s in enumerate(status) if s == "ok"]
+    assert [(im["id"], im["file_name"]) for im in data["images"]] == [(i + 1, names[i]) for i in ok]
+    assert len(results) == len(detections) == len(data["annotations"]) > 0
+    assert [r["image_id"] for r in results] == [names.index(n) + 1 for n in detections["name"]]
+    assert [a["id"] for a in data["annotations"]] == list(range(1, len(results) + 1))
+    assert results[0]["bbox"] == [1.0, 2.0, 10.0, 10.0] and results[0]["mask_prob"] == 0.3
+    shuffled = detections.iloc[::-1]
+    output.write_table_atomic(shuffled, output.DETECTION_SCHEMA,
+                              str(tmp_path / "detections.parquet"))
+    with pytest.raises(MaskbatchError, match="order"):
+        write_coco(str(tmp_path))

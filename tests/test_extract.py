@@ -196,6 +196,23 @@ def test_split_keeps_only_that_parts_photos(data, tmp_path):
     assert run["split"] == "val"
 
 
+def test_negatives_are_cropped_on_the_cluster_and_recorded(data, tmp_path):
+    """`extract --negatives`: not_face crops beside the faces (at most 8 a photo, from photos
+    whose faces were cropped), counted in the summary, the detector setting in run.json."""
+    threads = ClusterConfig(workers=1, threads_per_worker=2, processes=False, progress=False)
+    result = extract(str(data / "voc-masks"), str(tmp_path / "n"), cluster_config=threads,
+                     split="val", negatives="tuned")
+    crops = read_crops(str(tmp_path / "n"), columns=["label", "source_image", "box_index"])
+    background = crops[crops["label"] == "not_face"]
+    assert len(background) > 20 and (background["box_index"] < 0).all()
+    assert background.groupby("source_image").size().max() <= 8
+    ok = set(result.manifest.loc[result.manifest["status"] == "ok", "image"])
+    assert set(background["source_image"]) <= ok
+    assert result.counts[str(data / "voc-masks")]["not_face"] == len(background)
+    run = json.loads((tmp_path / "n" / "run.json").read_text())
+    assert run["negatives"]["mode"] == "tuned" and run["negatives"]["confidence"] == 0.1
+
+
 @pytest.mark.parametrize("args, message", [
     (["extract", "{crops}", "--out", "x", "--split", "val"], "no committed split for dataset 'crops'"),
     (["extract", "{data}", "--out", "x", "--split", "test"], "invalid choice"),
@@ -203,6 +220,7 @@ def test_split_keeps_only_that_parts_photos(data, tmp_path):
     (["extract", "{messy}", "--out", "x"], "unknown dataset layout"),
     (["extract", "{data}", "--out", "x", "--workers", "0"], "must be at least 1"),
     (["extract", "{data}", "--out", "x", "--label-map", "a=b"], "--label-map target"),
+    (["extract", "{data}", "--out", "x", "--negatives", "fastest"], "unknown detector mode"),
     (["predict", "/no/such/folder", "--out", "x"], "images folder not found"),
     (["predict", "{messy}", "--out", "x", "--confidence", "2"], "between 0 and 1"),
     (["frobnicate"], "invalid choice"),

@@ -125,3 +125,23 @@ def test_submission_names_work_as_a_template_again(tmp_path):
     assert [n for n, _ in again] == [n for n, _ in listed]
     for _, path in again:
         assert images.load_image(path).shape == (20, 30, 3)
+
+
+def test_csv_text_writes_each_field_as_csv_field_does():
+    """The column-wise writer gives exactly the per-field rule: quoted where a comma, quote, CR
+    or LF needs it, empty for missing values, whole numbers and floats as Python writes them."""
+    import numpy as np
+    import pandas as pd
+
+    from maskbatch.output import csv_field, csv_text
+
+    df = pd.DataFrame({"name": ["a.jpg", "b,c.jpg", 'q"x', "cr\r.jpg", "lf\n", None, "ü"],
+                       "x1": [1, 2, 3, 4, 5, 6, -7], "f": [0.1, np.nan, 1e-7, 2.0, 3.5, None, 1 / 3],
+                       "o": [1, "a", None, 2.5, True, "x,y", ""],
+                       "n": pd.array([1, None, 3, 4, 5, 6, 7], dtype="Int64")})
+    for frame in (df, df.iloc[:0], df[["name"]], df[["x1"]]):
+        for header in (True, False):
+            lines = [",".join(csv_field(c) for c in frame.columns)] if header else []
+            lines += [",".join(csv_field(v) for v in row)
+                      for row in frame.itertuples(index=False, name=None)]
+            assert csv_text(frame, header) == ("\n".join(lines) + "\n" if lines else "")

@@ -107,3 +107,28 @@ def test_report_renders_in_a_real_browser(run, tmp_path):
     assert "Failed and skipped photos" in page.text
     shot = cv2.imdecode(np.frombuffer(page.screenshot, np.uint8), cv2.IMREAD_COLOR)
     assert shot is not None and shot.shape[1] == 1280 and shot.std() > 10  # not a blank page
+
+
+def test_digest_read_in_batches_equals_the_tables_in_memory(run):
+    """The report's digest of a run, its files read 3 rows at a time (faces of one photo split
+    across batches), says exactly what the whole tables in memory say."""
+    from maskbatch.run_report import Digest
+
+    result, out, _ = run
+    det, manifest = result.detections, result.manifest
+    whole = Digest.of_tables(det, manifest, threshold=0.47)
+    streamed = Digest.of_out_dir(str(out), threshold=0.47, batch_rows=3)
+    assert streamed.photos == whole.photos == len(manifest)
+    assert streamed.failed == whole.failed > 0 and streamed.read == whole.read
+    assert streamed.per_class == whole.per_class and streamed.faces == len(det)
+    assert streamed.reasons == whole.reasons
+    assert np.array_equal(streamed.faces_per_photo, whole.faces_per_photo)
+    for cls in whole.size_counts:
+        assert np.array_equal(streamed.size_counts[cls], whole.size_counts[cls])
+    assert streamed.unmasked_photos == whole.unmasked_photos == len(unmasked_photos(det))
+    for a, b in ((streamed.unmasked, whole.unmasked), (streamed.first, whole.first),
+                 (streamed.crowded, whole.crowded), (streamed.uncertain, whole.uncertain),
+                 (streamed.failed_rows, whole.failed_rows)):
+        assert a.drop(columns=["_order", "_gap"], errors="ignore").equals(
+            b.drop(columns=["_order", "_gap"], errors="ignore"))
+    assert streamed.boxes == whole.boxes and streamed.uncertain["path"].notna().all()

@@ -371,3 +371,88 @@ def test_training_is_reproducible(tiny_model: tuple[str, dict], small_crops_dir:
     assert again["onnx_sha256"] == card["onnx_sha256"]
     assert (tmp_path / "again" / "model.onnx").read_bytes() == (Path(out) / "model.onnx").read_bytes()
     assert again["validation_per_set"] == card["validation_per_set"]
+
+
+# --------------------------------------------------------------------------- the reject option
+
+
+@pytest.fixture(scope="module")
+def negatives_crops_dir(data: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An extract folder of 60 medical-mask photos with the tuned detector's background boxes
+    (label not_face), as `maskbatch extract --negatives` writes them."""
+    from maskbatch.datasets import DEFAULT_LABEL_MAP, load_records
+    from maskbatch.datasets.splits import split_names
+    from maskbatch.pipeline import extract_partition, negatives_detector
+
+    records = load_records(str(data / "medical-mask"))
+    val = set(split_names("medical-mask", "val"))
+    chosen = [r for r in records if r.name not in val][:50] + [r for r in records
+                                                                if r.name in val][:10]
+    crops, _ = extract_partition(chosen, DEFAULT_LABEL_MAP, negatives=negatives_detector())
+    folder = tmp_path_factory.mktemp("negatives")
+    write_parquet_atomic(crops, str(folder / "crops" / "part-00000.parquet"))
+    (folder / "run.json").write_text(json.dumps({"dataset": str(data / "medical-mask")}))
+    return str(folder)
+
+
+def test_negatives_are_detector_boxes_away_from_every_labelled_box(negatives_crops_dir: str,
+                                                                   data: Path) -> None:
+    from maskbatch import NOT_FACE
+    from maskbatch.datasets import load_records
+    from maskbatch.evaluate import iou_matrix
+    from maskbatch.pipeline import NEGATIVE_IOU, NEGATIVES_PER_PHOTO
+
+    crops = tdata.load_crop_table(negatives_crops_dir)
+    background = crops[crops["label"] == NOT_FACE]
+    assert len(background) > 20 and crops["label"].isin(CLASS_NAMES).sum() > 100
+    boxes = {r.name: np.array([(b.x1, b.y1, b.x2, b.y2) for b in r.boxes], float)
+             for r in load_records(str(data / "medical-mask"))}
+    for name, group in background.groupby("source_image"):
+        assert len(group) <= NEGATIVES_PER_PHOTO
+        found = group[["x1", "y1", "x2", "y2"]].to_numpy(float)
+        assert iou_matrix(found, boxes[name]).max() < NEGATIVE_IOU + 0.02  # integer rounding
+    assert (background["box_index"] < 0).all() and background["crop_id"].str.contains("#bg").all()
+    # to_arrays keeps the faces only; the background has its own arrays
+    arrays = tdata.to_arrays(crops, 124)
+    assert len(arrays.x) == crops["label"].isin(CLASS_NAMES).sum()
+    assert len(tdata.background_arrays(crops, 124)) == len(background)
+
+
+def test_face_output_model_trains_exports_and_rejects_boxes(negatives_crops_dir: str,
+                                                            data: Path, tmp_path: Path) -> None:
+    """`maskbatch train` on crops with not_face rows: a second ONNX output (parity on both), a
+    face threshold chosen on the tune part, and predict drops the boxes under it."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    from maskbatch.classify import ModelRef, get_classifier
+    from maskbatch.config import DetectorConfig
+    from maskbatch.pipeline import predict_partition
+
+    out = tmp_path / "model"
+    proc = subprocess.run(_train_command([negatives_crops_dir], out), capture_output=True,
+                          text=True, cwd=REPO, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    onnx_bytes, card = read_model(out)
+    assert card["outputs"] == ["mask_prob", "face_prob"] and card["face_output"] == "face_prob"
+    assert card["parity_max_abs_diff"] < 1e-4
+    assert 0.0 <= card["face_threshold"] <= 1.0 and "never chosen on val" in card["face_threshold_rule"]
+    assert card["face_validation"]["not_face_crops"] > 0
+    classifier = Classifier(onnx_bytes, card)
+    x = tdata.to_arrays(tdata.load_crop_table(negatives_crops_dir).iloc[:16], 124).x
+    mask, face = classifier.predict_faces(x)
+    assert mask.shape == face.shape == (len(x),)
+    assert np.array_equal(mask, classifier.predict_batch(x))
+
+    names = sorted(p.name for p in (data / "medical-mask" / "images").iterdir())[:6]
+    items = [(n, str(data / "medical-mask" / "images" / n)) for n in names]
+    ref = ModelRef(card["onnx_sha256"], str(out / "model.onnx"))
+    get_classifier(ref).face_threshold = 0.0  # every box is a face
+    every, _ = predict_partition(items, DetectorConfig(), ref)
+    get_classifier(ref).face_threshold = 1.01  # no box is
+    none, manifest = predict_partition(items, DetectorConfig(), ref)
+    assert len(every) > 0 and len(none) == 0 and (manifest["n_faces"] == 0).all()
+    get_classifier(ref).face_threshold = card["face_threshold"]
+    kept, manifest = predict_partition(items, DetectorConfig(), ref)
+    assert set(map(tuple, kept[["name", "x1", "x2"]].to_numpy())) <= set(
+        map(tuple, every[["name", "x1", "x2"]].to_numpy()))
+    assert manifest["n_faces"].sum() == len(kept)

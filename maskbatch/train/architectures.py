@@ -36,6 +36,32 @@ def augmentation(seed: int) -> keras.Sequential:
     )
 
 
+# The compact net's augmentation adds what the notebook's lacks (training only, identity at
+# inference). Box scale: a detector's box is not the annotator's, so crops are zoomed in and out by
+# up to 15 %. Colour: masks come in every colour while the sets' training crops are mostly white
+# and blue (a pink, an orange and a patterned mask were called "no mask" on validation photos), and
+# lighting varies; brightness, contrast, saturation and a small hue turn, and 10 % grey crops.
+COLOUR_AUGMENTATION = ("RandomZoom(+-0.15), RandomColorJitter(brightness 0.2, contrast 0.3, "
+                       "saturation 0.4, hue 0.08), RandomGrayscale(0.1)")
+
+
+def colour_augmentation(seed: int) -> keras.Sequential:
+    """The notebook's augmentation plus box-scale and colour jitter (see COLOUR_AUGMENTATION)."""
+    return keras.Sequential(
+        [
+            layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
+            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+            layers.RandomZoom((-0.15, 0.15), fill_mode="nearest", seed=seed + 3),
+            layers.RandomFlip("horizontal", seed=seed + 2),
+            layers.RandomColorJitter(value_range=(0.0, 1.0), brightness_factor=0.2,
+                                     contrast_factor=0.3, saturation_factor=0.4,
+                                     hue_factor=0.08, seed=seed + 4),
+            layers.RandomGrayscale(0.1, seed=seed + 5),
+        ],
+        name="augmentation",
+    )
+
+
 def build_seed(seed: int = 0) -> keras.Model:
     """Exactly the notebook's network (about 23M parameters, almost all in Dense(50))."""
     size = INPUT_SIZES["seed"]
@@ -60,7 +86,7 @@ def _conv(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTe
     return layers.ReLU()(x)
 
 
-def build_compact(seed: int = 0) -> keras.Model:
+def build_compact(seed: int = 0, face_output: bool = False) -> keras.Model:
     """A small all-convolutional net: about 0.29M parameters, about 43M multiply-adds per crop.
 
     Full 124 px input (the crops' own size: no second resize, fine detail kept) but a stride-2
@@ -69,7 +95,7 @@ def build_compact(seed: int = 0) -> keras.Model:
     """
     size = INPUT_SIZES["compact"]
     inputs = keras.Input((size, size, 3), name="input")
-    x = augmentation(seed)(inputs)
+    x = colour_augmentation(seed)(inputs)
     x = _conv(x, 16, strides=2)
     for width in (32, 64, 128):
         x = _conv(x, width, strides=2)
@@ -77,13 +103,24 @@ def build_compact(seed: int = 0) -> keras.Model:
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3, seed=seed)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    if face_output:  # the reject option: P(a face at all), from the same features
+        face = layers.Dense(1, activation="sigmoid", name="face_prob")(x)
+        return keras.Model(inputs, [outputs, face], name="compact")
     return keras.Model(inputs, outputs, name="compact")
 
 
-def build_model(arch: str, seed: int = 0) -> keras.Model:
-    """A fresh, uncompiled model of architecture `arch` ('compact' or 'seed')."""
+NOTEBOOK_AUGMENTATION = "RandomRotation(15 deg), RandomTranslation(0.1, 0.1), RandomFlip(horizontal)"
+AUGMENTATIONS = {"seed": NOTEBOOK_AUGMENTATION,
+                 "compact": f"{NOTEBOOK_AUGMENTATION}, {COLOUR_AUGMENTATION}"}
+
+
+def build_model(arch: str, seed: int = 0, face_output: bool = False) -> keras.Model:
+    """A fresh, uncompiled model of architecture `arch` ('compact' or 'seed'); `face_output`
+    (compact only) adds a second sigmoid output, P(face), trained on not_face crops."""
     if arch == "seed":
+        if face_output:
+            raise ValueError("the seed architecture has no face output; use compact")
         return build_seed(seed)
     if arch == "compact":
-        return build_compact(seed)
+        return build_compact(seed, face_output)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")

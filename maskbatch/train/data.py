@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from maskbatch import CLASS_NAMES, MASK, NO_MASK
+from maskbatch import CLASS_NAMES, MASK, NO_MASK, NOT_FACE
 from maskbatch.classify import preprocess
 from maskbatch.errors import MaskbatchError
 
@@ -22,7 +22,8 @@ VAL_FRACTION = 0.2
 
 
 def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The labelled crops of an extract folder (face_with_mask / face_no_mask rows only).
+    """The labelled crops of an extract folder (face_with_mask / face_no_mask rows, and the
+    not_face background crops of `extract --negatives`).
 
     `limit` keeps a seeded random subset of whole source images (for quick runs and tests).
     """
@@ -33,8 +34,8 @@ def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0) -> 
         raise MaskbatchError(
             f"no crops in {crops_dir} (expected crops/part-*.parquet from `maskbatch extract`)"
         )
-    df = df[df["label"].isin(CLASS_NAMES)].reset_index(drop=True)
-    if df.empty:
+    df = df[df["label"].isin((*CLASS_NAMES, NOT_FACE))].reset_index(drop=True)
+    if not df["label"].isin(CLASS_NAMES).any():
         raise MaskbatchError(f"{crops_dir} has no crops labelled {' or '.join(CLASS_NAMES)}")
     if limit is not None and limit < len(df):
         df = _limit_by_image(df, limit, seed)
@@ -157,18 +158,31 @@ class Arrays:
 
 
 def to_arrays(df: pd.DataFrame, size: int) -> Arrays:
-    """Decode the PNG crops and run the shared preprocess()."""
+    """Decode the PNG face crops (not_face rows left out, see :func:`background_arrays`) and run
+    the shared preprocess()."""
     from maskbatch.pipeline import decode_crop
 
+    df = df[df["label"].isin(CLASS_NAMES)]
     faces = [decode_crop(png) for png in df["image"]]
     x = preprocess(faces, size)
     y = df["label"].map(TARGET).to_numpy(dtype=np.int64)
     return Arrays(x, y, df.reset_index(drop=True))
 
 
+def background_arrays(df: pd.DataFrame, size: int) -> np.ndarray:
+    """preprocess() output of the not_face crops of `df` (empty when it has none)."""
+    from maskbatch.pipeline import decode_crop
+
+    crops = [decode_crop(png) for png in df.loc[df["label"] == NOT_FACE, "image"]]
+    return preprocess(crops, size)
+
+
 def class_counts(df: pd.DataFrame) -> dict[str, int]:
     counts = df["label"].value_counts()
-    return {c: int(counts.get(c, 0)) for c in CLASS_NAMES}
+    result = {c: int(counts.get(c, 0)) for c in CLASS_NAMES}
+    if counts.get(NOT_FACE, 0):
+        result[NOT_FACE] = int(counts[NOT_FACE])
+    return result
 
 
 # --------------------------------------------------------------------------- several sets

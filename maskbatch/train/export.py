@@ -18,6 +18,7 @@ OPSET = 13
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "input"
 OUTPUT_NAME = "mask_prob"
+FACE_OUTPUT_NAME = "face_prob"  # the second output of a model trained with not_face crops
 
 
 def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
@@ -32,12 +33,12 @@ def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
         return model(x, training=False)
 
     proto, _ = tf2onnx.convert.from_function(infer, input_signature=spec, opset=opset)
-    _canonical_names(proto, OUTPUT_NAME)
+    _canonical_names(proto, [OUTPUT_NAME, FACE_OUTPUT_NAME][:len(proto.graph.output)])
     return proto.SerializeToString()
 
 
-def _canonical_names(proto: object, output_name: str) -> None:
-    """Name nodes and intermediate tensors by position, and the output ``output_name``.
+def _canonical_names(proto: object, output_names: list[str]) -> None:
+    """Name nodes and intermediate tensors by position, and the outputs ``output_names``.
 
     tf2onnx numbers what it creates with a process-wide counter (``Conv__34``), so the same
     weights exported twice in one process would differ in bytes and sha256; positional names make
@@ -46,7 +47,7 @@ def _canonical_names(proto: object, output_name: str) -> None:
     """
     graph = proto.graph
     graph.doc_string = "maskbatch mask classifier, converted by tf2onnx"  # was the trace's id
-    rename = {graph.output[0].name: output_name}
+    rename = {out.name: name for out, name in zip(graph.output, output_names)}
     for i, init in enumerate(graph.initializer):
         if re.search(r"__\d+", init.name):  # a tf2onnx-made constant such as const_axes__48
             rename[init.name] = f"c{i}"
@@ -59,7 +60,8 @@ def _canonical_names(proto: object, output_name: str) -> None:
                 rename.setdefault(name, f"t{i}_{j}")
         node.output[:] = [rename.get(name, name) for name in node.output]
         node.name = f"n{i}_{node.op_type}"
-    graph.output[0].name = output_name
+    for out, name in zip(graph.output, output_names):
+        out.name = name
     for value in [*graph.input, *graph.output, *graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):  # tf2onnx's unk__50: the dynamic batch dimension
@@ -67,7 +69,7 @@ def _canonical_names(proto: object, output_name: str) -> None:
 
 
 def onnx_predict(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """P(face_with_mask) from onnxruntime alone, shape (N,)."""
+    """Every output from onnxruntime alone, shape (N, outputs): P(face_with_mask) first."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -76,8 +78,9 @@ def onnx_predict(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarr
     session = ort.InferenceSession(onnx_bytes, sess_options=options,
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    (out,) = session.run(None, {name: x})
-    return np.asarray(out, dtype=np.float32).reshape(len(x))
+    outs = session.run(None, {name: x})
+    return np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(x), 1) for o in outs],
+                          axis=1)
 
 
 def parity_check(model: object, onnx_bytes: bytes, x: np.ndarray,
@@ -85,9 +88,15 @@ def parity_check(model: object, onnx_bytes: bytes, x: np.ndarray,
     """Max |Keras - onnxruntime| on the batch `x`; raises MaskbatchError unless below tolerance."""
     if len(x) == 0:
         raise MaskbatchError("parity check needs at least one crop")
-    keras_out = np.asarray(model.predict(x, batch_size=64, verbose=0), dtype=np.float32)
+    keras_out = model.predict(x, batch_size=64, verbose=0)
+    keras_out = keras_out if isinstance(keras_out, (list, tuple)) else [keras_out]
+    keras_all = np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(x), 1)
+                                for o in keras_out], axis=1)
     onnx_out = onnx_predict(onnx_bytes, x)
-    diff = float(np.max(np.abs(keras_out.reshape(-1) - onnx_out)))
+    if onnx_out.shape != keras_all.shape:
+        raise MaskbatchError(f"ONNX export has {onnx_out.shape[1]} output(s), Keras "
+                             f"{keras_all.shape[1]}; refusing to write the model")
+    diff = float(np.max(np.abs(keras_all - onnx_out)))
     if verbose:
         print(f"parity: max |keras - onnxruntime| = {diff:.3g} on {len(x)} held-out crops "
               f"(tolerance {tolerance:g})")

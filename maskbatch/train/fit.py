@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskbatch import CLASS_NAMES, files
+from maskbatch import CLASS_NAMES, NOT_FACE, files
 from maskbatch.classify import Classifier, sha256_bytes
 from maskbatch.errors import MaskbatchError
 from maskbatch.output import write_bytes_atomic, write_json_atomic
@@ -26,10 +26,10 @@ from maskbatch.train import data as tdata
 from maskbatch.train.metrics import choose_threshold, classification_report
 
 # Epoch budgets with early stopping (patience below). compact on the three sample sets (about
-# 6300 training crops, 197 steps an epoch): about 1 minute per epoch on 2 idle CPU cores, up to 8-11
-# on a machine shared at load 10-16 (5 epochs: about 1000 steps, more than the medical-mask-only
-# recipe's best epoch had seen); seed: about 3 minutes per epoch on medical-mask alone.
-DEFAULT_EPOCHS = {"compact": 5, "seed": 12}
+# 6300 training crops, 197 steps an epoch): 65-125 s per epoch on 2 CPU cores; with the colour and
+# scale augmentation the tune loss still fell at epoch 7 (v3 stopped at 10, best epoch 7, 17 min);
+# seed: about 3 minutes per epoch on medical-mask alone.
+DEFAULT_EPOCHS = {"compact": 15, "seed": 12}
 PATIENCE = 3
 PLATEAU_PATIENCE = 2
 LEARNING_RATE = 1e-3
@@ -126,28 +126,65 @@ def evaluate_crops(classifier: Classifier, crops_dir: str, batch: int = 256) -> 
 
 
 def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
-              batch_size: int = 32, seed: int = 0, verbose: int = 2
+              batch_size: int = 32, seed: int = 0, verbose: int = 2,
+              background: tuple[np.ndarray, np.ndarray] | None = None
               ) -> tuple[object, dict[str, list[float]]]:
     """The training recipe: seeded build, Adam, class weights, plateau LR decay, early stopping
-    that restores the best epoch. Returns the fitted Keras model and its history."""
+    that restores the best epoch. Returns the fitted Keras model and its history.
+
+    `background` (not_face crops of the train and tune parts): the model gets a second output,
+    P(face), trained on faces against them (classes weighed equally); the mask output learns from
+    faces only (weight 0 on background crops).
+    """
     import keras
 
     from maskbatch.train.architectures import build_model
 
     _seed_everything(seed)
-    model = build_model(arch, seed)
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="binary_crossentropy",
-                  metrics=["accuracy"])
+    model = build_model(arch, seed, face_output=background is not None)
+    if background is None:
+        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
+                      loss="binary_crossentropy", metrics=["accuracy"])
+    else:  # mask accuracy over faces only (the weights are 0 on background crops)
+        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
+                      loss=["binary_crossentropy", "binary_crossentropy"],
+                      weighted_metrics=[["accuracy"], ["accuracy"]])
     early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
                                           restore_best_weights=True)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                 patience=PLATEAU_PATIENCE,
                                                 min_lr=1e-5)
-    hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size, epochs=epochs,
-                     validation_data=(val.x, val.y.astype(np.float32)),
-                     class_weight=tdata.class_weights(train.y), shuffle=True,
-                     callbacks=[early, plateau], verbose=verbose)
-    return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if background is None:
+        hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size,
+                         epochs=epochs, validation_data=(val.x, val.y.astype(np.float32)),
+                         class_weight=tdata.class_weights(train.y), shuffle=True,
+                         callbacks=[early, plateau], verbose=verbose)
+    else:
+        weights = tdata.class_weights(train.y)
+        x, y, sample_weight = _two_outputs(train, background[0], weights)
+        hist = model.fit(x, y, sample_weight=sample_weight, batch_size=batch_size,
+                         epochs=epochs,
+                         validation_data=_two_outputs(val, background[1], weights),
+                         shuffle=True, callbacks=[early, plateau], verbose=verbose)
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    for prefix in ("", "val_"):  # the curves plot the mask output's accuracy
+        if f"{prefix}mask_prob_accuracy" in history:
+            history[f"{prefix}accuracy"] = history[f"{prefix}mask_prob_accuracy"]
+    return model, history
+
+
+def _two_outputs(faces: tdata.Arrays, background: np.ndarray, weights: dict[int, float]
+                 ) -> tuple[np.ndarray, tuple, tuple]:
+    """(x, targets, sample weights) of a two-output fit: mask_prob and face_prob, in that order."""
+    n_face, n_bg = len(faces.x), len(background)
+    x = np.concatenate([faces.x, background]) if n_bg else faces.x
+    y_mask = np.concatenate([faces.y.astype(np.float32), np.zeros(n_bg, np.float32)])
+    y_face = np.concatenate([np.ones(n_face, np.float32), np.zeros(n_bg, np.float32)])
+    w_mask = np.concatenate([np.where(faces.y == 1, weights[1], weights[0]).astype(np.float32),
+                             np.zeros(n_bg, np.float32)])
+    w_face = np.concatenate([np.full(n_face, (n_face + n_bg) / (2.0 * n_face), np.float32),
+                             np.full(n_bg, (n_face + n_bg) / (2.0 * max(n_bg, 1)), np.float32)])
+    return x, (y_mask, y_face), (w_mask, w_face)
 
 
 TRAIN_THREADS = 2  # TensorFlow intra-op threads: results depend on it, so it is fixed
@@ -193,8 +230,9 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     thread_pools = pin_threads(threads)
 
-    from maskbatch.train.architectures import DESCRIPTIONS, INPUT_SIZES
+    from maskbatch.train.architectures import AUGMENTATIONS, DESCRIPTIONS, INPUT_SIZES
     from maskbatch.train.export import (
+        FACE_OUTPUT_NAME,
         INPUT_NAME,
         OPSET,
         OUTPUT_NAME,
@@ -227,6 +265,13 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     parts = tdata.assign_parts(df, seed=seed)
     train = tdata.to_arrays(df[parts == "train"], size)
     tune = tdata.to_arrays(df[parts == "tune"], size)
+    background = None
+    if (df["label"] == NOT_FACE).any():
+        background = (tdata.background_arrays(df[parts == "train"], size),
+                      tdata.background_arrays(df[parts == "tune"], size))
+        if not len(background[0]) or not len(background[1]):
+            raise MaskbatchError("not_face crops in only one of the train and tune parts; give "
+                                 "more photos extracted with --negatives")
     if len(np.unique(train.y)) < 2 or len(tune.y) == 0:
         raise MaskbatchError("the training part holds only one class or too few images; "
                              "give more crops")
@@ -240,7 +285,7 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     # ---- fit (early stopping on the tune part)
     fit_started = time.perf_counter()
     model, history = fit_model(arch, train, tune, epochs=epochs, batch_size=batch_size, seed=seed,
-                               verbose=verbose)
+                               verbose=verbose, background=background)
     fit_seconds = time.perf_counter() - fit_started
     best_epoch = int(np.argmin(history["val_loss"])) + 1
 
@@ -250,7 +295,8 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
 
     # ---- metrics from the ONNX model (what inference runs): threshold chosen on tune,
     # every reported number on val
-    provisional = {"input_size": size, "threshold": 0.5, "onnx_sha256": sha256_bytes(onnx_bytes)}
+    provisional = {"input_size": size, "threshold": 0.5, "onnx_sha256": sha256_bytes(onnx_bytes),
+                   "output_name": OUTPUT_NAME}
     classifier = Classifier(onnx_bytes, provisional)
     tune_prob = classifier.predict_batch(tune.x)
     threshold = choose_threshold(tune.y, tune_prob)
@@ -270,6 +316,10 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     if eval_crops:
         cross[files.basename(eval_crops)] = evaluate_crops(classifier, eval_crops)
     bench = time_inference(onnx_bytes, size, x=tune.x)
+    face = None
+    if background is not None:
+        face = _face_report(onnx_bytes, tune, background[1],
+                            val, tdata.background_arrays(df[parts == "val"], size), val.rows)
 
     card = {
         "format": "maskbatch-classifier/1",
@@ -279,7 +329,7 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
         "input_size": size,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "outputs": [OUTPUT_NAME],
+        "outputs": [OUTPUT_NAME] + ([FACE_OUTPUT_NAME] if face else []),
         "input_layout": "NHWC float32",
         "color_order": "BGR",
         "scaling": "x/255",
@@ -294,17 +344,21 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
         "onnx_bytes": len(onnx_bytes),
         "onnx_opset": OPSET,
         "parity_max_abs_diff": parity,
+        **({"face_output": FACE_OUTPUT_NAME, "face_threshold": face["threshold"],
+            "face_threshold_rule": face["rule"], "face_validation": face["validation"]}
+           if face else {}),
         "training_data": summary,
         "training": {
             "seed": seed, "epochs_max": epochs, "epochs_run": len(history["loss"]),
             "best_epoch": best_epoch, "batch_size": batch_size, "limit": limit,
             "optimizer": f"Adam lr={LEARNING_RATE:g}, ReduceLROnPlateau(tune loss, x0.5, "
                          f"patience {PLATEAU_PATIENCE})",
-            "loss": "binary_crossentropy",
+            "loss": "binary_crossentropy" + (
+                " on mask_prob (faces only) + binary_crossentropy on face_prob (faces against "
+                "not_face crops, classes weighed equally)" if face else ""),
             "class_weight": {CLASS_NAMES[0]: round(weights[1], 4),
                              CLASS_NAMES[1]: round(weights[0], 4)},
-            "augmentation": "RandomRotation(15 deg), RandomTranslation(0.1, 0.1), "
-                            "RandomFlip(horizontal); fill nearest; training only",
+            "augmentation": f"{AUGMENTATIONS[arch]}; fill nearest; training only",
             "early_stopping": f"tune loss, patience {PATIENCE}, best weights restored",
             "tensorflow_threads": thread_pools,
             "deterministic": "keras.utils.set_random_seed(seed), "
@@ -341,6 +395,37 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     return card
 
 
+# The reject rule: drop a detected box whose P(face) is under the threshold that keeps this share of
+# the tune part's face crops (so it costs about 1 % of true faces, chosen without val photos).
+FACE_KEEP = 0.99
+
+
+def _face_report(onnx_bytes: bytes, tune: tdata.Arrays, tune_bg: np.ndarray,
+                 val: tdata.Arrays, val_bg: np.ndarray, val_rows: pd.DataFrame) -> dict:
+    """The face threshold (FACE_KEEP of tune faces kept) and what it does on val crops."""
+    from maskbatch.train.export import onnx_predict
+
+    def face_prob(x: np.ndarray) -> np.ndarray:
+        return (np.concatenate([onnx_predict(onnx_bytes, x[i:i + 256])[:, 1]
+                                for i in range(0, len(x), 256)]) if len(x)
+                else np.zeros(0, np.float32))
+
+    threshold = round(float(np.floor(np.quantile(face_prob(tune.x), 1 - FACE_KEEP) * 1000)) / 1000, 3)
+    faces, bg = face_prob(val.x), face_prob(val_bg)
+    per_set = {name: round(float(np.mean(faces[(val_rows["set"] == name).to_numpy()]
+                                         >= threshold)), 4)
+               for name in sorted(val_rows["set"].unique())}
+    return {
+        "threshold": threshold,
+        "rule": f"a box with face_prob < threshold is no face (dropped); the threshold keeps "
+                f"{FACE_KEEP:.0%} of the tune part's face crops, never chosen on val",
+        "validation": {"faces_kept": round(float(np.mean(faces >= threshold)), 4),
+                       "faces_kept_per_set": per_set, "not_face_crops": int(len(bg)),
+                       "not_face_rejected": round(float(np.mean(bg < threshold)), 4)
+                       if len(bg) else None},
+    }
+
+
 def _print_result(card: dict) -> None:
     v = card["validation"]
     line = (f"{card['architecture']}: {card['parameters']:,} params, "
@@ -350,4 +435,8 @@ def _print_result(card: dict) -> None:
         line += f", {name} val acc {rep['accuracy']:.4f}"
     for name, rep in card["cross_dataset"].items():
         line += f", {name} acc {rep['accuracy']:.4f}"
+    if "face_validation" in card:
+        fv = card["face_validation"]
+        line += (f"; face threshold {card['face_threshold']}: val faces kept {fv['faces_kept']}, "
+                 f"not_face rejected {fv['not_face_rejected']}")
     print(line)
