@@ -249,18 +249,31 @@ def test_tuned_mode_finds_the_faces_of_a_validation_street_scene(data: Path):
     assert found["tuned"] >= 21 and found["tuned"] > found["yunet"], found
 
 
-def test_training_is_bit_for_bit_reproducible_in_fresh_processes(data: Path, tmp_path: Path):
-    """Same command, same data, two fresh processes: the same detector file (sha256). Long runs on
-    a machine shared with other jobs have drifted apart (docs/detector-training.md,
-    reproducibility); short ones have not."""
+def test_training_is_reproducible_in_fresh_processes(data: Path, tmp_path: Path):
+    """Same command, same data, two fresh processes: the same photos, augmentation, assignment and
+    loss, and the same weights up to float32 round-off. Usually the same file (sha256) too; about
+    one run in six differs by ~1e-7 in some weights, with 1 or 2 TensorFlow threads and with oneDNN
+    off alike (docs/detector-training.md, reproducibility): so the weights are compared, not the
+    bytes. A change in what our code feeds the model (order, augmentation, targets) moves the loss
+    and the weights by orders of magnitude more."""
+    import onnx
+    from onnx import numpy_helper
+
     code = ("import sys; from maskbatch.train import train_detector; "
             "card = train_detector([sys.argv[1]], sys.argv[2], epochs=1, steps=4, limit=24, "
             "validate=False); print(card['onnx_sha256'])")
-    shas = []
+    weights, losses = [], []
     for run in ("a", "b"):
         proc = subprocess.run([sys.executable, "-c", code, str(data / "voc-masks"),
                                str(tmp_path / run)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        shas.append(proc.stdout.strip().splitlines()[-1])
-    assert shas[0] == shas[1]
+        model = onnx.load(str(tmp_path / run / "detector.onnx"))
+        weights.append({i.name: numpy_helper.to_array(i) for i in model.graph.initializer})
+        history = json.loads((tmp_path / run / "history.json").read_text())
+        losses.append([(row["loss"], row["obj"], row["cls"], row["box"]) for row in history])
+    assert losses[0] == losses[1]
+    assert weights[0].keys() == weights[1].keys()
+    worst = max(float(np.abs(weights[0][k].astype(np.float64) - weights[1][k]).max(initial=0.0))
+                for k in weights[0])
+    assert worst < 1e-5, f"weights differ by {worst:.3g}: more than float32 round-off"
     assert "validation" not in json.loads((tmp_path / "a" / "detector_card.json").read_text())
