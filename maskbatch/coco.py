@@ -27,14 +27,11 @@ import contextlib
 import io
 import json
 import math
-import uuid
 from collections.abc import Iterator
 from importlib import metadata
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from maskbatch import CLASS_NAMES, MASK, NO_MASK, files, output
 from maskbatch.errors import MaskbatchError
@@ -114,9 +111,7 @@ def write_coco(out_dir: str) -> list[str]:
     (written under a temporary name, then renamed).
     """
     paths = [files.join(out_dir, RESULTS_FILE), files.join(out_dir, DATASET_FILE)]
-    temps = [p + f".tmp-{uuid.uuid4().hex[:8]}" for p in paths]
-    with contextlib.ExitStack() as stack:
-        results_file, dataset_file = (stack.enter_context(output.open_write(t)) for t in temps)
+    with output.open_write_all(paths) as (results_file, dataset_file):
         head = json.dumps(DATASET_HEAD, separators=(",", ":"))[:-1]
         dataset_file.write(f'{head},"categories":{_json(CATEGORIES)},"images":['.encode())
         first, comma = 1, ""
@@ -141,9 +136,6 @@ def write_coco(out_dir: str) -> list[str]:
                 n += len(results)
         results_file.write(b"]")
         dataset_file.write(b"]}")
-    for tmp, path in zip(temps, paths):
-        fs, target = files.filesystem(path)
-        fs.mv(files.filesystem(tmp)[1], target)
     return paths
 
 
@@ -152,12 +144,8 @@ def _json(obj: object) -> str:
 
 
 def _batches(out_dir: str, name: str, columns: list[str]) -> Iterator[pd.DataFrame]:
-    """A Parquet file of OUT_DIR as DataFrames of at most BATCH_ROWS rows, in order."""
-    fs, path = files.filesystem(files.join(out_dir, name))
-    with fs.open(path, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches(BATCH_ROWS, columns=columns,
-                                                    use_threads=False):
-            yield batch.to_pandas(types_mapper={pa.string(): pd.StringDtype("python")}.get)
+    """A Parquet file of OUT_DIR, BATCH_ROWS rows at a time, in order."""
+    return output.read_parquet_batches(files.join(out_dir, name), columns, BATCH_ROWS)
 
 
 class _ImageIds:

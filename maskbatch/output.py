@@ -62,14 +62,8 @@ assert MANIFEST_SCHEMA.names == PREDICT_MANIFEST_COLUMNS
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write a file under a temporary name and rename it into place."""
-    fs, path = files.filesystem(url)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
+    with open_write_all([url]) as (f,):
         f.write(data)
-    fs.mv(tmp, path)
 
 
 def write_parquet_atomic(df: pd.DataFrame, url: str) -> None:
@@ -100,6 +94,28 @@ def open_write(url: str) -> Iterator[IO[bytes]]:
         yield f
 
 
+@contextlib.contextmanager
+def open_write_all(urls: list[str]) -> Iterator[list[IO[bytes]]]:
+    """Binary files written under temporary names and renamed into place together, once every
+    one is written and closed; after an error none is renamed (the temporaries stay for
+    storage.remove_temporaries)."""
+    temps = [f"{url}.tmp-{uuid.uuid4().hex[:8]}" for url in urls]
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(open_write(tmp)) for tmp in temps]
+    for tmp, url in zip(temps, urls):
+        fs, path = files.filesystem(url)
+        fs.mv(files.filesystem(tmp)[1], path)
+
+
+def read_parquet_batches(url: str, columns: list[str], rows: int = 65_536
+                         ) -> Iterator[pd.DataFrame]:
+    """A Parquet file as DataFrames of at most `rows` rows, in order (memory: one batch)."""
+    fs, path = files.filesystem(url)
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(rows, columns=columns, use_threads=False):
+            yield batch.to_pandas(types_mapper={pa.string(): pd.StringDtype("python")}.get)
+
+
 def csv_bytes(df: pd.DataFrame, header: bool = True) -> bytes:
     """Rows of a CSV file (with the header line when asked); one writer for every CSV output."""
     return csv_text(df, header).encode()
@@ -124,10 +140,8 @@ def csv_text(df: pd.DataFrame, header: bool = True) -> str:
 
 def _csv_column(values: pd.Series) -> list[str]:
     """One column's CSV fields, as :func:`csv_field` writes them."""
-    if pd.api.types.is_integer_dtype(values.dtype) and not isinstance(values.dtype,
-                                                                      pd.CategoricalDtype):
-        return values.astype("int64").astype(str).tolist() if not values.isna().any() else [
-            csv_field(v) for v in values.tolist()]
+    if pd.api.types.is_integer_dtype(values.dtype) and not values.isna().any():
+        return values.astype("int64").astype(str).tolist()
     return [csv_field(v) for v in values.tolist()]
 
 

@@ -199,15 +199,11 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
                              f"{names[covered]}); run again with --resume")
     fs, parts_dir = files.filesystem(files.join(out_dir, PARTS_DIR))
     stats = Compacted()
-    targets = {k: files.join(out_dir, k) for k in
-               ("detections.parquet", "images.parquet", "submission.csv")}
-    temps = {k: v + f".tmp-{uuid.uuid4().hex[:8]}" for k, v in targets.items()}
-    with contextlib.ExitStack() as stack:
-        handles = {k: stack.enter_context(output.open_write(v)) for k, v in temps.items()}
-        det_writer = stack.enter_context(pq.ParquetWriter(handles["detections.parquet"],
-                                                          output.DETECTION_SCHEMA))
-        img_writer = stack.enter_context(pq.ParquetWriter(handles["images.parquet"],
-                                                          output.MANIFEST_SCHEMA))
+    targets = [files.join(out_dir, k)
+               for k in ("detections.parquet", "images.parquet", "submission.csv")]
+    with output.open_write_all(targets) as (det_file, img_file, csv_file), \
+            pq.ParquetWriter(det_file, output.DETECTION_SCHEMA) as det_writer, \
+            pq.ParquetWriter(img_file, output.MANIFEST_SCHEMA) as img_writer:
         dets, imgs = _Gather(det_writer), _Gather(img_writer)
         header = True
         for entry in chosen:
@@ -221,15 +217,12 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
                                      "committed for; run again with --overwrite")
             imgs.add(manifest)
             dets.add(detections)
-            handles["submission.csv"].write(output.csv_bytes(
+            csv_file.write(output.csv_bytes(
                 output.submission_frame(detections.to_pandas(use_threads=False)), header=header))
             header = False
             _count(stats, manifest, detections, previews)
         dets.flush()
         imgs.flush()
-    for key, target in targets.items():
-        tfs, tmp = files.filesystem(temps[key])
-        tfs.mv(tmp, files.filesystem(target)[1])
     _remove_orphans(fs, parts_dir, {e["part"] for e in chosen})
     stats.seconds = time.perf_counter() - started
     return stats

@@ -74,15 +74,8 @@ def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: in
         elif clipped is None:
             skipped.append(f"box {index}: empty or outside the image after clipping")
         else:
-            face = images.resize(images.crop(image, clipped), crop_size)
-            crops.append({
-                "crop_id": f"{record.name}#{index}", "image": images.encode_png(face),
-                "label": label, "source_classname": box.classname,
-                "source_dataset": record.dataset, "source_image": record.name,
-                "box_index": index, "x1": clipped[0], "y1": clipped[1],
-                "x2": clipped[2], "y2": clipped[3], "image_width": width,
-                "image_height": height, "pixel_hash": images.pixel_hash(face),
-            })
+            crops.append(_crop_row(record, image, clipped, crop_size, f"{record.name}#{index}",
+                                   label, box.classname, index))
     row.update(n_faces=len(crops), n_skipped_boxes=len(skipped), skipped_detail="; ".join(skipped))
     if not crops:
         row.update(status="skipped",
@@ -95,19 +88,23 @@ def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: in
 def _background_crops(record: ImageRecord, image: np.ndarray, detector: DetectorConfig,
                       crop_size: int) -> list[dict]:
     """Crop rows (label NOT_FACE) of :func:`background_boxes` in an annotated photo."""
-    height, width = image.shape[:2]
     annotated = np.array([(b.x1, b.y1, b.x2, b.y2) for b in record.boxes if b.problem is None],
                          dtype=float).reshape(-1, 4)
-    rows = []
-    for k, (x1, y1, x2, y2) in enumerate(background_boxes(image, annotated, detector)):
-        face = images.resize(images.crop(image, (x1, y1, x2, y2)), crop_size)
-        rows.append({
-            "crop_id": f"{record.name}#bg{k}", "image": images.encode_png(face), "label": NOT_FACE,
-            "source_classname": "", "source_dataset": record.dataset, "source_image": record.name,
-            "box_index": -1 - k, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "image_width": width,
-            "image_height": height, "pixel_hash": images.pixel_hash(face),
-        })
-    return rows
+    return [_crop_row(record, image, box, crop_size, f"{record.name}#bg{k}", NOT_FACE, "", -1 - k)
+            for k, box in enumerate(background_boxes(image, annotated, detector))]
+
+
+def _crop_row(record: ImageRecord, image: np.ndarray, box: tuple[int, int, int, int],
+              crop_size: int, crop_id: str, label: str, source_classname: str, box_index: int
+              ) -> dict:
+    """One crops-table row (CROP_COLUMNS): the clipped box of `image`, resized, as PNG bytes."""
+    face = images.resize(images.crop(image, box), crop_size)
+    height, width = image.shape[:2]
+    return {"crop_id": crop_id, "image": images.encode_png(face), "label": label,
+            "source_classname": source_classname, "source_dataset": record.dataset,
+            "source_image": record.name, "box_index": box_index, "x1": box[0], "y1": box[1],
+            "x2": box[2], "y2": box[3], "image_width": width, "image_height": height,
+            "pixel_hash": images.pixel_hash(face)}
 
 
 # Background boxes: what the detector fires on at least NEGATIVE_IOU away from every annotated box
@@ -138,7 +135,7 @@ def background_boxes(image: np.ndarray, annotated: np.ndarray, detector: Detecto
     for x1, y1, x2, y2, _ in found[:NEGATIVES_PER_PHOTO]:
         clipped = images.clip_box((int(x1), int(y1), int(x2), int(y2)), width, height)
         if clipped is not None:
-            boxes.append(tuple(int(v) for v in clipped))
+            boxes.append(clipped)
     return boxes
 
 

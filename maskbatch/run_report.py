@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -234,11 +233,7 @@ class Digest:
                    batch_rows: int = 65_536) -> Digest:
         """The digest of a run's images.parquet and detections.parquet, read in batches."""
         def batches(name: str, columns: list[str]) -> Iterable[pd.DataFrame]:
-            fs, path = files.filesystem(files.join(out_dir, name))
-            with fs.open(path, "rb") as f:
-                for batch in pq.ParquetFile(f).iter_batches(batch_rows, columns=columns,
-                                                            use_threads=False):
-                    yield batch.to_pandas()
+            return output.read_parquet_batches(files.join(out_dir, name), columns, batch_rows)
 
         digest = cls(threshold=threshold, n_first=n_first)
         for batch in batches("images.parquet", IMAGE_COLUMNS):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -56,6 +57,15 @@ def huge_png_header() -> bytes:
     chunk = b"IHDR" + ihdr
     return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
             + struct.pack(">I", zlib.crc32(chunk)))
+
+
+def copy_photos(data: Path, folder: Path, **per_set: int) -> Path:
+    """Copy the first N photos (name order) of each labelled set into `folder`, e.g.
+    ``copy_photos(data, folder, medical_mask=30, voc_masks=10)``; returns `folder`."""
+    for name, n in per_set.items():
+        for src in sorted((data / name.replace("_", "-") / "images").iterdir())[:n]:
+            shutil.copy(src, folder / src.name)
+    return folder
 
 
 def write_broken_files(folder: Path, good_jpeg: bytes) -> dict[str, bytes]:

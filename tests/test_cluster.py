@@ -8,7 +8,6 @@ import datetime
 import ipaddress
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import copy_photos
 from distributed import Client
 from distributed.security import Security
 
@@ -75,10 +75,7 @@ class RealCluster:
 
 @pytest.fixture(scope="module")
 def photos(data, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
-    for src in sorted((data / "medical-mask" / "images").iterdir())[:96]:
-        shutil.copy(src, folder / src.name)
-    return folder
+    return copy_photos(data, tmp_path_factory.mktemp("photos"), medical_mask=96)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import write_broken_files
+from conftest import copy_photos, write_broken_files
 
 from maskbatch import MASK, NO_MASK
 from maskbatch.api import list_inputs, predict
@@ -33,12 +33,7 @@ def model_ref() -> ModelRef:
 @pytest.fixture(scope="module")
 def sample_dir(data, tmp_path_factory):
     """40 real photos: 30 from medical-mask, 10 from voc-masks (small faces)."""
-    folder = tmp_path_factory.mktemp("photos")
-    for src in sorted((data / "medical-mask" / "images").iterdir())[:30]:
-        shutil.copy(src, folder / src.name)
-    for src in sorted((data / "voc-masks" / "images").iterdir())[:10]:
-        shutil.copy(src, folder / src.name)
-    return folder
+    return copy_photos(data, tmp_path_factory.mktemp("photos"), medical_mask=30, voc_masks=10)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from browser import find_chromium, load_page
-from conftest import write_broken_files
+from conftest import copy_photos, write_broken_files
 
 from maskbatch import NO_MASK
 from maskbatch.api import predict
@@ -23,11 +23,7 @@ from maskbatch.run_report import Timeline, unmasked_photos, write_run_report
 @pytest.fixture(scope="module")
 def run(data, tmp_path_factory):
     """A real run: 8 medical-mask and 3 voc-masks photos plus broken files, 2 worker processes."""
-    folder = tmp_path_factory.mktemp("photos")
-    for src in sorted((data / "medical-mask" / "images").iterdir())[:8]:
-        shutil.copy(src, folder / src.name)
-    for src in sorted((data / "voc-masks" / "images").iterdir())[:3]:
-        shutil.copy(src, folder / src.name)
+    folder = copy_photos(data, tmp_path_factory.mktemp("photos"), medical_mask=8, voc_masks=3)
     broken = write_broken_files(folder, (data / "medical-mask" / "images" / "0001.jpg").read_bytes())
     out = tmp_path_factory.mktemp("run") / "out"
     result = predict(str(folder), str(out), previews=2,

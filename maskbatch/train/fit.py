@@ -318,7 +318,8 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     bench = time_inference(onnx_bytes, size, x=tune.x)
     face = None
     if background is not None:
-        face = _face_report(onnx_bytes, tune, background[1],
+        with_face = Classifier(onnx_bytes, {**provisional, "face_output": FACE_OUTPUT_NAME})
+        face = _face_report(with_face, tune, background[1],
                             val, tdata.background_arrays(df[parts == "val"], size), val.rows)
 
     card = {
@@ -400,13 +401,12 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
 FACE_KEEP = 0.99
 
 
-def _face_report(onnx_bytes: bytes, tune: tdata.Arrays, tune_bg: np.ndarray,
+def _face_report(classifier: Classifier, tune: tdata.Arrays, tune_bg: np.ndarray,
                  val: tdata.Arrays, val_bg: np.ndarray, val_rows: pd.DataFrame) -> dict:
-    """The face threshold (FACE_KEEP of tune faces kept) and what it does on val crops."""
-    from maskbatch.train.export import onnx_predict
-
+    """The face threshold (FACE_KEEP of tune faces kept) and what it does on val crops;
+    `classifier` reads the model's face output."""
     def face_prob(x: np.ndarray) -> np.ndarray:
-        return (np.concatenate([onnx_predict(onnx_bytes, x[i:i + 256])[:, 1]
+        return (np.concatenate([classifier.predict_faces(x[i:i + 256])[1]
                                 for i in range(0, len(x), 256)]) if len(x)
                 else np.zeros(0, np.float32))
 
