@@ -113,7 +113,7 @@ def read_parquet_batches(url: str, columns: list[str], rows: int = 65_536
     fs, path = files.filesystem(url)
     with fs.open(path, "rb") as f:
         for batch in pq.ParquetFile(f).iter_batches(rows, columns=columns, use_threads=False):
-            yield batch.to_pandas(types_mapper={pa.string(): pd.StringDtype("python")}.get)
+            yield batch.to_pandas()
 
 
 def csv_bytes(df: pd.DataFrame, header: bool = True) -> bytes:
