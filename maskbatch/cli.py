@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="maximum epochs (default: per arch)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--members", type=_positive_int, metavar="N",
+                   help="train N nets (seeds SEED..SEED+N-1, same data and parts) and export "
+                        "their average as one model (default: per arch)")
     p.add_argument("--eval-crops", metavar="CROPS",
                    help="crops of another dataset for cross-dataset accuracy (never trained on)")
     p.add_argument("--threads", type=_positive_int, metavar="N",
@@ -277,7 +280,7 @@ def _run(args: argparse.Namespace) -> None:
 
         card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops,
-                     threads=args.threads)
+                     threads=args.threads, members=args.members)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":
         from maskbatch.train import train_detector

@@ -373,6 +373,37 @@ def test_training_is_reproducible(tiny_model: tuple[str, dict], small_crops_dir:
     assert again["validation_per_set"] == card["validation_per_set"]
 
 
+def test_ensemble_averages_members_and_its_first_member_is_the_single_model(
+        tiny_model: tuple[str, dict], small_crops_dir: str, web_crops_dir: str,
+        tmp_path: Path) -> None:
+    """--members 2: two nets fitted on the same parts (seeds 0 and 1), exported as one ONNX graph
+    whose output is their mean; member 0 is exactly the single model of the same command."""
+    import keras
+
+    single_out, single = tiny_model
+    out = tmp_path / "ensemble"
+    proc = subprocess.run(_train_command([small_crops_dir, web_crops_dir], out) + ["--members", "2"],
+                          capture_output=True, text=True, cwd=REPO, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    onnx_bytes, card = read_model(str(out))
+    assert card["members"] == 2 and card["outputs"] == ["mask_prob"]
+    assert [m["seed"] for m in card["training"]["members"]] == [0, 1]
+    assert card["training_data"] == single["training_data"]  # same parts for every member
+    assert card["training"]["members"][0]["tune_loss"] == round(
+        min(json.loads((Path(single_out) / "history.json").read_text())["history"]["val_loss"]), 5)
+    assert len(json.loads((out / "history.json").read_text())["members"]) == 2
+    assert card["parity_max_abs_diff"] < 1e-4
+
+    x = tdata.to_arrays(tdata.load_crop_table(small_crops_dir).iloc[:16], card["input_size"]).x
+    ensemble = keras.models.load_model(out / "model.keras")
+    members = [ensemble.get_layer(f"member{i}").predict(x, verbose=0).ravel() for i in range(2)]
+    ours = Classifier(onnx_bytes, card).predict_batch(x)
+    np.testing.assert_allclose(ours, (members[0] + members[1]) / 2, atol=1e-5)
+    alone = Classifier(*read_model(single_out)).predict_batch(x)
+    np.testing.assert_allclose(members[0], alone, atol=1e-5)
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # the seeds made two different nets
+
+
 # --------------------------------------------------------------------------- the reject option
 
 

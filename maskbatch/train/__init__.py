@@ -25,7 +25,7 @@ def require_tensorflow() -> None:
 def train(crops_dir: str | list[str], out_dir: str, arch: str = "compact",
           epochs: int | None = None, batch_size: int = 32, seed: int = 0,
           eval_crops: str | None = None, limit: int | None = None,
-          threads: int | None = None) -> dict:
+          threads: int | None = None, members: int | None = None) -> dict:
     """Train a mask classifier on the crops of one or more extract folders; write a model folder.
 
     Each folder is a set (named by the dataset it was extracted from): a set with a committed
@@ -38,7 +38,9 @@ def train(crops_dir: str | list[str], out_dir: str, arch: str = "compact",
     confusion_matrix.png to `out_dir` and returns the card. `epochs` None means the
     architecture's default (with early stopping); `eval_crops` is a second crops folder (e.g. from
     voc-masks) measured for cross-dataset accuracy, never trained on; `limit` trains on a seeded
-    subset of about that many crops per set (whole source images).
+    subset of about that many crops per set (whole source images). `members` nets (seeds `seed`,
+    `seed`+1, ...; same data and parts) are trained and exported as one model that averages their
+    outputs (None: the architecture's default).
     """
     from maskbatch.errors import MaskbatchError
 
@@ -48,7 +50,7 @@ def train(crops_dir: str | list[str], out_dir: str, arch: str = "compact",
     from maskbatch.train.fit import run
 
     return run(crops_dir, out_dir, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
-               eval_crops=eval_crops, limit=limit, threads=threads)
+               eval_crops=eval_crops, limit=limit, threads=threads, members=members)
 
 
 def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,

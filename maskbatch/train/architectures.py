@@ -114,6 +114,21 @@ AUGMENTATIONS = {"seed": NOTEBOOK_AUGMENTATION,
                  "compact": f"{NOTEBOOK_AUGMENTATION}, {COLOUR_AUGMENTATION}"}
 
 
+def average_models(models: list[keras.Model], size: int) -> keras.Model:
+    """One model whose outputs are the means of `models`' outputs (an ensemble of nets trained
+    with different seeds). Each member keeps its own augmentation layers: identity at inference,
+    so the exported graph is the members' inference graphs and a mean per output."""
+    if len(models) == 1:
+        return models[0]
+    inputs = keras.Input((size, size, 3), name="input")
+    outs = [m(inputs, training=False) for m in models]
+    if not isinstance(outs[0], (list, tuple)):
+        return keras.Model(inputs, layers.Average(name="mask_prob")(outs), name="ensemble")
+    names = ("mask_prob", "face_prob")
+    means = [layers.Average(name=names[k])([o[k] for o in outs]) for k in range(len(outs[0]))]
+    return keras.Model(inputs, means, name="ensemble")
+
+
 def build_model(arch: str, seed: int = 0, face_output: bool = False) -> keras.Model:
     """A fresh, uncompiled model of architecture `arch` ('compact' or 'seed'); `face_output`
     (compact only) adds a second sigmoid output, P(face), trained on not_face crops."""

@@ -30,6 +30,7 @@ from maskbatch.train.metrics import choose_threshold, classification_report
 # scale augmentation the tune loss still fell at epoch 7 (v3 stopped at 10, best epoch 7, 17 min);
 # seed: about 3 minutes per epoch on medical-mask alone.
 DEFAULT_EPOCHS = {"compact": 15, "seed": 12}
+DEFAULT_MEMBERS = {"compact": 1, "seed": 1}
 PATIENCE = 3
 PLATEAU_PATIENCE = 2
 LEARNING_RATE = 1e-3
@@ -54,9 +55,10 @@ def _versions() -> dict[str, str]:
 
 
 def _command(crops_dirs: list[str], out_dir: str, arch: str, epochs: int, batch_size: int,
-             seed: int, eval_crops: str | None, limit: int | None) -> str:
+             seed: int, eval_crops: str | None, limit: int | None, members: int = 1) -> str:
     parts = ["maskbatch", "train", *crops_dirs, "--out", out_dir, "--arch", arch,
-             "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed)]
+             "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed),
+             "--members", str(members)]
     if eval_crops:
         parts += ["--eval-crops", eval_crops]
     if limit is not None:
@@ -225,12 +227,17 @@ def _set_report(classifier: Classifier, arrays: tdata.Arrays, threshold: float) 
 def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
         epochs: int | None = None, batch_size: int = 32, seed: int = 0,
         eval_crops: str | None = None, limit: int | None = None, verbose: int = 2,
-        threads: int | None = None) -> dict:
+        threads: int | None = None, members: int | None = None) -> dict:
     """Train, export and document one model; returns its card. See :func:`maskbatch.train.train`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     thread_pools = pin_threads(threads)
 
-    from maskbatch.train.architectures import AUGMENTATIONS, DESCRIPTIONS, INPUT_SIZES
+    from maskbatch.train.architectures import (
+        AUGMENTATIONS,
+        DESCRIPTIONS,
+        INPUT_SIZES,
+        average_models,
+    )
     from maskbatch.train.export import (
         FACE_OUTPUT_NAME,
         INPUT_NAME,
@@ -247,8 +254,9 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     if not crops_dirs:
         raise MaskbatchError("give at least one crops folder")
     epochs = DEFAULT_EPOCHS[arch] if epochs is None else int(epochs)
-    if epochs < 1 or batch_size < 1:
-        raise MaskbatchError("--epochs and --batch-size must be at least 1")
+    members = DEFAULT_MEMBERS[arch] if members is None else int(members)
+    if epochs < 1 or batch_size < 1 or members < 1:
+        raise MaskbatchError("--epochs, --batch-size and --members must be at least 1")
     size = INPUT_SIZES[arch]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -282,12 +290,29 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
           f"class weights: { {k: round(v, 3) for k, v in weights.items()} }  "
           f"TensorFlow threads: {thread_pools}")
 
-    # ---- fit (early stopping on the tune part)
+    # ---- fit (early stopping on the tune part); an ensemble fits each member on the same parts
     fit_started = time.perf_counter()
-    model, history = fit_model(arch, train, tune, epochs=epochs, batch_size=batch_size, seed=seed,
-                               verbose=verbose, background=background)
+    fitted, member_cards = [], []
+    for i in range(members):
+        if members > 1:
+            print(f"member {i + 1} of {members} (seed {seed + i})", flush=True)
+        member, member_history = fit_model(arch, train, tune, epochs=epochs,
+                                           batch_size=batch_size, seed=seed + i,
+                                           verbose=verbose, background=background)
+        best = int(np.argmin(member_history["val_loss"]))
+        member_cards.append({"seed": seed + i, "epochs_run": len(member_history["loss"]),
+                             "best_epoch": best + 1,
+                             "tune_loss": round(member_history["val_loss"][best], 5),
+                             "tune_accuracy_at_0.5": round(member_history["val_accuracy"][best], 4)})
+        fitted.append((member, member_history))
+    if members > 1:
+        for i, (member, _) in enumerate(fitted):
+            member.name = f"member{i}"  # nested models need unique names
+    model = average_models([member for member, _ in fitted], size)
+    histories = [member_history for _, member_history in fitted]
+    history = histories[0]
     fit_seconds = time.perf_counter() - fit_started
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
+    best_epoch = member_cards[0]["best_epoch"]
 
     # ---- export + parity on real tune crops
     onnx_bytes = to_onnx(model, size)
@@ -325,7 +350,10 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     card = {
         "format": "maskbatch-classifier/1",
         "architecture": arch,
-        "architecture_description": DESCRIPTIONS[arch],
+        "architecture_description": DESCRIPTIONS[arch] + (
+            f"; an ensemble of {members} such nets (seeds {seed}..{seed + members - 1}), "
+            f"output = mean of their outputs" if members > 1 else ""),
+        "members": members,
         "parameters": int(model.count_params()),
         "input_size": size,
         "input_name": INPUT_NAME,
@@ -351,7 +379,7 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
         "training_data": summary,
         "training": {
             "seed": seed, "epochs_max": epochs, "epochs_run": len(history["loss"]),
-            "best_epoch": best_epoch, "batch_size": batch_size, "limit": limit,
+            "best_epoch": best_epoch, "members": member_cards, "batch_size": batch_size, "limit": limit,
             "optimizer": f"Adam lr={LEARNING_RATE:g}, ReduceLROnPlateau(tune loss, x0.5, "
                          f"patience {PLATEAU_PATIENCE})",
             "loss": "binary_crossentropy" + (
@@ -377,15 +405,16 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
                                 "machine": platform.machine(), "cpu_count": os.cpu_count()},
         "versions": _versions(),
         "command": _command(crops_dirs, out_dir, arch, epochs, batch_size, seed, eval_crops,
-                            limit),
+                            limit, members),
     }
 
     # ---- write the folder (model.onnx first, the card that vouches for it last)
     write_bytes_atomic(str(out / "model.onnx"), onnx_bytes)
     model.save(str(out / "model.keras"))
     write_json_atomic({"history": history, "best_epoch": best_epoch,
-                       "epochs_run": len(history["loss"])}, str(out / "history.json"))
-    write_plots(str(out), history, validation["confusion_matrix"]["rows_true_cols_pred"],
+                       "epochs_run": len(history["loss"]), "members": histories},
+                      str(out / "history.json"))
+    write_plots(str(out), histories, validation["confusion_matrix"]["rows_true_cols_pred"],
                 list(CLASS_NAMES), threshold)
     write_bytes_atomic(str(out / "confusion_per_set.png"), confusion_sets_png(
         {name: rep["confusion_matrix"]["rows_true_cols_pred"] for name, rep in per_set.items()},

@@ -17,17 +17,23 @@ def _figure_bytes(fig: object) -> bytes:
     return buf.getvalue()
 
 
-def curve_png(history: dict[str, list[float]], metric: str, title: str) -> bytes:
-    """Train (green) vs validation (blue) curve of one metric, the notebook's plot."""
+def curve_png(histories: list[dict[str, list[float]]], metric: str, title: str) -> bytes:
+    """Train (green) vs validation (blue) curve of one metric, the notebook's plot; an ensemble's
+    members are drawn one over another (the first solid, the others fainter)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = range(1, len(history.get(metric, [])) + 1)
-    ax.plot(epochs, history.get(metric, []), "g", label="Train")
-    ax.plot(epochs, history.get(f"val_{metric}", []), "b", label="Validation")
+    for i, history in enumerate(histories):
+        epochs = range(1, len(history.get(metric, [])) + 1)
+        extra = {} if i == 0 else {"alpha": 0.35}
+        ax.plot(epochs, history.get(metric, []), "g", label="Train" if i == 0 else None, **extra)
+        ax.plot(epochs, history.get(f"val_{metric}", []), "b",
+                label="Validation" if i == 0 else None, **extra)
+    if len(histories) > 1:
+        title += f" ({len(histories)} members)"
     ax.set_title(title)
     ax.set_xlabel("Epoch")
     ax.set_ylabel(metric.capitalize())
@@ -84,14 +90,15 @@ def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str,
     return _figure_bytes(fig)
 
 
-def write_plots(out_dir: str, history: dict[str, list[float]], matrix: list[list[int]],
+def write_plots(out_dir: str, histories: list[dict[str, list[float]]], matrix: list[list[int]],
                 class_names: list[str], threshold: float = 0.5) -> list[str]:
-    """accuracy.png, loss.png and confusion_matrix.png in `out_dir`; returns their names."""
+    """accuracy.png, loss.png and confusion_matrix.png in `out_dir` (curves of every member of
+    `histories`); returns their names."""
     from maskbatch import files
 
     pngs = {
-        "accuracy.png": curve_png(history, "accuracy", "Training Accuracy vs Validation Accuracy"),
-        "loss.png": curve_png(history, "loss", "Training Loss vs Validation Loss"),
+        "accuracy.png": curve_png(histories, "accuracy", "Training Accuracy vs Validation Accuracy"),
+        "loss.png": curve_png(histories, "loss", "Training Loss vs Validation Loss"),
         "confusion_matrix.png": confusion_png(matrix, class_names,
                                               f"Validation, threshold {threshold:g}"),
     }
