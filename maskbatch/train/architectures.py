@@ -24,16 +24,16 @@ DESCRIPTIONS = {
 }
 
 
-def augmentation(seed: int) -> keras.Sequential:
-    """The notebook's ImageDataGenerator settings as preprocessing layers (training only)."""
-    return keras.Sequential(
-        [
-            layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
+def _notebook_layers(seed: int) -> tuple[layers.Layer, layers.Layer, layers.Layer]:
+    """The notebook's ImageDataGenerator settings: rotation 15 degrees, shifts 0.1, flip."""
+    return (layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
             layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
-            layers.RandomFlip("horizontal", seed=seed + 2),
-        ],
-        name="augmentation",
-    )
+            layers.RandomFlip("horizontal", seed=seed + 2))
+
+
+def augmentation(seed: int) -> keras.Sequential:
+    """The notebook's augmentation as preprocessing layers (training only)."""
+    return keras.Sequential(list(_notebook_layers(seed)), name="augmentation")
 
 
 # The compact net's augmentation adds what the notebook's lacks (training only, identity at
@@ -46,13 +46,15 @@ COLOUR_AUGMENTATION = ("RandomZoom(+-0.15), RandomColorJitter(brightness 0.2, co
 
 
 def colour_augmentation(seed: int) -> keras.Sequential:
-    """The notebook's augmentation plus box-scale and colour jitter (see COLOUR_AUGMENTATION)."""
+    """The notebook's augmentation plus box-scale and colour jitter (see COLOUR_AUGMENTATION);
+    the zoom acts before the flip."""
+    rotation, translation, flip = _notebook_layers(seed)
     return keras.Sequential(
         [
-            layers.RandomRotation(15 / 360, fill_mode="nearest", seed=seed),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
+            rotation,
+            translation,
             layers.RandomZoom((-0.15, 0.15), fill_mode="nearest", seed=seed + 3),
-            layers.RandomFlip("horizontal", seed=seed + 2),
+            flip,
             layers.RandomColorJitter(value_range=(0.0, 1.0), brightness_factor=0.2,
                                      contrast_factor=0.3, saturation_factor=0.4,
                                      hue_factor=0.08, seed=seed + 4),
