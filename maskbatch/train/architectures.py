@@ -117,18 +117,20 @@ AUGMENTATIONS = {"seed": NOTEBOOK_AUGMENTATION,
 
 
 def average_models(models: list[keras.Model], size: int) -> keras.Model:
-    """One model whose outputs are the means of `models`' outputs (an ensemble of nets trained
-    with different seeds). Each member keeps its own augmentation layers: identity at inference,
-    so the exported graph is the members' inference graphs and a mean per output."""
+    """One model whose outputs are the means of `models`' outputs, named as theirs (an ensemble
+    of nets trained with different seeds; they are renamed member0, member1, ... since nested
+    models need unique names). Each member keeps its own augmentation layers: identity at
+    inference, so the exported graph is the members' inference graphs and a mean per output."""
     if len(models) == 1:
         return models[0]
+    for i, member in enumerate(models):
+        member.name = f"member{i}"
     inputs = keras.Input((size, size, 3), name="input")
     outs = [m(inputs, training=False) for m in models]
-    if not isinstance(outs[0], (list, tuple)):
-        return keras.Model(inputs, layers.Average(name="mask_prob")(outs), name="ensemble")
-    names = ("mask_prob", "face_prob")
-    means = [layers.Average(name=names[k])([o[k] for o in outs]) for k in range(len(outs[0]))]
-    return keras.Model(inputs, means, name="ensemble")
+    per_output = list(zip(*outs)) if isinstance(outs[0], (list, tuple)) else [outs]
+    means = [layers.Average(name=name)(list(group))
+             for name, group in zip(models[0].output_names, per_output)]
+    return keras.Model(inputs, means if len(means) > 1 else means[0], name="ensemble")
 
 
 def build_model(arch: str, seed: int = 0, face_output: bool = False) -> keras.Model:

@@ -305,9 +305,6 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
                              "tune_loss": round(member_history["val_loss"][best], 5),
                              "tune_accuracy_at_0.5": round(member_history["val_accuracy"][best], 4)})
         fitted.append((member, member_history))
-    if members > 1:
-        for i, (member, _) in enumerate(fitted):
-            member.name = f"member{i}"  # nested models need unique names
     model = average_models([member for member, _ in fitted], size)
     histories = [member_history for _, member_history in fitted]
     history = histories[0]
