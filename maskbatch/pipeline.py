@@ -28,13 +28,16 @@ from maskbatch.output import (
 
 
 def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: int = CROP_SIZE,
-                   negatives: DetectorConfig | None = None) -> tuple[list[dict], dict]:
+                   negatives: DetectorConfig | None = None,
+                   detector_crops: DetectorConfig | None = None) -> tuple[list[dict], dict]:
     """Crops (rows with PNG bytes) of one annotated image, and its manifest row.
 
     The image is decoded once, whatever its number of faces. Boxes are clipped to the image;
     a box that is broken, empty after clipping or not a training label is skipped with a reason.
     `negatives`: also crop what that detector finds away from every annotated box (label
     NOT_FACE, see :func:`background_boxes`): the examples a face / not-face output learns from.
+    `detector_crops`: also crop the boxes that detector finds on a labelled face, labelled with
+    that face's class (see :func:`matched_detector_boxes`): faces framed as inference frames them.
     """
     started = time.perf_counter()
     row = {"image": record.name, "path": record.path, "source_dataset": record.dataset,
@@ -80,10 +83,27 @@ def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: in
     if not crops:
         row.update(status="skipped",
                    reason="no usable box" + (f" ({skipped[0]})" if skipped else " (no annotations)"))
-    elif negatives is not None and record.whole_image_label is None:
-        crops.extend(_background_crops(record, image, negatives, crop_size))
+    elif record.whole_image_label is None:
+        if negatives is not None:
+            crops.extend(_background_crops(record, image, negatives, crop_size))
+        if detector_crops is not None:
+            crops.extend(_detector_crops(record, image, detector_crops, label_map, crop_size))
     return crops, _finish(row, started)
 
+
+def _detector_crops(record: ImageRecord, image: np.ndarray, detector: DetectorConfig,
+                    label_map: dict[str, str], crop_size: int) -> list[dict]:
+    """Crop rows of :func:`matched_detector_boxes`, each labelled with its face's class."""
+    labelled = [(index, box) for index, box in enumerate(record.boxes)
+                if box.problem is None and label_map.get(box.classname) is not None]
+    annotated = np.array([(b.x1, b.y1, b.x2, b.y2) for _, b in labelled],
+                         dtype=float).reshape(-1, 4)
+    rows = []
+    for k, (box, match) in enumerate(matched_detector_boxes(image, annotated, detector)):
+        index, face = labelled[match]
+        rows.append(_crop_row(record, image, box, crop_size, f"{record.name}{DETECTOR_CROP}{k}",
+                              label_map[face.classname], face.classname, index))
+    return rows
 
 def _background_crops(record: ImageRecord, image: np.ndarray, detector: DetectorConfig,
                       crop_size: int) -> list[dict]:
@@ -139,18 +159,51 @@ def background_boxes(image: np.ndarray, annotated: np.ndarray, detector: Detecto
     return boxes
 
 
+# Detector crops: a box the detector finds (at the mode's own threshold, as inference runs it)
+# with IoU >= MATCH_IOU to a labelled face (the scorer's hit rule) is that face, framed as the
+# classifier will see it at inference. Their crop ids end in DETECTOR_CROP + a number.
+MATCH_IOU = 0.5
+DETECTOR_CROP = "#det"
+
+
+def detector_crops_config(mode: str = "tuned") -> DetectorConfig:
+    """The detector setting `extract --detector-crops` crops with: the mode's own threshold."""
+    return DetectorConfig(mode=mode)
+
+
+def matched_detector_boxes(image: np.ndarray, annotated: np.ndarray, detector: DetectorConfig
+                           ) -> list[tuple[tuple[int, int, int, int], int]]:
+    """(integer box, index of its labelled box) for each box the detector finds in `image` whose
+    best IoU with an `annotated` box is at least MATCH_IOU, best score first."""
+    found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
+    if not len(found) or not len(annotated):
+        return []
+    from maskbatch.evaluate import iou_matrix
+
+    iou = iou_matrix(found[:, :4], annotated)
+    best = iou.argmax(axis=1)
+    height, width = image.shape[:2]
+    matched = []
+    for (x1, y1, x2, y2, _), match, overlap in zip(found, best, iou.max(axis=1)):
+        clipped = images.clip_box((int(x1), int(y1), int(x2), int(y2)), width, height)
+        if overlap >= MATCH_IOU and clipped is not None:
+            matched.append((clipped, int(match)))
+    return matched
+
+
 def _finish(row: dict, started: float) -> dict:
     row["seconds"] = round(time.perf_counter() - started, 4)
     return row
 
 
 def extract_partition(records: list[ImageRecord], label_map: dict[str, str],
-                      crop_size: int = CROP_SIZE, negatives: DetectorConfig | None = None
+                      crop_size: int = CROP_SIZE, negatives: DetectorConfig | None = None,
+                      detector_crops: DetectorConfig | None = None
                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Crops and manifest rows of a list of records, as two DataFrames."""
     crop_rows, manifest_rows = [], []
     for record in records:
-        crops, row = extract_record(record, label_map, crop_size, negatives)
+        crops, row = extract_record(record, label_map, crop_size, negatives, detector_crops)
         crop_rows.extend(crops)
         manifest_rows.append(row)
     return (pd.DataFrame(crop_rows, columns=CROP_COLUMNS),

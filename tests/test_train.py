@@ -404,6 +404,35 @@ def test_ensemble_averages_members_and_its_first_member_is_the_single_model(
     assert np.abs(members[0] - members[1]).max() > 1e-3  # the seeds made two different nets
 
 
+def test_detector_crops_follow_their_photos_part(data: Path, tmp_path: Path) -> None:
+    """Crops of `extract --detector-crops` choose no part: the labelled crops' train / tune / val
+    parts are those of the same table without them, and each detector crop is in its photo's
+    part (a val photo's never trains)."""
+    from maskbatch.datasets import DEFAULT_LABEL_MAP, load_records
+    from maskbatch.datasets.splits import split_names
+    from maskbatch.pipeline import detector_crops_config, extract_partition
+
+    records = load_records(str(data / "medical-mask"))
+    val = set(split_names("medical-mask", "val"))
+    chosen = [r for r in records if r.name not in val][:40] + [r for r in records
+                                                                if r.name in val][:8]
+    crops, _ = extract_partition(chosen, DEFAULT_LABEL_MAP,
+                                 detector_crops=detector_crops_config())
+    write_parquet_atomic(crops, str(tmp_path / "crops" / "part-00000.parquet"))
+    (tmp_path / "run.json").write_text(json.dumps({"dataset": str(data / "medical-mask")}))
+    df, _ = tdata.load_sets([str(tmp_path)])
+    follows = tdata.is_detector_crop(df)
+    assert 0.5 * len(df) > follows.sum() > 0.2 * len(df)
+    parts = tdata.assign_parts(df)
+    alone = tdata.assign_parts(df[~follows].reset_index(drop=True))
+    assert list(parts[~follows]) == list(alone)
+    assert set(parts) == {"train", "tune", "val"}
+    part_of_photo = dict(zip(df.loc[~follows, "source_image"], parts[~follows]))
+    for image, part in zip(df.loc[follows, "source_image"], parts[follows]):
+        assert part == part_of_photo[image]
+        assert (part == "val") == (image in val)
+
+
 # --------------------------------------------------------------------------- the reject option
 
 

@@ -243,7 +243,12 @@ def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FR
     :func:`split_train_val`. A crop whose pixels equal a val crop of any set never trains.
     tune: a grouped share of what is left, for early stopping and the decision threshold, so
     that no number reported on val was tuned on it.
+    Detector crops (`extract --detector-crops`) take no part in choosing the parts: each goes to
+    its photo's part, so the labelled crops' parts are those of a run without them.
     """
+    follows = is_detector_crop(df)
+    if follows.any():
+        return _with_detector_crops(df, follows, seed, tune_fraction)
     from maskbatch.datasets import splits
 
     parts = np.full(len(df), "train", dtype=object)
@@ -265,4 +270,30 @@ def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FR
         tune = split_train_val(df.iloc[rest].reset_index(drop=True), seed=seed,
                                val_fraction=tune_fraction)[1]
         parts[rest[tune]] = "tune"
+    return parts
+
+
+def is_detector_crop(df: pd.DataFrame) -> np.ndarray:
+    """True for the rows of `extract --detector-crops` boxes (crop ids NAME#detK)."""
+    from maskbatch.pipeline import DETECTOR_CROP
+
+    pattern = "(?:" + DETECTOR_CROP + r")\d+$"
+    return df["crop_id"].astype(str).str.contains(pattern, regex=True).to_numpy()
+
+
+def _with_detector_crops(df: pd.DataFrame, follows: np.ndarray, seed: int, tune_fraction: float
+                         ) -> np.ndarray:
+    """assign_parts of the other crops; a detector crop takes the part of its photo's labelled
+    crops ('dropped' when the photo has none that is used, or its pixels equal a val crop)."""
+    parts = np.full(len(df), "dropped", dtype=object)
+    own = np.flatnonzero(~follows)
+    parts[own] = assign_parts(df.iloc[own].reset_index(drop=True), seed, tune_fraction)
+    photo = (df["set"].astype(str) + "/" + df["source_image"].astype(str)).to_numpy()
+    used = parts[own] != "dropped"
+    part_of_photo = dict(zip(photo[own][used], parts[own][used]))
+    crops = np.flatnonzero(follows)
+    parts[crops] = [part_of_photo.get(p, "dropped") for p in photo[crops]]
+    val_hashes = set(df.loc[parts == "val", "pixel_hash"])
+    leaked = (parts != "val") & df["pixel_hash"].isin(val_hashes).to_numpy()
+    parts[leaked & follows] = "dropped"
     return parts
