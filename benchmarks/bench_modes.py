@@ -24,6 +24,8 @@ mAP columns (when maskbatch/models/model.onnx and maskbatch.evaluate exist; else
 `maskbatch.api.predict` with the mode on the same images (one worker process), scored by
 `maskbatch.evaluate.evaluate` at IoU 0.5: AP per class and their mean. "predict ms" is the median
 per-image time the job records (decode, detection, crops, its share of the classifier call).
+"mAP 95 % interval": the evaluation's percentile interval over 1000 resamples of the photos
+(maskbatch.intervals): how much the mAP of another set of photos like these could differ.
 
 --tune: each mode once more at confidence 0.1 (not timed); detection AP, precision, recall and F1
 per threshold on medical-mask. A mode's threshold is the one with the best F1 there (see
@@ -260,7 +262,7 @@ def full_map(folder: Path, items: list[tuple[str, str]], mode: str, truth: str, 
         for png in report.glob("*.png"):
             (figures / f"{folder.name}-{mode}-{png.name}").write_bytes(png.read_bytes())
     seconds = pd.read_parquet(out / "images.parquet")["seconds"]
-    return {"map": metrics["map"],
+    return {"map": metrics["map"], "map_interval": metrics["intervals"]["map"],
             "ap": {c: v["ap"] for c, v in metrics["classes"].items()},
             "label_accuracy": metrics["confusion"]["label_accuracy"],
             "predict_ms": 1000 * float(seconds.median())}
@@ -279,7 +281,8 @@ def num(value: float | None, digits: int = 3) -> str:
 
 def set_table(name: str, rows: list[dict]) -> str:
     """The markdown table of one set."""
-    headers = ["mode", "threshold", "mAP@0.5", "AP face_with_mask", "AP face_no_mask",
+    headers = ["mode", "threshold", "mAP@0.5", "mAP 95 % interval", "AP face_with_mask",
+               "AP face_no_mask",
                "det AP", "faces found", "recall <16", "16-32", "32-64", ">=64", "label acc",
                "det ms/img", "img/s",
                "time vs seed", "mAP vs seed", "det AP vs seed", "predict ms/img"]
@@ -289,6 +292,7 @@ def set_table(name: str, rows: list[dict]) -> str:
         ap = r.get("ap") or {}
         out.append([
             r["mode"], f"{r['threshold']:g}", num(r.get("map")),
+            "-" if not r.get("map_interval") else "-".join(num(v) for v in r["map_interval"]),
             num(ap.get("face_with_mask")), num(ap.get("face_no_mask")), num(r["det_ap"]),
             num(r["recall"]), *(num(r["recall_by_size"][b], 3) for _, _, b in SIZE_BINS),
             num(r.get("label_accuracy")),

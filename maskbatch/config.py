@@ -51,3 +51,7 @@ class ClusterConfig:
     security: object | None = None  # distributed.security.Security, for TLS clusters
     progress: bool = True
     processes: bool = True  # local cluster of processes; False = threads (memory:// tests)
+
+
+# `maskbatch evaluate`: photo resamples behind the 95 % intervals (maskbatch.intervals)
+RESAMPLES = 1000

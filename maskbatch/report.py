@@ -210,8 +210,12 @@ def _metrics_html(m: dict) -> str:
             f"<td>{_fmt(c['precision'])}</td><td>{_fmt(c['recall'])}</td><td>{c['n_truth']}</td>"
             f"<td>{c['n_pred']}</td><td>{c['tp']}</td><td>{c['fp']}</td><td>{c['fn']}</td>"
             f"<td>{c['ignored']}</td></tr>")
+    ci = (m.get("intervals") or {}).get("map")
+    note = "" if not ci or None in ci else (
+        f"{m['intervals']['level'] * 100:g} % interval over "
+        f"{m['intervals']['resamples']} photo resamples: {_fmt(ci[0])}-{_fmt(ci[1])}")
     rows.append(f"<tr class='map'><th>mAP</th><td>{_fmt(m['map'])}</td>"
-                "<td colspan='8'></td></tr>")
+                f"<td colspan='8' style='text-align:left'>{html.escape(note)}</td></tr>")
     coco = m.get("coco") or {}
     if coco.get("available"):
         rows.append(f"<tr><th>COCO AP@[.5:.95]</th><td>{_fmt(coco['ap'])}</td><td colspan='8' "
