@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=_non_negative_int, default=RESAMPLES, metavar="N",
                    help="photo resamples for the 95 %% intervals of mAP, faces found and right "
                         f"label (default: {RESAMPLES}; 0: none)")
+    p.add_argument("--baseline", metavar="PRED_DIR",
+                   help="another `maskbatch predict` output on the same photos: also report this "
+                        "run's differences to it, with paired 95 %% intervals")
     return parser
 
 
@@ -307,7 +310,7 @@ def _run(args: argparse.Namespace) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EvaluationWarning)  # format_table lists them
             metrics = evaluate(args.truth, args.pred, out_dir=args.out, iou=args.iou,
-                               resamples=args.resamples)
+                               resamples=args.resamples, baseline=args.baseline)
         print(format_table(metrics))
 
 

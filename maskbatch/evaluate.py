@@ -490,7 +490,8 @@ def _json_safe(obj: object) -> object:
 
 
 def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float = 0.5,
-             images_dir: str | None = None, resamples: int = RESAMPLES) -> dict:
+             images_dir: str | None = None, resamples: int = RESAMPLES,
+             baseline: str | None = None) -> dict:
     """Score the run in `pred_dir` against `truth`; write metrics.json, plots and report.html.
 
     truth: a labelled folder (Kaggle: annotations/*.json or train.csv; Pascal VOC:
@@ -499,6 +500,8 @@ def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float =
       (default: images.parquet's paths, else the truth folder's images/).
     resamples: photo resamples for the 95 % intervals of mAP, faces found and right label
       (maskbatch.intervals; 0: none).
+    baseline: the output folder of another run on the same photos; metrics["baseline"] then
+      holds its numbers and this run's differences to them, with paired intervals.
     Returns the metrics dict (as written to metrics.json, NaN as None); `format_table` prints it.
     """
     from maskbatch import report
@@ -508,9 +511,15 @@ def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float =
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationWarning)
         ev, paths = _evaluate(truth, pred_dir, iou, images_dir)
+        base = None if baseline is None else _evaluate(truth, baseline, iou, images_dir)[0]
+    names = list(ev.per_image["name"])
     if resamples:
-        ev.metrics["intervals"] = photo_intervals(ev.truth, ev.predictions,
-                                                  list(ev.per_image["name"]), resamples)
+        ev.metrics["intervals"] = photo_intervals(ev.truth, ev.predictions, names, resamples)
+    if base is not None:
+        difference = photo_intervals(ev.truth, ev.predictions, names, resamples,
+                                     baseline=(base.truth, base.predictions))
+        ev.metrics["baseline"] = {"pred": baseline, **_headline(base.metrics),
+                                  "difference": difference}
     messages = [str(w.message) for w in caught if issubclass(w.category, EvaluationWarning)]
     for w in caught:  # re-emit, so callers see them as ordinary warnings too
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -586,6 +595,30 @@ def _fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def _headline(metrics: dict) -> dict:
+    """The three numbers issue-style targets are set on."""
+    return {"map": metrics["map"], "faces_found": metrics["detection"]["recall"],
+            "label_accuracy": metrics["confusion"]["label_accuracy"]}
+
+
+def _baseline_lines(metrics: dict) -> str:
+    """'This run minus the baseline' lines, with paired intervals when there are any."""
+    base = metrics.get("baseline")
+    if not base:
+        return ""
+    diff, ours = base["difference"], _headline(metrics)
+    lines = [f"\nAgainst the baseline run {base['pred']} (same photos; this run minus it):\n"]
+    for key, label in (("map", "mAP"), ("faces_found", "faces found"),
+                       ("label_accuracy", "right label")):
+        change, (low, high) = diff["point"][key], diff.get(key) or (None, None)
+        shown = "" if low is None or high is None or math.isnan(low) else (
+            f"  ({diff['level'] * 100:g} % paired interval {low:+.3f} to {high:+.3f})")
+        lines.append(f"  {label:12} {_fmt(base[key])} -> {_fmt(ours[key])}  "
+                     f"{'-' if change is None or math.isnan(change) else f'{change:+.3f}'}"
+                     f"{shown}\n")
+    return "".join(lines)
+
+
 def _interval(metrics: dict, name: str) -> str:
     """'  (95 % interval over photos 0.774-0.895)', or '' without intervals."""
     ci = metrics.get("intervals")
@@ -635,6 +668,7 @@ def format_table(metrics: dict) -> str:
     w(f"  label accuracy {_fmt(conf['label_accuracy'])}{_interval(metrics, 'label_accuracy')}\n")
     found = metrics["detection"]["recall"]
     w(f"  faces found {_fmt(found)}{_interval(metrics, 'faces_found')}\n")
+    w(_baseline_lines(metrics))
     for message in metrics.get("warnings", []):
         w(f"warning: {message}\n")
     return buf.getvalue()

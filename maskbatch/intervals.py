@@ -75,20 +75,33 @@ class _Rows:
 
 
 def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str],
-                    resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict:
+                    resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL,
+                    baseline: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> dict:
     """Percentile intervals of mAP, faces found and right label over photo resamples.
 
     `truth` and `predictions` are an Evaluation's tables (truth: name, label, found, pred_label;
     predictions: name, classname, status, rank_score), `names` its photos. Returns
     {"resamples", "seed", "level", "unit": "photo", METRIC: [low, high], "point": {METRIC: ...}}.
+    `baseline`: the (truth, predictions) of another run scored on the same photos; then every
+    number is this run's minus the baseline's, both on the same resample (a paired interval:
+    the photos' own difficulty cancels, so it is narrower than the two intervals side by side).
     """
     rows = _Rows(truth, predictions, names)
-    point = rows.metrics(np.ones(rows.n_images, dtype=np.int64))
+    other = None if baseline is None else _Rows(*baseline, names)
+
+    def measure(count: np.ndarray) -> dict[str, float]:
+        values = rows.metrics(count)
+        if other is None:
+            return values
+        base = other.metrics(count)
+        return {m: values[m] - base[m] for m in METRICS}
+
+    point = measure(np.ones(rows.n_images, dtype=np.int64))
     rng = np.random.default_rng(seed)
-    samples = {m: [] for m in METRICS}
+    samples: dict[str, list[float]] = {m: [] for m in METRICS}
     for _ in range(resamples):
         count = rng.multinomial(rows.n_images, np.full(rows.n_images, 1.0 / rows.n_images))
-        for m, v in rows.metrics(count).items():
+        for m, v in measure(count).items():
             samples[m].append(v)
     tail = (1.0 - level) / 2.0 * 100.0
     out: dict = {"resamples": resamples, "seed": seed, "level": level, "unit": "photo",

@@ -216,6 +216,16 @@ def _metrics_html(m: dict) -> str:
         f"{m['intervals']['resamples']} photo resamples: {_fmt(ci[0])}-{_fmt(ci[1])}")
     rows.append(f"<tr class='map'><th>mAP</th><td>{_fmt(m['map'])}</td>"
                 f"<td colspan='8' style='text-align:left'>{html.escape(note)}</td></tr>")
+    base = m.get("baseline")
+    if base:
+        diff = base["difference"]
+        gain = diff["point"]["map"]
+        low, high = diff.get("map") or (None, None)
+        paired = "" if low is None or high is None else f" (paired interval {low:+.3f} to {high:+.3f})"
+        text = (f"baseline {base['pred']}: mAP {_fmt(base['map'])}, this run "
+                f"{'-' if gain is None else f'{gain:+.3f}'}{paired}")
+        rows.append(f"<tr><th>vs baseline</th><td colspan='9' style='text-align:left'>"
+                    f"{html.escape(text)}</td></tr>")
     coco = m.get("coco") or {}
     if coco.get("available"):
         rows.append(f"<tr><th>COCO AP@[.5:.95]</th><td>{_fmt(coco['ap'])}</td><td colspan='8' "

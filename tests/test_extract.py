@@ -251,6 +251,7 @@ def test_detector_crops_are_labelled_faces_framed_by_the_detector(data, tmp_path
     (["extract", "{data}", "--out", "x", "--label-map", "a=b"], "--label-map target"),
     (["extract", "{data}", "--out", "x", "--negatives", "fastest"], "unknown detector mode"),
     (["extract", "{data}", "--out", "x", "--detector-crops", "fast"], "unknown detector mode"),
+    (["evaluate", "--truth", "{data}", "--pred", "x", "--resamples", "-1"], "must be 0 or more"),
     (["predict", "/no/such/folder", "--out", "x"], "images folder not found"),
     (["predict", "{messy}", "--out", "x", "--confidence", "2"], "between 0 and 1"),
     (["frobnicate"], "invalid choice"),

@@ -12,7 +12,7 @@ from test_evaluate import FACES, as_predictions, pred_df, truth_df, write_run, w
 
 from maskbatch import MASK, NO_MASK
 from maskbatch.evaluate import evaluate, format_table, score_detections
-from maskbatch.intervals import _Rows, photo_intervals
+from maskbatch.intervals import METRICS, _Rows, photo_intervals
 
 # three photos: a found and right, b one face missed and one wrong label, c a false alarm
 TRUTH = FACES + [("c.jpg", 10, 10, 60, 70, NO_MASK)]
@@ -80,3 +80,31 @@ def test_evaluate_writes_and_prints_the_intervals(tmp_path: Path) -> None:
     assert "95 % interval over 200 photo resamples" in table and "faces found" in table
     assert "photo resamples" in (run / "evaluation" / "report.html").read_text()
     assert "intervals" not in evaluate(str(csv_path), str(run), str(tmp_path / "e0"), resamples=0)
+
+
+def test_paired_interval_is_the_difference_on_the_same_resamples(tmp_path: Path) -> None:
+    """--baseline: this run minus another on the same photos, resample by resample; a run against
+    itself differs by exactly 0, and a better run's gain shows with its sign."""
+    names = ["a.jpg", "b.jpg", "c.jpg"]
+    worse_preds = PREDS.drop(index=[1]).reset_index(drop=True)  # misses a face of a.jpg
+    ev = score_detections(truth_df(TRUTH), PREDS, names)
+    worse = score_detections(truth_df(TRUTH), worse_preds, names)
+    same = photo_intervals(ev.truth, ev.predictions, names, 100, baseline=(ev.truth, ev.predictions))
+    assert all(same[m] == [0.0, 0.0] and same["point"][m] == 0.0 for m in METRICS)
+    diff = photo_intervals(ev.truth, ev.predictions, names, 100,
+                           baseline=(worse.truth, worse.predictions))
+    assert diff["point"]["faces_found"] == pytest.approx(1 / 6) and diff["point"]["map"] > 0
+    count = np.random.default_rng(0).multinomial(3, [1 / 3] * 3)
+    ours, theirs = (_Rows(e.truth, e.predictions, names).metrics(count) for e in (ev, worse))
+    assert diff["faces_found"][0] <= ours["faces_found"] - theirs["faces_found"] <= 1 / 6 + 1e-9
+
+    csv_path = tmp_path / "train.csv"
+    write_train_csv(csv_path, TRUTH)
+    run = write_run(tmp_path / "run", PREDS, names)
+    base = write_run(tmp_path / "base", worse_preds, names)
+    m = evaluate(str(csv_path), str(run), resamples=100, baseline=str(base))
+    assert m["baseline"]["pred"] == str(base)
+    assert m["baseline"]["faces_found"] == pytest.approx(4 / 6) and m["detection"]["recall"] == 5 / 6
+    assert m["baseline"]["difference"]["point"]["faces_found"] == pytest.approx(1 / 6)
+    assert "Against the baseline run" in format_table(m) and "+0.167" in format_table(m)
+    assert "vs baseline" in (run / "evaluation" / "report.html").read_text()
