@@ -10,7 +10,14 @@ import sys
 from collections.abc import Sequence
 
 from maskbatch import __version__
-from maskbatch.config import CROP_SIZE, RESAMPLES, ClusterConfig, DetectorConfig, InputLimits
+from maskbatch.config import (
+    CROP_SIZE,
+    MIN_RESAMPLES,
+    RESAMPLES,
+    ClusterConfig,
+    DetectorConfig,
+    InputLimits,
+)
 from maskbatch.errors import MaskbatchError
 
 if "__mp_main__" in sys.modules and sys.modules["__mp_main__"] is sys.modules.get("__main__"):
@@ -233,9 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IoU a predicted box needs with a truth box to count as a hit, for the "
                         "per-class AP, mAP, precision and recall (default: 0.5; the COCO "
                         "AP@[.5:.95] is reported as well, whatever T is)")
-    p.add_argument("--resamples", type=_non_negative_int, default=RESAMPLES, metavar="N",
+    p.add_argument("--resamples", type=_non_negative_int, metavar="N",
                    help="photo resamples for the 95 %% intervals of mAP, faces found and right "
-                        f"label (default: {RESAMPLES}; 0: none)")
+                        f"label (default: {RESAMPLES}, down to {MIN_RESAMPLES} above 50k faces; "
+                        "0: none)")
     p.add_argument("--baseline", metavar="PRED_DIR",
                    help="another `maskbatch predict` output on the same photos: also report this "
                         "run's differences to it, with paired 95 %% intervals")

@@ -53,7 +53,7 @@ import pandas as pd
 from maskbatch import CLASS_NAMES, files, output
 from maskbatch.datasets import DEFAULT_LABEL_MAP, detect_layout, load_records
 from maskbatch.errors import MaskbatchError
-from maskbatch.intervals import RESAMPLES, photo_intervals
+from maskbatch.intervals import default_resamples, photo_intervals
 
 SIZE_BINS: tuple[tuple[float, float, str], ...] = (
     (0.0, 16.0, "<16"),
@@ -490,7 +490,7 @@ def _json_safe(obj: object) -> object:
 
 
 def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float = 0.5,
-             images_dir: str | None = None, resamples: int = RESAMPLES,
+             images_dir: str | None = None, resamples: int | None = None,
              baseline: str | None = None) -> dict:
     """Score the run in `pred_dir` against `truth`; write metrics.json, plots and report.html.
 
@@ -499,20 +499,22 @@ def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float =
     out_dir: default ``pred_dir/evaluation``. images_dir: where to find the photos to draw
       (default: images.parquet's paths, else the truth folder's images/).
     resamples: photo resamples for the 95 % intervals of mAP, faces found and right label
-      (maskbatch.intervals; 0: none).
+      (maskbatch.intervals; 0: none; None: 1000, fewer for very large evaluations).
     baseline: the output folder of another run on the same photos; metrics["baseline"] then
       holds its numbers and this run's differences to them, with paired intervals.
     Returns the metrics dict (as written to metrics.json, NaN as None); `format_table` prints it.
     """
     from maskbatch import report
 
-    if resamples < 0:
+    if resamples is not None and resamples < 0:
         raise MaskbatchError(f"--resamples must be 0 or more, got {resamples}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationWarning)
         ev, paths = _evaluate(truth, pred_dir, iou, images_dir)
         base = None if baseline is None else _evaluate(truth, baseline, iou, images_dir)[0]
     names = list(ev.per_image["name"])
+    if resamples is None:
+        resamples = default_resamples(len(ev.truth) + len(ev.predictions))
     if resamples:
         ev.metrics["intervals"] = photo_intervals(ev.truth, ev.predictions, names, resamples)
     if base is not None:

@@ -17,10 +17,16 @@ import numpy as np
 import pandas as pd
 
 from maskbatch import CLASS_NAMES
-from maskbatch.config import RESAMPLES
+from maskbatch.config import MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
 
 LEVEL = 0.95
 METRICS = ("map", "faces_found", "label_accuracy")
+
+
+def default_resamples(rows: int) -> int:
+    """RESAMPLES, or fewer (at least MIN_RESAMPLES) for an evaluation of `rows` faces +
+    predictions, keeping resamples x rows near RESAMPLE_ROWS."""
+    return max(MIN_RESAMPLES, min(RESAMPLES, RESAMPLE_ROWS // max(rows, 1)))
 
 
 def _weighted_ap(hit: np.ndarray, weight: np.ndarray, n_truth: float) -> float:
@@ -113,4 +119,4 @@ def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[
     return out
 
 
-__all__ = ["LEVEL", "METRICS", "RESAMPLES", "photo_intervals"]
+__all__ = ["LEVEL", "METRICS", "RESAMPLES", "default_resamples", "photo_intervals"]

@@ -108,3 +108,11 @@ def test_paired_interval_is_the_difference_on_the_same_resamples(tmp_path: Path)
     assert m["baseline"]["difference"]["point"]["faces_found"] == pytest.approx(1 / 6)
     assert "Against the baseline run" in format_table(m) and "+0.167" in format_table(m)
     assert "vs baseline" in (run / "evaluation" / "report.html").read_text()
+
+
+def test_large_evaluations_take_fewer_resamples() -> None:
+    from maskbatch.intervals import default_resamples
+
+    assert default_resamples(2_000) == 1000  # a validation set
+    assert default_resamples(200_000) == 250
+    assert default_resamples(1_400_000) == 100  # 700k faces + predictions: about 12 s
