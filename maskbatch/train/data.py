@@ -7,6 +7,7 @@ output, the function inference uses.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -262,9 +263,7 @@ def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FR
         else:
             is_val = split_train_val(rows.reset_index(drop=True), seed=seed)[1]
         parts[idx[is_val]] = "val"
-    val_hashes = set(df.loc[parts == "val", "pixel_hash"])
-    leaked = (parts != "val") & df["pixel_hash"].isin(val_hashes).to_numpy()
-    parts[leaked] = "dropped"
+    parts[_leaked(df, parts)] = "dropped"
     rest = np.flatnonzero(parts == "train")
     if len(rest) >= 2:
         tune = split_train_val(df.iloc[rest].reset_index(drop=True), seed=seed,
@@ -277,7 +276,7 @@ def is_detector_crop(df: pd.DataFrame) -> np.ndarray:
     """True for the rows of `extract --detector-crops` boxes (crop ids NAME#detK)."""
     from maskbatch.pipeline import DETECTOR_CROP
 
-    pattern = "(?:" + DETECTOR_CROP + r")\d+$"
+    pattern = re.escape(DETECTOR_CROP) + r"\d+$"
     return df["crop_id"].astype(str).str.contains(pattern, regex=True).to_numpy()
 
 
@@ -293,7 +292,11 @@ def _with_detector_crops(df: pd.DataFrame, follows: np.ndarray, seed: int, tune_
     part_of_photo = dict(zip(photo[own][used], parts[own][used]))
     crops = np.flatnonzero(follows)
     parts[crops] = [part_of_photo.get(p, "dropped") for p in photo[crops]]
-    val_hashes = set(df.loc[parts == "val", "pixel_hash"])
-    leaked = (parts != "val") & df["pixel_hash"].isin(val_hashes).to_numpy()
-    parts[leaked & follows] = "dropped"
+    parts[_leaked(df, parts) & follows] = "dropped"
     return parts
+
+
+def _leaked(df: pd.DataFrame, parts: np.ndarray) -> np.ndarray:
+    """True for a crop outside val whose pixels equal a val crop's (it must never train)."""
+    val_hashes = set(df.loc[parts == "val", "pixel_hash"])
+    return (parts != "val") & df["pixel_hash"].isin(val_hashes).to_numpy()
