@@ -53,7 +53,12 @@ import pandas as pd
 from maskbatch import CLASS_NAMES, files, output
 from maskbatch.datasets import DEFAULT_LABEL_MAP, detect_layout, load_records
 from maskbatch.errors import MaskbatchError
-from maskbatch.intervals import default_resamples, photo_intervals
+from maskbatch.intervals import (
+    default_resamples,
+    difference_text,
+    interval_text,
+    photo_intervals,
+)
 
 SIZE_BINS: tuple[tuple[float, float, str], ...] = (
     (0.0, 16.0, "<16"),
@@ -608,27 +613,19 @@ def _baseline_lines(metrics: dict) -> str:
     base = metrics.get("baseline")
     if not base:
         return ""
-    diff, ours = base["difference"], _headline(metrics)
+    ours = _headline(metrics)
     lines = [f"\nAgainst the baseline run {base['pred']} (same photos; this run minus it):\n"]
     for key, label in (("map", "mAP"), ("faces_found", "faces found"),
                        ("label_accuracy", "right label")):
-        change, (low, high) = diff["point"][key], diff.get(key) or (None, None)
-        shown = "" if low is None or high is None or math.isnan(low) else (
-            f"  ({diff['level'] * 100:g} % paired interval {low:+.3f} to {high:+.3f})")
         lines.append(f"  {label:12} {_fmt(base[key])} -> {_fmt(ours[key])}  "
-                     f"{'-' if change is None or math.isnan(change) else f'{change:+.3f}'}"
-                     f"{shown}\n")
+                     f"{difference_text(base['difference'], key)}\n")
     return "".join(lines)
 
 
 def _interval(metrics: dict, name: str) -> str:
-    """'  (95 % interval over photos 0.774-0.895)', or '' without intervals."""
-    ci = metrics.get("intervals")
-    if not ci or ci.get(name) is None or any(v is None for v in ci[name]):
-        return ""
-    low, high = ci[name]
-    return (f"  ({ci['level'] * 100:g} % interval over {ci['resamples']} photo resamples: "
-            f"{_fmt(low)}-{_fmt(high)})")
+    """'  (95 % interval over 1000 photo resamples: 0.797-0.891)', or '' without intervals."""
+    text = interval_text(metrics.get("intervals"), name)
+    return f"  ({text})" if text else ""
 
 
 def format_table(metrics: dict) -> str:

@@ -119,4 +119,31 @@ def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[
     return out
 
 
-__all__ = ["LEVEL", "METRICS", "RESAMPLES", "default_resamples", "photo_intervals"]
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def interval_text(intervals: dict | None, name: str) -> str:
+    """'95 % interval over 1000 photo resamples: 0.797-0.891' for one metric of a
+    photo_intervals result (as read back from JSON: NaN may be None), or '' without one."""
+    bounds = (intervals or {}).get(name)
+    if not bounds or any(_missing(v) for v in bounds):
+        return ""
+    return (f"{intervals['level'] * 100:g} % interval over {intervals['resamples']} photo "
+            f"resamples: {bounds[0]:.3f}-{bounds[1]:.3f}")
+
+
+def difference_text(difference: dict, name: str) -> str:
+    """'+0.117 (95 % paired interval +0.075 to +0.166)' for one metric of a paired
+    photo_intervals result; '-' for a difference that is not a number."""
+    change, bounds = difference["point"][name], difference.get(name)
+    if _missing(change):
+        return "-"
+    if not bounds or any(_missing(v) for v in bounds):
+        return f"{change:+.3f}"
+    return (f"{change:+.3f} ({difference['level'] * 100:g} % paired interval {bounds[0]:+.3f} "
+            f"to {bounds[1]:+.3f})")
+
+
+__all__ = ["LEVEL", "METRICS", "RESAMPLES", "default_resamples", "difference_text",
+           "interval_text", "photo_intervals"]

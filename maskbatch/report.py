@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from maskbatch import CLASS_NAMES, MASK, files, images, output
 from maskbatch.errors import ImageError
+from maskbatch.intervals import difference_text, interval_text
 
 if TYPE_CHECKING:
     from maskbatch.evaluate import Evaluation
@@ -210,20 +211,13 @@ def _metrics_html(m: dict) -> str:
             f"<td>{_fmt(c['precision'])}</td><td>{_fmt(c['recall'])}</td><td>{c['n_truth']}</td>"
             f"<td>{c['n_pred']}</td><td>{c['tp']}</td><td>{c['fp']}</td><td>{c['fn']}</td>"
             f"<td>{c['ignored']}</td></tr>")
-    ci = (m.get("intervals") or {}).get("map")
-    note = "" if not ci or None in ci else (
-        f"{m['intervals']['level'] * 100:g} % interval over "
-        f"{m['intervals']['resamples']} photo resamples: {_fmt(ci[0])}-{_fmt(ci[1])}")
+    note = interval_text(m.get("intervals"), "map")
     rows.append(f"<tr class='map'><th>mAP</th><td>{_fmt(m['map'])}</td>"
                 f"<td colspan='8' style='text-align:left'>{html.escape(note)}</td></tr>")
     base = m.get("baseline")
     if base:
-        diff = base["difference"]
-        gain = diff["point"]["map"]
-        low, high = diff.get("map") or (None, None)
-        paired = "" if low is None or high is None else f" (paired interval {low:+.3f} to {high:+.3f})"
         text = (f"baseline {base['pred']}: mAP {_fmt(base['map'])}, this run "
-                f"{'-' if gain is None else f'{gain:+.3f}'}{paired}")
+                f"{difference_text(base['difference'], 'map')}")
         rows.append(f"<tr><th>vs baseline</th><td colspan='9' style='text-align:left'>"
                     f"{html.escape(text)}</td></tr>")
     coco = m.get("coco") or {}
