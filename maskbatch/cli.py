@@ -19,6 +19,7 @@ from maskbatch.config import (
     InputLimits,
 )
 from maskbatch.errors import MaskbatchError
+from maskbatch.train import ARCHITECTURES, DEFAULT_ARCH
 
 if "__mp_main__" in sys.modules and sys.modules["__mp_main__"] is sys.modules.get("__main__"):
     # This module is being imported as the main module of a local Dask worker process that this
@@ -167,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(medical-mask and voc-masks validate on their committed val photos, others on "
                    "a grouped 20 %%)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--arch", default="compact", choices=["compact", "seed"])
+    p.add_argument("--arch", default=DEFAULT_ARCH,
+                   help=f"the net: {', '.join(ARCHITECTURES)}, or several joined by '+' for an "
+                        f"ensemble that averages them (default: {DEFAULT_ARCH})")
     p.add_argument("--epochs", type=_positive_int, help="maximum epochs (default: per arch)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--members", type=_positive_int, metavar="N",
-                   help="train N nets (seeds SEED..SEED+N-1, same data and parts) and export "
-                        "their average as one model (default: per arch)")
+                   help="train N nets of each architecture (seeds SEED..SEED+N-1, same data and "
+                        "parts) and export their average as one model (default: 1)")
     p.add_argument("--eval-crops", metavar="CROPS",
                    help="crops of another dataset for cross-dataset accuracy (never trained on)")
     p.add_argument("--threads", type=_positive_int, metavar="N",

@@ -21,6 +21,7 @@ from maskbatch import CLASS_NAMES, MASK, NO_MASK
 from maskbatch.classify import BUNDLED_MODEL_DIR, Classifier, read_model, sha256_bytes
 from maskbatch.errors import MaskbatchError
 from maskbatch.output import write_parquet_atomic
+from maskbatch.train import DEFAULT_ARCH
 from maskbatch.train import data as tdata
 from maskbatch.train.metrics import choose_threshold, classification_report
 
@@ -75,8 +76,9 @@ def _train_command(folders: list[str], out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_model(small_crops_dir: str, web_crops_dir: str, tmp_path_factory: pytest.TempPathFactory
                ) -> tuple[str, dict]:
-    """A compact model trained for 2 epochs on two small real sets, by `maskbatch train` in a
-    fresh process (TensorFlow's thread pools are set there, before it starts)."""
+    """The default model (the compact + backbone pair) trained for 2 epochs on two small real sets,
+    by `maskbatch train` in a fresh process (TensorFlow's thread pools are set there, before it
+    starts)."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
     out = tmp_path_factory.mktemp("model-tiny")
@@ -275,6 +277,18 @@ def test_train_without_tensorflow_says_how_to_install(monkeypatch: pytest.Monkey
         train("nowhere", "nowhere-out")
     with pytest.raises(MaskbatchError, match="unknown architecture"):
         train("nowhere", "nowhere-out", arch="resnet")
+    with pytest.raises(MaskbatchError, match="unknown architecture 'resnet'"):
+        train("nowhere", "nowhere-out", arch="compact+resnet")
+    with pytest.raises(MaskbatchError, match="names a net twice"):
+        train("nowhere", "nowhere-out", arch="compact+compact")
+
+
+def test_bad_architecture_is_one_readable_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "train", str(tmp_path), "--out",
+                           str(tmp_path / "m"), "--arch", "compact+vgg"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "unknown architecture 'vgg'" in proc.stderr
 
 
 def test_architectures() -> None:
@@ -289,6 +303,31 @@ def test_architectures() -> None:
     size = INPUT_SIZES["compact"]
     assert compact.input_shape == (None, size, size, 3)
     assert compact.count_params() < seed.count_params() / 50
+
+
+def test_backbone_starts_from_the_bundled_detectors_weights() -> None:
+    """The backbone net takes the compact net's input and starts from the bundled (sha256-checked)
+    detector's backbone weights, layer for layer; its head is new."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("onnx")
+    from maskbatch.train.architectures import INPUT_SIZES, build_model, pretrained_backbone
+    from maskbatch.train.yunet_graph import float_weights
+    from maskbatch.yunet import read_tuned_card
+
+    net = build_model("backbone")
+    assert net.input_shape == (None, INPUT_SIZES["compact"], INPUT_SIZES["compact"], 3)
+    assert net.count_params() < build_model("compact").count_params()
+    backbone = net.get_layer("yunet_backbone")
+    detector = float_weights(read_tuned_card()[0])
+    convs = [layer for layer in backbone.layers if layer.name.startswith("conv_")
+             and not layer.name.endswith("_pad")]
+    assert len(convs) == 23  # the stem and 11 (1x1, depthwise 3x3) pairs
+    for layer in convs:
+        kernel = detector[layer.name + "/kernel"]  # ONNX (O, I/g, kh, kw)
+        kernel = kernel.transpose(2, 3, 0, 1) if "Depthwise" in type(layer).__name__ \
+            else kernel.transpose(2, 3, 1, 0)
+        np.testing.assert_array_equal(layer.get_weights()[0], kernel)
+    assert pretrained_backbone()["sha256"] == read_tuned_card()[1]["onnx_sha256"]
 
 
 def test_short_real_training_run_writes_everything(tiny_model: tuple[str, dict]) -> None:
@@ -340,11 +379,10 @@ def test_parity_check_on_real_crops_and_loud_failure(tiny_model: tuple[str, dict
                                                      small_crops_dir: str) -> None:
     import keras
 
-    from maskbatch.train.architectures import INPUT_SIZES
     from maskbatch.train.export import parity_check, to_onnx
 
     out, card = tiny_model
-    size = INPUT_SIZES["compact"]
+    size = card["input_size"]
     model = keras.saving.load_model(str(Path(out) / "model.keras"))
     df = tdata.load_crop_table(small_crops_dir)
     x = tdata.to_arrays(df.iloc[:64], size).x
@@ -373,25 +411,49 @@ def test_training_is_reproducible(tiny_model: tuple[str, dict], small_crops_dir:
     assert again["validation_per_set"] == card["validation_per_set"]
 
 
-def test_ensemble_averages_members_and_its_first_member_is_the_single_model(
+def test_default_pairs_the_compact_net_with_the_pretrained_backbone(tiny_model: tuple[str, dict],
+                                                                    small_crops_dir: str) -> None:
+    """The default recipe trains two nets on the same parts, the compact CNN and the detector's
+    backbone, and exports one ONNX graph whose output is their mean."""
+    import keras
+
+    out, card = tiny_model
+    assert card["architecture"] == DEFAULT_ARCH == "compact+backbone"
+    assert [(m["architecture"], m["seed"]) for m in card["training"]["members"]] == [
+        ("compact", 0), ("backbone", 0)]
+    assert card["members"] == 2 and card["outputs"] == ["mask_prob"]
+    assert card["pretrained"]["file"] == "maskbatch/models/detector.onnx"
+    assert "MIT" in card["pretrained"]["licence"]
+    assert len(json.loads((Path(out) / "history.json").read_text())["members"]) == 2
+    onnx_bytes, _ = read_model(out)
+    x = tdata.to_arrays(tdata.load_crop_table(small_crops_dir).iloc[:16], card["input_size"]).x
+    pair = keras.models.load_model(Path(out) / "model.keras")
+    members = [pair.get_layer(f"member{i}").predict(x, verbose=0).ravel() for i in range(2)]
+    np.testing.assert_allclose(Classifier(onnx_bytes, card).predict_batch(x),
+                               (members[0] + members[1]) / 2, atol=1e-5)
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # two different nets
+
+
+def test_members_train_seeds_of_one_net_and_member_0_is_that_net_alone(
         tiny_model: tuple[str, dict], small_crops_dir: str, web_crops_dir: str,
         tmp_path: Path) -> None:
-    """--members 2: two nets fitted on the same parts (seeds 0 and 1), exported as one ONNX graph
-    whose output is their mean; member 0 is exactly the single model of the same command."""
+    """--arch compact --members 2: two compact nets fitted on the same parts (seeds 0 and 1),
+    averaged in one graph; member 0 is exactly the compact net of the default pair (same seed,
+    same parts)."""
     import keras
 
     single_out, single = tiny_model
     out = tmp_path / "ensemble"
-    proc = subprocess.run(_train_command([small_crops_dir, web_crops_dir], out) + ["--members", "2"],
+    proc = subprocess.run(_train_command([small_crops_dir, web_crops_dir], out)
+                          + ["--arch", "compact", "--members", "2"],
                           capture_output=True, text=True, cwd=REPO, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     onnx_bytes, card = read_model(str(out))
     assert card["members"] == 2 and card["outputs"] == ["mask_prob"]
     assert [m["seed"] for m in card["training"]["members"]] == [0, 1]
+    assert "pretrained" not in card
     assert card["training_data"] == single["training_data"]  # same parts for every member
-    assert card["training"]["members"][0]["tune_loss"] == round(
-        min(json.loads((Path(single_out) / "history.json").read_text())["history"]["val_loss"]), 5)
-    assert len(json.loads((out / "history.json").read_text())["members"]) == 2
+    assert card["training"]["members"][0] == single["training"]["members"][0]
     assert card["parity_max_abs_diff"] < 1e-4
 
     x = tdata.to_arrays(tdata.load_crop_table(small_crops_dir).iloc[:16], card["input_size"]).x
@@ -399,8 +461,9 @@ def test_ensemble_averages_members_and_its_first_member_is_the_single_model(
     members = [ensemble.get_layer(f"member{i}").predict(x, verbose=0).ravel() for i in range(2)]
     ours = Classifier(onnx_bytes, card).predict_batch(x)
     np.testing.assert_allclose(ours, (members[0] + members[1]) / 2, atol=1e-5)
-    alone = Classifier(*read_model(single_out)).predict_batch(x)
-    np.testing.assert_allclose(members[0], alone, atol=1e-5)
+    pair = keras.models.load_model(Path(single_out) / "model.keras")
+    np.testing.assert_allclose(members[0], pair.get_layer("member0").predict(x, verbose=0).ravel(),
+                               atol=1e-6)
     assert np.abs(members[0] - members[1]).max() > 1e-3  # the seeds made two different nets
 
 

@@ -7,7 +7,8 @@ when it is missing. Inference never needs this package (see :mod:`maskbatch.clas
 
 from __future__ import annotations
 
-ARCHITECTURES = ("compact", "seed")
+ARCHITECTURES = ("compact", "seed", "backbone")
+DEFAULT_ARCH = "compact+backbone"
 TRAIN_EXTRA_HINT = "training needs the train extra: pip install 'maskbatch[train]'"
 
 
@@ -22,7 +23,22 @@ def require_tensorflow() -> None:
         raise MaskbatchError(TRAIN_EXTRA_HINT) from None
 
 
-def train(crops_dir: str | list[str], out_dir: str, arch: str = "compact",
+def architecture_list(arch: str) -> list[str]:
+    """The nets of an architecture spec: one name, or names joined by '+' (an ensemble of one net
+    per name, e.g. 'compact+backbone'); raises MaskbatchError on an unknown or repeated name."""
+    from maskbatch.errors import MaskbatchError
+
+    names = arch.split("+")
+    for name in names:
+        if name not in ARCHITECTURES:
+            raise MaskbatchError(f"unknown architecture {name!r}; choose from "
+                                 f"{', '.join(ARCHITECTURES)}, or join them with '+'")
+    if len(set(names)) < len(names):
+        raise MaskbatchError(f"architecture {arch!r} names a net twice; use --members for seeds")
+    return names
+
+
+def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
           epochs: int | None = None, batch_size: int = 32, seed: int = 0,
           eval_crops: str | None = None, limit: int | None = None,
           threads: int | None = None, members: int | None = None) -> dict:
@@ -38,14 +54,11 @@ def train(crops_dir: str | list[str], out_dir: str, arch: str = "compact",
     confusion_matrix.png to `out_dir` and returns the card. `epochs` None means the
     architecture's default (with early stopping); `eval_crops` is a second crops folder (e.g. from
     voc-masks) measured for cross-dataset accuracy, never trained on; `limit` trains on a seeded
-    subset of about that many crops per set (whole source images). `members` nets (seeds `seed`,
-    `seed`+1, ...; same data and parts) are trained and exported as one model that averages their
-    outputs (None: the architecture's default).
+    subset of about that many crops per set (whole source images). `arch` names one net or several
+    joined by '+'; `members` nets of each (seeds `seed`, `seed`+1, ...; same data and parts) are
+    trained and exported as one model that averages their outputs (None: 1).
     """
-    from maskbatch.errors import MaskbatchError
-
-    if arch not in ARCHITECTURES:
-        raise MaskbatchError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    architecture_list(arch)
     require_tensorflow()
     from maskbatch.train.fit import run
 
@@ -77,4 +90,5 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate)
 
 
-__all__ = ["ARCHITECTURES", "require_tensorflow", "train", "train_detector"]
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "architecture_list", "require_tensorflow", "train",
+           "train_detector"]

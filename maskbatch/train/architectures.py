@@ -1,6 +1,7 @@
-"""Classifier architectures: the seed notebook's CNN, and the compact default.
+"""Classifier architectures: the seed notebook's CNN, the compact CNN, and a net on the face
+detector's pretrained backbone (the default model averages compact and backbone).
 
-Both take :func:`maskbatch.classify.preprocess` output (BGR, x/255, float32 NHWC) and end in one
+All take :func:`maskbatch.classify.preprocess` output (BGR, x/255, float32 NHWC) and end in one
 sigmoid unit, P(face_with_mask). The notebook's augmentation (rotation 15 degrees, shifts 0.1,
 horizontal flip) sits at the front of each model as Keras preprocessing layers: they act while
 training and are identity at inference, so the exported ONNX graph contains none of them.
@@ -13,14 +14,18 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-ARCHITECTURES = ("compact", "seed")
-INPUT_SIZES = {"compact": 124, "seed": 124}
+ARCHITECTURES = ("compact", "seed", "backbone")
+INPUT_SIZES = {"compact": 124, "seed": 124, "backbone": 124}
 DESCRIPTIONS = {
     "seed": "seed notebook CNN: Conv32(same)-Conv64-Conv128 3x3, MaxPool2, Dropout.25, Flatten, "
             "Dropout.5, Dense50, Dropout.5, Dense1 sigmoid; 124x124x3",
     "compact": "compact CNN: 7 plain 3x3 conv+BatchNorm+ReLU layers (16/2, 32/2-32, 64/2-64, "
                "128/2-128; /2 = stride 2), GlobalAveragePooling, Dropout.3, Dense1 sigmoid; "
                "124x124x3",
+    "backbone": "the bundled face detector's backbone (fine-tuned YuNet: a 3x3/2 stem and 11 "
+                "depthwise-separable conv pairs with max-pooling, to stride 32), then conv3x3 "
+                "128+BatchNorm+ReLU on its stride-32 features; GlobalAveragePooling of that and of "
+                "the stride-16 features, Dropout.3, Dense1 sigmoid; 124x124x3",
 }
 
 
@@ -111,9 +116,58 @@ def build_compact(seed: int = 0, face_output: bool = False) -> keras.Model:
     return keras.Model(inputs, outputs, name="compact")
 
 
+# The face detector's backbone as the classifier's feature extractor: the bundled fine-tuned YuNet
+# (pretrained on WIDER FACE, fine-tuned on the training photos' faces, never on val photos) has
+# learned face parts from far more faces than the crops hold. It takes BGR 0..255; at 124 px its
+# stride-16 features are 7x7 and its stride-32 output 3x3 (max-pooling floors).
+BACKBONE_INPUTS = ("conv_backbone_model4_conv1_conv1", "conv_neck_lateral_convs_2_conv1")
+
+
+def pretrained_backbone() -> dict[str, str]:
+    """Where the backbone's starting weights come from: the bundled detector, sha256-checked."""
+    from maskbatch.yunet import read_tuned_card
+
+    path, card = read_tuned_card()
+    return {"file": f"maskbatch/models/{path.name}", "sha256": card["onnx_sha256"],
+            "licence": card["starting_weights"]["licence"]}
+
+
+def _backbone() -> keras.Model:
+    """The bundled detector's backbone: (N, S, S, 3) BGR 0..255 -> the inputs of the layers named
+    in BACKBONE_INPUTS (its stride-16 and stride-32 features, 64 channels each), all trainable."""
+    from maskbatch.train.yunet_graph import build_keras
+    from maskbatch.yunet import read_tuned_card
+
+    path, _ = read_tuned_card()
+    full = build_keras(path)
+    features = [full.get_layer(name).input for name in BACKBONE_INPUTS]
+    return keras.Model(full.input, features, name="yunet_backbone")
+
+
+def build_backbone(seed: int = 0, face_output: bool = False) -> keras.Model:
+    """The face detector's backbone (about 56k parameters, pretrained) with a small head: a 3x3
+    conv to 128 channels on its stride-32 output, global average pooling of that and of the
+    stride-16 features, one sigmoid unit. Same augmentation as compact."""
+    size = INPUT_SIZES["backbone"]
+    inputs = keras.Input((size, size, 3), name="input")
+    x = colour_augmentation(seed)(inputs)
+    x = layers.Rescaling(255.0)(x)  # preprocess gives x/255; YuNet was trained on 0..255
+    stride16, stride32 = _backbone()(x)
+    head = _conv(stride32, 128)
+    x = layers.Concatenate()([layers.GlobalAveragePooling2D()(stride16),
+                              layers.GlobalAveragePooling2D()(head)])
+    x = layers.Dropout(0.3, seed=seed)(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    if face_output:
+        face = layers.Dense(1, activation="sigmoid", name="face_prob")(x)
+        return keras.Model(inputs, [outputs, face], name="backbone")
+    return keras.Model(inputs, outputs, name="backbone")
+
+
 NOTEBOOK_AUGMENTATION = "RandomRotation(15 deg), RandomTranslation(0.1, 0.1), RandomFlip(horizontal)"
 AUGMENTATIONS = {"seed": NOTEBOOK_AUGMENTATION,
-                 "compact": f"{NOTEBOOK_AUGMENTATION}, {COLOUR_AUGMENTATION}"}
+                 "compact": f"{NOTEBOOK_AUGMENTATION}, {COLOUR_AUGMENTATION}",
+                 "backbone": f"{NOTEBOOK_AUGMENTATION}, {COLOUR_AUGMENTATION}"}
 
 
 def average_models(models: list[keras.Model], size: int) -> keras.Model:
@@ -134,12 +188,14 @@ def average_models(models: list[keras.Model], size: int) -> keras.Model:
 
 
 def build_model(arch: str, seed: int = 0, face_output: bool = False) -> keras.Model:
-    """A fresh, uncompiled model of architecture `arch` ('compact' or 'seed'); `face_output`
-    (compact only) adds a second sigmoid output, P(face), trained on not_face crops."""
+    """A fresh, uncompiled model of architecture `arch` (one of ARCHITECTURES); `face_output`
+    (compact, backbone) adds a second sigmoid output, P(face), trained on not_face crops."""
     if arch == "seed":
         if face_output:
             raise ValueError("the seed architecture has no face output; use compact")
         return build_seed(seed)
     if arch == "compact":
         return build_compact(seed, face_output)
+    if arch == "backbone":
+        return build_backbone(seed, face_output)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")

@@ -41,17 +41,33 @@ def _canonical_names(proto: object, output_names: list[str]) -> None:
     """Name nodes and intermediate tensors by position, and the outputs ``output_names``.
 
     tf2onnx numbers what it creates with a process-wide counter (``Conv__34``), so the same
-    weights exported twice in one process would differ in bytes and sha256; positional names make
-    the file a function of the weights alone. The graph output (``Identity:0`` from tf2onnx)
-    becomes readable, and the dynamic batch dimension is called ``batch``.
+    weights exported twice in one process would differ in bytes and sha256, and it lists
+    initializers in an order that can change between processes; positional names and an order
+    taken from the nodes make the file a function of the weights alone. The graph output
+    (``Identity:0`` from tf2onnx) becomes readable, and the dynamic batch dimension is called
+    ``batch``.
     """
     graph = proto.graph
     graph.doc_string = "maskbatch mask classifier, converted by tf2onnx"  # was the trace's id
     rename = {out.name: name for out, name in zip(graph.output, output_names)}
-    for i, init in enumerate(graph.initializer):
+    # The initializers' order is not stable from one process to the next (a depthwise kernel's
+    # reshaped copies come out in hash order), the nodes' order is: constants are numbered, and
+    # all initializers sorted, by the node that first reads them.
+    first_use: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            first_use.setdefault(name, i)
+    inits = sorted(graph.initializer, key=lambda t: (first_use.get(t.name, len(graph.node)),
+                                                     t.name))
+    for i, init in enumerate(inits):
         if re.search(r"__\d+", init.name):  # a tf2onnx-made constant such as const_axes__48
             rename[init.name] = f"c{i}"
             init.name = f"c{i}"
+    ordered = [type(inits[0])() for _ in inits] if inits else []
+    for copy, init in zip(ordered, inits):
+        copy.CopyFrom(init)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
     keep = {t.name for t in graph.input} | {t.name for t in graph.initializer}
     for i, node in enumerate(graph.node):
         node.input[:] = [rename.get(name, name) for name in node.input]

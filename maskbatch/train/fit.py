@@ -22,15 +22,16 @@ from maskbatch import CLASS_NAMES, NOT_FACE, files
 from maskbatch.classify import Classifier, sha256_bytes
 from maskbatch.errors import MaskbatchError
 from maskbatch.output import write_bytes_atomic, write_json_atomic
+from maskbatch.train import DEFAULT_ARCH, architecture_list
 from maskbatch.train import data as tdata
 from maskbatch.train.metrics import choose_threshold, classification_report
 
 # Epoch budgets with early stopping (patience below). compact on the three sample sets (about
 # 6300 training crops, 197 steps an epoch): 65-125 s per epoch on 2 CPU cores; with the colour and
 # scale augmentation the tune loss still fell at epoch 7 (v3 stopped at 10, best epoch 7, 17 min);
-# seed: about 3 minutes per epoch on medical-mask alone.
-DEFAULT_EPOCHS = {"compact": 15, "seed": 12}
-DEFAULT_MEMBERS = {"compact": 1, "seed": 1}
+# seed: about 3 minutes per epoch on medical-mask alone; backbone: 50-80 s per epoch on the three
+# sets, best tune epoch 8 of 11 in v4.
+DEFAULT_EPOCHS = {"compact": 15, "seed": 12, "backbone": 15}
 PATIENCE = 3
 PLATEAU_PATIENCE = 2
 LEARNING_RATE = 1e-3
@@ -224,7 +225,7 @@ def _set_report(classifier: Classifier, arrays: tdata.Arrays, threshold: float) 
     return report
 
 
-def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
+def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         epochs: int | None = None, batch_size: int = 32, seed: int = 0,
         eval_crops: str | None = None, limit: int | None = None, verbose: int = 2,
         threads: int | None = None, members: int | None = None) -> dict:
@@ -234,9 +235,9 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
 
     from maskbatch.train.architectures import (
         AUGMENTATIONS,
-        DESCRIPTIONS,
         INPUT_SIZES,
         average_models,
+        pretrained_backbone,
     )
     from maskbatch.train.export import (
         FACE_OUTPUT_NAME,
@@ -253,11 +254,14 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     crops_dirs = [crops_dirs] if isinstance(crops_dirs, str) else list(crops_dirs)
     if not crops_dirs:
         raise MaskbatchError("give at least one crops folder")
-    epochs = DEFAULT_EPOCHS[arch] if epochs is None else int(epochs)
-    members = DEFAULT_MEMBERS[arch] if members is None else int(members)
+    archs = architecture_list(arch)
+    epochs = max(DEFAULT_EPOCHS[a] for a in archs) if epochs is None else int(epochs)
+    members = 1 if members is None else int(members)
     if epochs < 1 or batch_size < 1 or members < 1:
         raise MaskbatchError("--epochs, --batch-size and --members must be at least 1")
-    size = INPUT_SIZES[arch]
+    size = INPUT_SIZES[archs[0]]
+    if any(INPUT_SIZES[a] != size for a in archs):
+        raise MaskbatchError(f"the nets of {arch!r} take different input sizes")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -293,14 +297,16 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     # ---- fit (early stopping on the tune part); an ensemble fits each member on the same parts
     fit_started = time.perf_counter()
     fitted, member_cards = [], []
-    for i in range(members):
-        if members > 1:
-            print(f"member {i + 1} of {members} (seed {seed + i})", flush=True)
-        member, member_history = fit_model(arch, train, tune, epochs=epochs,
-                                           batch_size=batch_size, seed=seed + i,
+    plan = [(a, seed + i) for a in archs for i in range(members)]
+    for k, (net, net_seed) in enumerate(plan):
+        if len(plan) > 1:
+            print(f"member {k + 1} of {len(plan)} ({net}, seed {net_seed})", flush=True)
+        member, member_history = fit_model(net, train, tune, epochs=epochs,
+                                           batch_size=batch_size, seed=net_seed,
                                            verbose=verbose, background=background)
         best = int(np.argmin(member_history["val_loss"]))
-        member_cards.append({"seed": seed + i, "epochs_run": len(member_history["loss"]),
+        member_cards.append({"architecture": net, "seed": net_seed,
+                             "epochs_run": len(member_history["loss"]),
                              "best_epoch": best + 1,
                              "tune_loss": round(member_history["val_loss"][best], 5),
                              "tune_accuracy_at_0.5": round(member_history["val_accuracy"][best], 4)})
@@ -347,10 +353,9 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     card = {
         "format": "maskbatch-classifier/1",
         "architecture": arch,
-        "architecture_description": DESCRIPTIONS[arch] + (
-            f"; an ensemble of {members} such nets (seeds {seed}..{seed + members - 1}), "
-            f"output = mean of their outputs" if members > 1 else ""),
-        "members": members,
+        "architecture_description": _description(archs, members, seed),
+        "members": len(plan),
+        **({"pretrained": pretrained_backbone()} if "backbone" in archs else {}),
         "parameters": int(model.count_params()),
         "input_size": size,
         "input_name": INPUT_NAME,
@@ -384,7 +389,9 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
                 "not_face crops, classes weighed equally)" if face else ""),
             "class_weight": {CLASS_NAMES[0]: round(weights[1], 4),
                              CLASS_NAMES[1]: round(weights[0], 4)},
-            "augmentation": f"{AUGMENTATIONS[arch]}; fill nearest; training only",
+            "augmentation": "; ".join(f"{a}: {AUGMENTATIONS[a]}" if len(archs) > 1 else
+                                      AUGMENTATIONS[a] for a in archs)
+                            + "; fill nearest; training only",
             "early_stopping": f"tune loss, patience {PATIENCE}, best weights restored",
             "tensorflow_threads": thread_pools,
             "deterministic": "keras.utils.set_random_seed(seed), "
@@ -412,7 +419,8 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
                        "epochs_run": len(history["loss"]), "members": histories},
                       str(out / "history.json"))
     write_plots(str(out), histories, validation["confusion_matrix"]["rows_true_cols_pred"],
-                list(CLASS_NAMES), threshold)
+                list(CLASS_NAMES), threshold,
+                names=[f"{m['architecture']}, seed {m['seed']}" for m in member_cards])
     write_bytes_atomic(str(out / "confusion_per_set.png"), confusion_sets_png(
         {name: rep["confusion_matrix"]["rows_true_cols_pred"] for name, rep in per_set.items()},
         {name: rep["accuracy"] for name, rep in per_set.items()}, list(CLASS_NAMES), threshold))
@@ -420,6 +428,18 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = "compact",
     write_json_atomic(card, str(out / "model_card.json"))
     _print_result(card)
     return card
+
+
+def _description(archs: list[str], members: int, seed: int) -> str:
+    """The card's words for one net, or for an ensemble of `members` seeds of each of `archs`."""
+    from maskbatch.train.architectures import DESCRIPTIONS
+
+    if len(archs) == 1 and members == 1:
+        return DESCRIPTIONS[archs[0]]
+    seeds = f"seeds {seed}..{seed + members - 1}" if members > 1 else f"seed {seed}"
+    nets = "; ".join(DESCRIPTIONS[a] for a in archs)
+    return (f"an ensemble: {' + '.join(archs)} ({seeds} each), output = mean of their outputs; "
+            f"{nets}")
 
 
 # The reject rule: drop a detected box whose P(face) is under the threshold that keeps this share of

@@ -17,21 +17,24 @@ def _figure_bytes(fig: object) -> bytes:
     return buf.getvalue()
 
 
-def curve_png(histories: list[dict[str, list[float]]], metric: str, title: str) -> bytes:
-    """Train (green) vs validation (blue) curve of one metric, the notebook's plot; an ensemble's
-    members are drawn one over another (the first solid, the others fainter)."""
+def curve_png(histories: list[dict[str, list[float]]], metric: str, title: str,
+              names: list[str] | None = None) -> bytes:
+    """Train (green) vs tune (blue) curve of one metric, the notebook's plot (the tune part drives
+    early stopping; val plays no part); an ensemble's members are drawn one over another, one line
+    style each, labelled with `names`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    styles = ("-", "--", ":", "-.")
     for i, history in enumerate(histories):
         epochs = range(1, len(history.get(metric, [])) + 1)
-        extra = {} if i == 0 else {"alpha": 0.35}
-        ax.plot(epochs, history.get(metric, []), "g", label="Train" if i == 0 else None, **extra)
-        ax.plot(epochs, history.get(f"val_{metric}", []), "b",
-                label="Validation" if i == 0 else None, **extra)
+        who = f" ({names[i]})" if names and len(histories) > 1 else ""
+        style = styles[i % len(styles)]
+        ax.plot(epochs, history.get(metric, []), "g" + style, label=f"Train{who}")
+        ax.plot(epochs, history.get(f"val_{metric}", []), "b" + style, label=f"Tune{who}")
     if len(histories) > 1:
         title += f" ({len(histories)} members)"
     ax.set_title(title)
@@ -91,14 +94,15 @@ def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str,
 
 
 def write_plots(out_dir: str, histories: list[dict[str, list[float]]], matrix: list[list[int]],
-                class_names: list[str], threshold: float = 0.5) -> list[str]:
+                class_names: list[str], threshold: float = 0.5,
+                names: list[str] | None = None) -> list[str]:
     """accuracy.png, loss.png and confusion_matrix.png in `out_dir` (curves of every member of
-    `histories`); returns their names."""
+    `histories`, labelled with `names`); returns their names."""
     from maskbatch import files
 
     pngs = {
-        "accuracy.png": curve_png(histories, "accuracy", "Training Accuracy vs Validation Accuracy"),
-        "loss.png": curve_png(histories, "loss", "Training Loss vs Validation Loss"),
+        "accuracy.png": curve_png(histories, "accuracy", "Training vs Tune Accuracy", names),
+        "loss.png": curve_png(histories, "loss", "Training vs Tune Loss", names),
         "confusion_matrix.png": confusion_png(matrix, class_names,
                                               f"Validation, threshold {threshold:g}"),
     }
