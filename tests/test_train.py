@@ -579,3 +579,34 @@ def test_face_output_model_trains_exports_and_rejects_boxes(negatives_crops_dir:
     assert set(map(tuple, kept[["name", "x1", "x2"]].to_numpy())) <= set(
         map(tuple, every[["name", "x1", "x2"]].to_numpy()))
     assert manifest["n_faces"].sum() == len(kept)
+
+
+def test_export_names_do_not_depend_on_the_initializers_order() -> None:
+    """tf2onnx may list a graph's constants in another order in another process: the canonical
+    form numbers and sorts them by the node and input slot that first read them, so any order
+    gives the same bytes (no TensorFlow needed)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from maskbatch.train.export import _canonical_names
+
+    def graph(order: list[int]) -> bytes:
+        consts = [numpy_helper.from_array(np.full((1, 1, 1, 1), k, np.float32), f"w__{40 - k}")
+                  for k in range(3)]
+        nodes = [helper.make_node("Conv", ["input", "w__40"], ["a"], name="Conv__7"),
+                 helper.make_node("Conv", ["a", "w__39"], ["b"], name="Conv__8"),
+                 helper.make_node("Conv", ["b", "w__38"], ["Identity:0"], name="Conv__9")]
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["unk__1", 1, 4, 4])],
+            [helper.make_tensor_value_info("Identity:0", TensorProto.FLOAT, None)],
+            [consts[k] for k in order])
+        proto = helper.make_model(g)
+        _canonical_names(proto, ["mask_prob"])
+        return proto.SerializeToString()
+
+    first = graph([0, 1, 2])
+    assert graph([2, 0, 1]) == graph([1, 2, 0]) == first
+    proto = onnx.load_from_string(first)
+    assert [i.name for i in proto.graph.initializer] == ["c0", "c1", "c2"]
+    assert [n.input[1] for n in proto.graph.node] == ["c0", "c1", "c2"]
+    assert proto.graph.output[0].name == "mask_prob"

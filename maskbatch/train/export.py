@@ -52,13 +52,13 @@ def _canonical_names(proto: object, output_names: list[str]) -> None:
     rename = {out.name: name for out, name in zip(graph.output, output_names)}
     # The initializers' order is not stable from one process to the next (a depthwise kernel's
     # reshaped copies come out in hash order), the nodes' order is: constants are numbered, and
-    # all initializers sorted, by the node that first reads them.
-    first_use: dict[str, int] = {}
+    # all initializers sorted, by the node (and input slot) that first reads them.
+    first_use: dict[str, tuple[int, int]] = {}
     for i, node in enumerate(graph.node):
-        for name in node.input:
-            first_use.setdefault(name, i)
-    inits = sorted(graph.initializer, key=lambda t: (first_use.get(t.name, len(graph.node)),
-                                                     t.name))
+        for j, name in enumerate(node.input):
+            first_use.setdefault(name, (i, j))
+    unused = (len(graph.node), 0)
+    inits = sorted(graph.initializer, key=lambda t: (*first_use.get(t.name, unused), t.name))
     for i, init in enumerate(inits):
         if re.search(r"__\d+", init.name):  # a tf2onnx-made constant such as const_axes__48
             rename[init.name] = f"c{i}"
