@@ -145,7 +145,7 @@ def _backbone() -> keras.Model:
 
 
 def build_backbone(seed: int = 0, face_output: bool = False) -> keras.Model:
-    """The face detector's backbone (about 56k parameters, pretrained) with a small head: a 3x3
+    """The face detector's backbone (about 35k parameters, pretrained) with a small head: a 3x3
     conv to 128 channels on its stride-32 output, global average pooling of that and of the
     stride-16 features, one sigmoid unit. Same augmentation as compact."""
     size = INPUT_SIZES["backbone"]
