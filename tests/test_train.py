@@ -305,9 +305,12 @@ def test_architectures() -> None:
     assert compact.count_params() < seed.count_params() / 50
 
 
-def test_backbone_starts_from_the_bundled_detectors_weights() -> None:
+def test_backbone_starts_from_the_bundled_detectors_weights(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
     """The backbone net takes the compact net's input and starts from the bundled (sha256-checked)
-    detector's backbone weights, layer for layer; its head is new."""
+    detector's backbone weights, layer for layer; its head is new. A detector folder given by
+    $MASKBATCH_DETECTOR_MODEL is named by its own path."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("onnx")
     from maskbatch.train.architectures import INPUT_SIZES, build_model, pretrained_backbone
@@ -328,6 +331,12 @@ def test_backbone_starts_from_the_bundled_detectors_weights() -> None:
             else kernel.transpose(2, 3, 1, 0)
         np.testing.assert_array_equal(layer.get_weights()[0], kernel)
     assert pretrained_backbone()["sha256"] == read_tuned_card()[1]["onnx_sha256"]
+    assert pretrained_backbone()["file"] == "maskbatch/models/detector.onnx"
+    elsewhere = tmp_path / "detector"
+    shutil.copytree(read_tuned_card()[0].parent, elsewhere,
+                    ignore=shutil.ignore_patterns("model*"))
+    monkeypatch.setenv("MASKBATCH_DETECTOR_MODEL", str(elsewhere))
+    assert pretrained_backbone()["file"] == str((elsewhere / "detector.onnx").resolve())
 
 
 def test_short_real_training_run_writes_everything(tiny_model: tuple[str, dict]) -> None:

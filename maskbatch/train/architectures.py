@@ -14,7 +14,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-ARCHITECTURES = ("compact", "seed", "backbone")
+from maskbatch.train import ARCHITECTURES
+
 INPUT_SIZES = {"compact": 124, "seed": 124, "backbone": 124}
 DESCRIPTIONS = {
     "seed": "seed notebook CNN: Conv32(same)-Conv64-Conv128 3x3, MaxPool2, Dropout.25, Flatten, "
@@ -124,17 +125,21 @@ BACKBONE_INPUTS = ("conv_backbone_model4_conv1_conv1", "conv_neck_lateral_convs_
 
 
 def pretrained_backbone() -> dict[str, str]:
-    """Where the backbone's starting weights come from: the bundled detector, sha256-checked."""
-    from maskbatch.yunet import read_tuned_card
+    """Where the backbone's starting weights come from: the fine-tuned detector that
+    ``read_tuned_card`` finds (the bundled one, or $MASKBATCH_DETECTOR_MODEL's), sha256-checked;
+    the bundled file is named by its place in the package."""
+    from maskbatch.yunet import read_tuned_card, tuned_dir
 
     path, card = read_tuned_card()
-    return {"file": f"maskbatch/models/{path.name}", "sha256": card["onnx_sha256"],
-            "licence": card["starting_weights"]["licence"]}
+    bundled = path.resolve().parent == tuned_dir()
+    return {"file": f"maskbatch/models/{path.name}" if bundled else str(path.resolve()),
+            "sha256": card["onnx_sha256"], "licence": card["starting_weights"]["licence"]}
 
 
 def _backbone() -> keras.Model:
-    """The bundled detector's backbone: (N, S, S, 3) BGR 0..255 -> the inputs of the layers named
-    in BACKBONE_INPUTS (its stride-16 and stride-32 features, 64 channels each), all trainable."""
+    """The fine-tuned detector's backbone (pretrained_backbone says which file): (N, S, S, 3) BGR
+    0..255 -> the inputs of the layers named in BACKBONE_INPUTS (its stride-16 and stride-32
+    features, 64 channels each), all trainable."""
     from maskbatch.train.yunet_graph import build_keras
     from maskbatch.yunet import read_tuned_card
 

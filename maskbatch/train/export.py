@@ -58,16 +58,11 @@ def _canonical_names(proto: object, output_names: list[str]) -> None:
         for j, name in enumerate(node.input):
             first_use.setdefault(name, (i, j))
     unused = (len(graph.node), 0)
-    inits = sorted(graph.initializer, key=lambda t: (*first_use.get(t.name, unused), t.name))
-    for i, init in enumerate(inits):
+    graph.initializer.sort(key=lambda t: (*first_use.get(t.name, unused), t.name))
+    for i, init in enumerate(graph.initializer):
         if re.search(r"__\d+", init.name):  # a tf2onnx-made constant such as const_axes__48
             rename[init.name] = f"c{i}"
             init.name = f"c{i}"
-    ordered = [type(inits[0])() for _ in inits] if inits else []
-    for copy, init in zip(ordered, inits):
-        copy.CopyFrom(init)
-    del graph.initializer[:]
-    graph.initializer.extend(ordered)
     keep = {t.name for t in graph.input} | {t.name for t in graph.initializer}
     for i, node in enumerate(graph.node):
         node.input[:] = [rename.get(name, name) for name in node.input]
