@@ -8,11 +8,9 @@ splits it (committed split for medical-mask and voc-masks, grouped 20 % for othe
     python benchmarks/bench_classifier_sets.py /tmp/mb-x-medical-mask /tmp/mb-x-voc-masks \
         /tmp/mb-x-crops --models maskbatch/models /tmp/mb-model
 
-    python benchmarks/bench_classifier_sets.py <the same three folders> /tmp/mb-d-medical-mask \
-        /tmp/mb-d-voc-masks --part tune --models maskbatch/models /tmp/mb-model
+    python benchmarks/bench_classifier_sets.py <the same three folders> --part tune \
+        --models maskbatch/models /tmp/mb-model
 
-Folders of `extract --detector-crops` add rows "<set> (detector boxes)": the faces as the job
-frames them (they take their photo's part, and leave the other crops' parts as they were).
 onnxruntime only (no TensorFlow); each model at its own card's threshold (and at 0.5), with the
 log loss. Prints one markdown table; results in docs/classifier.md.
 """
@@ -50,7 +48,7 @@ def main() -> None:
     df = pd.concat(frames, ignore_index=True)
     parts = tdata.assign_parts(df, seed=args.seed)
     val = df[parts == args.part].reset_index(drop=True)
-    group = val["set"].where(~tdata.is_detector_crop(val), val["set"] + " (detector boxes)")
+    group = val["set"]
     rows = []
     for folder in args.models:
         classifier = Classifier(*read_model(folder))

@@ -9,8 +9,6 @@ __version__ = "0.1.0"
 
 CLASS_NAMES = ("face_with_mask", "face_no_mask")
 MASK, NO_MASK = CLASS_NAMES
-# Label of background crops (`extract --negatives`): what the detector fires on that is no face.
-NOT_FACE = "not_face"
 
 
 def predict(*args, **kwargs):  # noqa: ANN002, ANN003 - thin re-export, see maskbatch.api.predict

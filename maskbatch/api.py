@@ -18,7 +18,6 @@ import pandas as pd
 from maskbatch import (
     MASK,
     NO_MASK,
-    NOT_FACE,
     __version__,
     cluster,
     coco,
@@ -34,12 +33,7 @@ from maskbatch.classify import Classifier, ModelRef, default_model_dir, read_mod
 from maskbatch.config import CROP_SIZE, ClusterConfig, DetectorConfig, InputLimits
 from maskbatch.datasets import load_records, parse_label_map, splits
 from maskbatch.errors import MaskbatchError
-from maskbatch.pipeline import (
-    detector_crops_config,
-    extract_partition,
-    negatives_detector,
-    predict_partition,
-)
+from maskbatch.pipeline import extract_partition, predict_partition
 
 # --------------------------------------------------------------------------- shared
 
@@ -100,12 +94,10 @@ class ExtractResult:
     files: list[str] = field(default_factory=list)
 
 
-def _extract_and_write(pairs: list, label_map: dict, crop_size: int, out_dir: str,
-                       negatives: DetectorConfig | None = None,
-                       detector_crops: DetectorConfig | None = None) -> pd.DataFrame:
+def _extract_and_write(pairs: list, label_map: dict, crop_size: int, out_dir: str) -> pd.DataFrame:
     """Worker side: crop a partition, write its crops shard itself, return only the manifest."""
     records = [record for _, record in pairs]
-    crops, manifest = extract_partition(records, label_map, crop_size, negatives, detector_crops)
+    crops, manifest = extract_partition(records, label_map, crop_size)
     if len(crops):
         shard = files.join(out_dir, "crops", _part_name([r.name for r in records]) + ".parquet")
         output.write_parquet_atomic(crops, shard)
@@ -125,26 +117,12 @@ def _extract_poisoned(pairs: list, attempts: int) -> pd.DataFrame:
 def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: str = "auto",
             label_map: list[str] | None = None, crop_size: int = CROP_SIZE,
             cluster_config: ClusterConfig = ClusterConfig(), overwrite: bool = False,
-            split: str | None = None, negatives: str | None = None,
-            detector_crops: str | None = None) -> ExtractResult:
+            split: str | None = None) -> ExtractResult:
     """Crop every labelled face of a dataset folder into Parquet shards, in parallel on Dask.
 
     `split` ('train' or 'val') keeps only the photos of that part of the committed split of the
     dataset named by the folder's last component (maskbatch.datasets.splits).
-    `negatives`: a detector mode; also crop the background boxes it finds (label not_face,
-    maskbatch.pipeline.background_boxes), for a classifier with a face / not-face output.
-    `detector_crops`: a detector mode; also crop the boxes it finds on labelled faces, labelled
-    with the face's class (maskbatch.pipeline.matched_detector_boxes): the faces as inference
-    frames them, as extra training crops.
     """
-    negatives_config = crops_config = None
-    for mode in (negatives, detector_crops):
-        if mode is not None:
-            detect.get_mode(mode)  # an unknown mode: one clear error before any work
-    if negatives is not None:
-        negatives_config = negatives_detector(negatives)
-    if detector_crops is not None:
-        crops_config = detector_crops_config(detector_crops)
     mapping = parse_label_map(label_map)
     records = load_records(dataset, layout, annotations)
     if split is not None:
@@ -154,9 +132,7 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
                              + (f" in the {split} split" if split else ""))
     _prepare_out_dir(out_dir, overwrite)
     output.write_json_atomic({"command": "extract", "dataset": dataset, "version": __version__,
-                              "crop_size": crop_size, "label_map": mapping, "split": split,
-                              "negatives": negatives_config and negatives_config.as_dict(),
-                              "detector_crops": crops_config and crops_config.as_dict()},
+                              "crop_size": crop_size, "label_map": mapping, "split": split},
                              files.join(out_dir, "run.json"))
     started = time.perf_counter()
     manifests: dict[int, pd.DataFrame] = {}
@@ -168,8 +144,7 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
             lambda pairs, m: manifests.__setitem__(pairs[0][0], m),
             on_poison=_extract_poisoned, total_items=len(records),
             progress=cluster_config.progress, label="extract", label_map=mapping,
-            crop_size=crop_size, out_dir=out_dir, negatives=negatives_config,
-            detector_crops=crops_config)
+            crop_size=crop_size, out_dir=out_dir)
     seconds = time.perf_counter() - started
     manifest = pd.concat([manifests[i] for i in sorted(manifests)], ignore_index=True)
     output.write_parquet_atomic(manifest, files.join(out_dir, "manifest.parquet"))
@@ -193,10 +168,8 @@ def _class_count_plot(counts: dict[str, int], dataset: str, url: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    labels = [MASK, NO_MASK] + ([NOT_FACE] if counts.get(NOT_FACE) else [])
-    values = [counts.get(label, 0) for label in labels]
-    bars = ax.bar(["mask", "no mask", "not a face"][:len(labels)], values,
-                  color=["#3cb43c", "#e62828", "#888888"][:len(labels)])
+    values = [counts.get(label, 0) for label in (MASK, NO_MASK)]
+    bars = ax.bar(["mask", "no mask"], values, color=["#3cb43c", "#e62828"])
     ax.bar_label(bars)
     ax.set_ylabel("face crops")
     ax.set_title(f"Crops per class: {Path(dataset.rstrip('/')).name}")

@@ -120,35 +120,16 @@ class Classifier:
             onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
-        # by name: a model with further outputs (e.g. a face score) still gives P(mask) here
+        # by name: a model with further outputs still gives P(mask) here
         self.output_name = str(card.get("output_name") or self.session.get_outputs()[0].name)
-        # the reject option: a second output P(face), and the card's threshold under which a
-        # detected box is no face (None: a mask-only model, every box is a face)
-        self.face_output = card.get("face_output")
-        self.face_threshold = float(card.get("face_threshold", 0.0)) if self.face_output else None
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """P(face wears a mask) for a preprocessed batch, shape (N,)."""
-        return self.predict_faces(batch)[0]
-
-    def predict_faces(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(P(face wears a mask), P(it is a face at all)) for a preprocessed batch, each (N,), in
-        one onnxruntime call. A model without a face output gives P(face) = 1."""
+        """P(face wears a mask) for a preprocessed batch, shape (N,), in one onnxruntime call."""
         n = len(batch)
         if n == 0:
-            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
-        names = [self.output_name] + ([self.face_output] if self.face_output else [])
-        outs = self.session.run(names, {self.input_name: batch})
-        mask = np.asarray(outs[0], dtype=np.float32).reshape(n)
-        face = (np.asarray(outs[1], dtype=np.float32).reshape(n) if self.face_output
-                else np.ones(n, dtype=np.float32))
-        return mask, face
-
-    def is_face(self, face_prob: np.ndarray) -> np.ndarray:
-        """Which boxes the face output keeps (all of them without one)."""
-        if self.face_threshold is None:
-            return np.ones(len(face_prob), dtype=bool)
-        return face_prob >= self.face_threshold
+            return np.zeros(0, dtype=np.float32)
+        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return np.asarray(out, dtype=np.float32).reshape(n)
 
     def mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """P(mask) for BGR crops of any size, in one onnxruntime call."""

@@ -150,14 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val"],
                    help="only the photos of this part of the committed split of the dataset named "
                         "by the folder's last component (medical-mask, voc-masks)")
-    p.add_argument("--negatives", nargs="?", const="tuned", metavar="MODE",
-                   help="also crop the background boxes this detector mode (default: tuned) "
-                        "finds away from every labelled box, labelled not_face: training data "
-                        "for the classifier's face / not-face output")
-    p.add_argument("--detector-crops", nargs="?", const="tuned", metavar="MODE",
-                   help="also crop the boxes this detector mode (default: tuned) finds on each "
-                        "labelled face (IoU >= 0.5), labelled with the face's class: faces framed "
-                        "as the job frames them, as extra training crops")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     _add_cluster_args(p, partition_default=32)
 
@@ -174,9 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, help="maximum epochs (default: per arch)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--members", type=_positive_int, metavar="N",
-                   help="train N nets of each architecture (seeds SEED..SEED+N-1, same data and "
-                        "parts) and export their average as one model (default: 1)")
     p.add_argument("--eval-crops", metavar="CROPS",
                    help="crops of another dataset for cross-dataset accuracy (never trained on)")
     p.add_argument("--threads", type=_positive_int, metavar="N",
@@ -277,8 +266,7 @@ def _run(args: argparse.Namespace) -> None:
         result = extract(args.dataset, args.out, layout=args.layout, annotations=args.annotations,
                          label_map=args.label_map, crop_size=args.crop_size,
                          cluster_config=_cluster_config(args), overwrite=args.overwrite,
-                         split=args.split, negatives=args.negatives,
-                         detector_crops=args.detector_crops)
+                         split=args.split)
         print(extract_table(result))
     elif args.command == "predict":
         from maskbatch.api import predict
@@ -302,7 +290,7 @@ def _run(args: argparse.Namespace) -> None:
 
         card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops,
-                     threads=args.threads, members=args.members)
+                     threads=args.threads)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":
         from maskbatch.train import train_detector

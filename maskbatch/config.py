@@ -14,7 +14,6 @@ class DetectorConfig:
     mode: str = "tuned"  # chosen in docs/detector-modes.md; "seed" = the notebook's detector
     confidence: float | None = None  # None: the mode's own tuned threshold
     gamma: float = 2.0  # applied to the detector's input only
-    nms_iou: float = 0.3
     # Faces whose shorter side is under this many pixels are dropped. 99 % of the labelled faces in
     # voc-masks (the small-face set) and all of medical-mask's are at least 5 px; below that the
     # detectors find noise (a 20000x50 noise strip gave a 3x5 px "face" at score 1.00).

@@ -79,12 +79,12 @@ BOX_FIT = {
 
 @dataclass(frozen=True)
 class Mode:
-    """A detection strategy: its passes, merged with NMS, and its tuned confidence threshold."""
+    """A detection strategy: its one pass over the photo and its tuned confidence threshold."""
 
     name: str
     confidence: float
     description: str
-    passes: tuple[Pass, ...] = (GLOBAL,)
+    scan: Pass = GLOBAL
     tighten: bool = False
     gamma: bool = True  # the detector input gets config.gamma (the notebook's gamma is for res10)
 
@@ -97,10 +97,10 @@ MODES: dict[str, Mode] = {
     "tuned": Mode("tuned", TUNED_THRESHOLD, "one pass of YuNet fine-tuned on the labelled "
                   "masked-face photos (maskbatch train-detector) at about 440k pixels (aspect "
                   "kept, at most 2x enlarged), no gamma",
-                  (Pass(area=440_000, net="tuned"),), gamma=False),
+                  Pass(area=440_000, net="tuned"), gamma=False),
     "yunet": Mode("yunet", 0.65, "one pass of the pretrained YuNet small-face detector at about "
                   "440k pixels (aspect kept, at most 2x enlarged), no gamma; boxes tightened",
-                  (Pass(area=440_000, net="yunet"),), tighten=True, gamma=False),
+                  Pass(area=440_000, net="yunet"), tighten=True, gamma=False),
     "seed": Mode("seed", 0.2, "the notebook: one res10 300x300 pass over the gamma-corrected photo"),
 }
 
@@ -177,27 +177,6 @@ def to_pixels(rel: np.ndarray, width: int, height: int) -> np.ndarray:
     return px
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
-    if len(boxes) == 0:
-        return np.zeros(0, dtype=int)
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    areas = (x2 - x1) * (y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while len(order):
-        i = order[0]
-        keep.append(i)
-        xx1 = np.maximum(x1[i], x1[order[1:]])
-        yy1 = np.maximum(y1[i], y1[order[1:]])
-        xx2 = np.minimum(x2[i], x2[order[1:]])
-        yy2 = np.minimum(y2[i], y2[order[1:]])
-        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-        overlap = inter / np.maximum(areas[i] + areas[order[1:]] - inter, 1e-9)
-        order = order[1:][overlap <= iou]
-    return np.array(keep, dtype=int)
-
-
 def get_mode(name: str) -> Mode:
     """The mode called `name`, or a MaskbatchError listing the modes there are."""
     if name not in MODES:
@@ -208,11 +187,11 @@ def get_mode(name: str) -> Mode:
 def load_mode(name: str) -> None:
     """Load (once per process) and verify every net the mode uses: fails early and clearly on a
     missing or corrupt weights file or an OpenCV that cannot run it."""
-    for spec in get_mode(name).passes:
-        if spec.net in yunet.NETS:
-            yunet.load_yunet(spec.net)
-        else:
-            load_detector()
+    spec = get_mode(name).scan
+    if spec.net in yunet.NETS:
+        yunet.load_yunet(spec.net)
+    else:
+        load_detector()
 
 
 def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
@@ -228,7 +207,7 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     threshold = mode.confidence if config.confidence is None else config.confidence
     height, width = image.shape[:2]
     lit = images.adjust_gamma(image, config.gamma) if mode.gamma else image
-    rel = _run_mode(net, lit, threshold, config, mode)
+    rel = _run_mode(net, lit, threshold, mode)
     px = to_pixels(rel, width, height)
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
     result = np.concatenate([px[keep].astype(np.float64), rel[keep, 4:5].astype(np.float64)], axis=1)
@@ -271,19 +250,11 @@ def tighten(rel: np.ndarray, fit: BoxFit = BOX_FIT["res10"]) -> np.ndarray:
     return out
 
 
-def _run_mode(net: cv2.dnn.Net | None, image: np.ndarray, threshold: float, config: DetectorConfig,
-              mode: Mode) -> np.ndarray:
-    """The passes of `mode`, tightened if it says so, merged with NMS at config.nms_iou.
-
-    `seed` (one 300x300 pass, no tightening, no NMS) comes out exactly as the notebook's loop.
-    """
-    found = []
-    for spec in mode.passes:
-        rel = _run_pass(net, image, spec, threshold)
-        found.append(tighten(rel, BOX_FIT[spec.net]) if mode.tighten else rel)
-    rel = np.concatenate(found)
-    rel = rel[(rel[:, 2] > rel[:, 0]) & (rel[:, 3] > rel[:, 1])]
-    if len(mode.passes) > 1:
-        rel = rel[nms(rel[:, :4], rel[:, 4], config.nms_iou)]
-    return rel
-
+def _run_mode(net: cv2.dnn.Net | None, image: np.ndarray, threshold: float, mode: Mode
+              ) -> np.ndarray:
+    """The pass of `mode`, tightened if it says so; `seed` (one 300x300 pass, no tightening)
+    comes out exactly as the notebook's loop."""
+    rel = _run_pass(net, image, mode.scan, threshold)
+    if mode.tighten:
+        rel = tighten(rel, BOX_FIT[mode.scan.net])
+    return rel[(rel[:, 2] > rel[:, 0]) & (rel[:, 3] > rel[:, 1])]

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from maskbatch import NOT_FACE, detect, images
+from maskbatch import detect, images
 from maskbatch.classify import ModelRef, fit_crop, get_classifier, preprocess
 from maskbatch.config import CROP_SIZE, DetectorConfig, InputLimits
 from maskbatch.datasets import FaceBox, ImageRecord
@@ -27,17 +27,12 @@ from maskbatch.output import (
 # --------------------------------------------------------------------------- extraction
 
 
-def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: int = CROP_SIZE,
-                   negatives: DetectorConfig | None = None,
-                   detector_crops: DetectorConfig | None = None) -> tuple[list[dict], dict]:
+def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: int = CROP_SIZE
+                   ) -> tuple[list[dict], dict]:
     """Crops (rows with PNG bytes) of one annotated image, and its manifest row.
 
     The image is decoded once, whatever its number of faces. Boxes are clipped to the image;
     a box that is broken, empty after clipping or not a training label is skipped with a reason.
-    `negatives`: also crop what that detector finds away from every annotated box (label
-    NOT_FACE, see :func:`background_boxes`): the examples a face / not-face output learns from.
-    `detector_crops`: also crop the boxes that detector finds on a labelled face, labelled with
-    that face's class (see :func:`matched_detector_boxes`): faces framed as inference frames them.
     """
     started = time.perf_counter()
     row = {"image": record.name, "path": record.path, "source_dataset": record.dataset,
@@ -83,35 +78,7 @@ def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: in
     if not crops:
         row.update(status="skipped",
                    reason="no usable box" + (f" ({skipped[0]})" if skipped else " (no annotations)"))
-    elif record.whole_image_label is None:
-        if negatives is not None:
-            crops.extend(_background_crops(record, image, negatives, crop_size))
-        if detector_crops is not None:
-            crops.extend(_detector_crops(record, image, detector_crops, label_map, crop_size))
     return crops, _finish(row, started)
-
-
-def _detector_crops(record: ImageRecord, image: np.ndarray, detector: DetectorConfig,
-                    label_map: dict[str, str], crop_size: int) -> list[dict]:
-    """Crop rows of :func:`matched_detector_boxes`, each labelled with its face's class."""
-    labelled = [(index, box) for index, box in enumerate(record.boxes)
-                if box.problem is None and label_map.get(box.classname) is not None]
-    annotated = np.array([(b.x1, b.y1, b.x2, b.y2) for _, b in labelled],
-                         dtype=float).reshape(-1, 4)
-    rows = []
-    for k, (box, match) in enumerate(matched_detector_boxes(image, annotated, detector)):
-        index, face = labelled[match]
-        rows.append(_crop_row(record, image, box, crop_size, f"{record.name}{DETECTOR_CROP}{k}",
-                              label_map[face.classname], face.classname, index))
-    return rows
-
-def _background_crops(record: ImageRecord, image: np.ndarray, detector: DetectorConfig,
-                      crop_size: int) -> list[dict]:
-    """Crop rows (label NOT_FACE) of :func:`background_boxes` in an annotated photo."""
-    annotated = np.array([(b.x1, b.y1, b.x2, b.y2) for b in record.boxes if b.problem is None],
-                         dtype=float).reshape(-1, 4)
-    return [_crop_row(record, image, box, crop_size, f"{record.name}#bg{k}", NOT_FACE, "", -1 - k)
-            for k, box in enumerate(background_boxes(image, annotated, detector))]
 
 
 def _crop_row(record: ImageRecord, image: np.ndarray, box: tuple[int, int, int, int],
@@ -127,83 +94,17 @@ def _crop_row(record: ImageRecord, image: np.ndarray, box: tuple[int, int, int, 
             "pixel_hash": images.pixel_hash(face)}
 
 
-# Background boxes: what the detector fires on at least NEGATIVE_IOU away from every annotated box
-# (any class: a mask worn wrong is no background), the NEGATIVES_PER_PHOTO highest-scoring.
-NEGATIVE_IOU = 0.3
-NEGATIVES_PER_PHOTO = 8
-NEGATIVE_CONFIDENCE = 0.1
-
-
-def negatives_detector(mode: str = "tuned") -> DetectorConfig:
-    """The detector setting `extract --negatives` mines background boxes with."""
-    return DetectorConfig(mode=mode, confidence=NEGATIVE_CONFIDENCE)
-
-
-def background_boxes(image: np.ndarray, annotated: np.ndarray, detector: DetectorConfig
-                     ) -> list[tuple[int, int, int, int]]:
-    """Integer boxes (left, top, right, bottom) the detector finds in `image` that overlap no
-    annotated box (IoU < NEGATIVE_IOU), best score first, at most NEGATIVES_PER_PHOTO."""
-    found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
-    if not len(found):
-        return []
-    if len(annotated):
-        from maskbatch.evaluate import iou_matrix
-
-        found = found[iou_matrix(found[:, :4], annotated).max(axis=1) < NEGATIVE_IOU]
-    height, width = image.shape[:2]
-    boxes = []
-    for x1, y1, x2, y2, _ in found[:NEGATIVES_PER_PHOTO]:
-        clipped = images.clip_box((int(x1), int(y1), int(x2), int(y2)), width, height)
-        if clipped is not None:
-            boxes.append(clipped)
-    return boxes
-
-
-# Detector crops: a box the detector finds (at the mode's own threshold, as inference runs it)
-# with IoU >= MATCH_IOU to a labelled face (the scorer's hit rule) is that face, framed as the
-# classifier will see it at inference. Their crop ids end in DETECTOR_CROP + a number.
-MATCH_IOU = 0.5
-DETECTOR_CROP = "#det"
-
-
-def detector_crops_config(mode: str = "tuned") -> DetectorConfig:
-    """The detector setting `extract --detector-crops` crops with: the mode's own threshold."""
-    return DetectorConfig(mode=mode)
-
-
-def matched_detector_boxes(image: np.ndarray, annotated: np.ndarray, detector: DetectorConfig
-                           ) -> list[tuple[tuple[int, int, int, int], int]]:
-    """(integer box, index of its labelled box) for each box the detector finds in `image` whose
-    best IoU with an `annotated` box is at least MATCH_IOU, best score first."""
-    found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
-    if not len(found) or not len(annotated):
-        return []
-    from maskbatch.evaluate import iou_matrix
-
-    iou = iou_matrix(found[:, :4], annotated)
-    best = iou.argmax(axis=1)
-    height, width = image.shape[:2]
-    matched = []
-    for (x1, y1, x2, y2, _), match, overlap in zip(found, best, iou.max(axis=1)):
-        clipped = images.clip_box((int(x1), int(y1), int(x2), int(y2)), width, height)
-        if overlap >= MATCH_IOU and clipped is not None:
-            matched.append((clipped, int(match)))
-    return matched
-
-
 def _finish(row: dict, started: float) -> dict:
     row["seconds"] = round(time.perf_counter() - started, 4)
     return row
 
 
 def extract_partition(records: list[ImageRecord], label_map: dict[str, str],
-                      crop_size: int = CROP_SIZE, negatives: DetectorConfig | None = None,
-                      detector_crops: DetectorConfig | None = None
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      crop_size: int = CROP_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Crops and manifest rows of a list of records, as two DataFrames."""
     crop_rows, manifest_rows = [], []
     for record in records:
-        crops, row = extract_record(record, label_map, crop_size, negatives, detector_crops)
+        crops, row = extract_record(record, label_map, crop_size)
         crop_rows.extend(crops)
         manifest_rows.append(row)
     return (pd.DataFrame(crop_rows, columns=CROP_COLUMNS),
@@ -263,20 +164,17 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
         boxes_per_image.append(found)
         manifest.append(_finish(row, started))
     started = time.perf_counter()
-    probs, face_probs = classifier.predict_faces(preprocess(faces, classifier.input_size))
+    probs = classifier.predict_batch(preprocess(faces, classifier.input_size))
     labels = classifier.label(probs)
-    kept = classifier.is_face(face_probs)
     share = (time.perf_counter() - started) / max(len(items), 1)
     rows, k = [], 0
     for row, found in zip(manifest, boxes_per_image):
         row["seconds"] = round(row["seconds"] + share, 4)
         for x1, y1, x2, y2, score in found:
-            if kept[k]:  # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
-                rows.append((row["name"], int(x1), int(y1), int(x2), int(y2), labels[k],
-                             float(score), float(probs[k]), row["width"], row["height"],
-                             classifier.sha256))
-            else:  # the classifier's face output says no face: the box is no detection
-                row["n_faces"] -= 1
+            # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
+            rows.append((row["name"], int(x1), int(y1), int(x2), int(y2), labels[k],
+                         float(score), float(probs[k]), row["width"], row["height"],
+                         classifier.sha256))
             k += 1
     detections = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
     return detections, pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)

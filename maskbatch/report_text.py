@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from maskbatch import MASK, NO_MASK, NOT_FACE
+from maskbatch import MASK, NO_MASK
 from maskbatch.api import ExtractResult, PredictResult, summary
 
 
 def extract_table(result: ExtractResult) -> str:
     m = result.manifest
-    background = any(counts.get(NOT_FACE) for counts in result.counts.values())
     lines = [f"{'dataset':<12}{'images':>8}{'ok':>7}{'skipped':>9}{'failed':>8}"
-             f"{'mask':>8}{'no_mask':>9}" + (f"{'not_face':>10}" if background else "")
-             + f"{'dup':>6}"]
+             f"{'mask':>8}{'no_mask':>9}{'dup':>6}"]
     for dataset, counts in result.counts.items():
         name = dataset.rstrip("/").rsplit("/", 1)[-1][:11]
         lines.append(f"{name:<12}{len(m):>8}{(m.status == 'ok').sum():>7}"
                      f"{(m.status == 'skipped').sum():>9}{(m.status == 'failed').sum():>8}"
                      f"{counts.get(MASK, 0):>8}{counts.get(NO_MASK, 0):>9}"
-                     + (f"{counts.get(NOT_FACE, 0):>10}" if background else "")
-                     + f"{result.duplicates:>6}")
+                     f"{result.duplicates:>6}")
     rate = len(m) / result.seconds if result.seconds else 0.0
     lines.append(f"{result.crops} crops in {result.seconds:.1f}s ({rate:.1f} images/s) -> "
                  f"{result.out_dir}/crops/, manifest.parquet, class_counts.png")

@@ -331,7 +331,7 @@ def detector_card(config: DetectorConfig) -> dict:
     from maskbatch import detect, yunet
 
     mode = detect.get_mode(config.mode)
-    nets = {p.net for p in mode.passes}
+    nets = {mode.scan.net}
     weights = []
     if "tuned" in nets:
         path, card = yunet.read_tuned_card()
@@ -349,9 +349,7 @@ def detector_card(config: DetectorConfig) -> dict:
         "confidence": config.confidence if config.confidence is not None else mode.confidence,
         "confidence_source": "--confidence" if config.confidence is not None else "the mode's own",
         "gamma": config.gamma if mode.gamma else "none (the photo as it is)",
-        "passes": len(mode.passes),
         "boxes_tightened": mode.tighten,
-        "nms_iou": config.nms_iou,
         "weights": "; ".join(weights),
     }
 

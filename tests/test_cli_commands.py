@@ -95,7 +95,7 @@ def test_predict_command_with_model_mode_gamma_and_file_urls(data: Path, tmp_pat
     assert proc.returncode == 0, proc.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["model_sha256"] == sha
-    assert run["detector"] == {"mode": "seed", "confidence": None, "gamma": 1.5, "nms_iou": 0.3,
+    assert run["detector"] == {"mode": "seed", "confidence": None, "gamma": 1.5,
                                "min_face": 5}
     det = pd.read_parquet(out / "detections.parquet")
     assert len(det) > 0 and (det["model_sha256"] == sha).all()

@@ -195,23 +195,7 @@ def test_forward_clips_and_drops() -> None:
     assert (rel[:, :4] >= 0).all() and (rel[:, :4] <= 1).all()
 
 
-# --------------------------------------------------------------------------- NMS and helpers
-
-
-def test_nms_on_hand_made_boxes() -> None:
-    boxes = np.array([
-        [0, 0, 10, 10],  # 0
-        [1, 0, 11, 10],  # 1: IoU 90/110 = 0.82 with 0
-        [6, 0, 16, 10],  # 2: IoU 40/160 = 0.25 with 0, 50/150 = 0.33 with 1
-        [20, 20, 30, 30],  # 3: overlaps nothing
-    ], dtype=float)
-    scores = np.array([0.9, 0.8, 0.7, 0.95])
-    # greedy: 1 goes (under 0), so it cannot remove 2; best score first
-    assert detect.nms(boxes, scores, 0.3).tolist() == [3, 0, 2]
-    assert detect.nms(boxes, scores, 0.25).tolist() == [3, 0, 2]  # kept at IoU == threshold
-    assert detect.nms(boxes, scores, 0.2).tolist() == [3, 0]
-    assert detect.nms(boxes, scores, 0.9).tolist() == [3, 0, 1, 2]
-    assert detect.nms(np.zeros((0, 4)), np.zeros(0), 0.3).tolist() == []
+# --------------------------------------------------------------------------- pass size and box fit
 
 
 def test_pass_size_keeps_the_aspect_ratio_and_caps_enlargement() -> None:

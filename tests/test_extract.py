@@ -196,52 +196,6 @@ def test_split_keeps_only_that_parts_photos(data, tmp_path):
     assert run["split"] == "val"
 
 
-def test_negatives_are_cropped_on_the_cluster_and_recorded(data, tmp_path):
-    """`extract --negatives`: not_face crops beside the faces (at most 8 a photo, from photos
-    whose faces were cropped), counted in the summary, the detector setting in run.json."""
-    threads = ClusterConfig(workers=1, threads_per_worker=2, processes=False, progress=False)
-    result = extract(str(data / "voc-masks"), str(tmp_path / "n"), cluster_config=threads,
-                     split="val", negatives="tuned")
-    crops = read_crops(str(tmp_path / "n"), columns=["label", "source_image", "box_index"])
-    background = crops[crops["label"] == "not_face"]
-    assert len(background) > 20 and (background["box_index"] < 0).all()
-    assert background.groupby("source_image").size().max() <= 8
-    ok = set(result.manifest.loc[result.manifest["status"] == "ok", "image"])
-    assert set(background["source_image"]) <= ok
-    assert result.counts[str(data / "voc-masks")]["not_face"] == len(background)
-    run = json.loads((tmp_path / "n" / "run.json").read_text())
-    assert run["negatives"]["mode"] == "tuned" and run["negatives"]["confidence"] == 0.1
-
-
-def test_detector_crops_are_labelled_faces_framed_by_the_detector(data, tmp_path):
-    """`extract --detector-crops`: beside each labelled crop, the detector's boxes that hit a
-    labelled face (IoU >= 0.5), carrying that face's label, box index and class; run.json says
-    which detector setting cut them (the mode's own threshold, as predict runs it)."""
-    from maskbatch.evaluate import iou_matrix
-    from maskbatch.pipeline import MATCH_IOU
-
-    threads = ClusterConfig(workers=1, threads_per_worker=2, processes=False, progress=False)
-    extract(str(data / "voc-masks"), str(tmp_path / "d"), cluster_config=threads, split="val",
-            detector_crops="tuned")
-    crops = read_crops(str(tmp_path / "d"))
-    found = crops[crops["crop_id"].str.contains("#det")]
-    labelled = crops[~crops["crop_id"].str.contains("#det")]
-    assert len(found) > 0.7 * len(labelled) and set(found["label"]) == {MASK, NO_MASK}
-    truth = {r.name: r.boxes for r in load_records(str(data / "voc-masks"))}
-    for row in found.itertuples():
-        face = truth[row.source_image][row.box_index]
-        assert DEFAULT_LABEL_MAP[face.classname] == row.label
-        assert row.source_classname == face.classname
-        iou = iou_matrix([(row.x1, row.y1, row.x2, row.y2)], [(face.x1, face.y1, face.x2, face.y2)])
-        assert iou[0, 0] >= MATCH_IOU - 0.02  # integer rounding of the detector's box
-    # the labelled crops are still all there, and every detector crop is of a photo that has them
-    assert labelled["crop_id"].str.fullmatch(r".*#\d+").all() and len(labelled) > 100
-    assert set(found["source_image"]) <= set(labelled["source_image"])
-    run = json.loads((tmp_path / "d" / "run.json").read_text())
-    assert run["detector_crops"]["mode"] == "tuned" and run["detector_crops"]["confidence"] is None
-    assert run["negatives"] is None
-
-
 @pytest.mark.parametrize("args, message", [
     (["extract", "{crops}", "--out", "x", "--split", "val"], "no committed split for dataset 'crops'"),
     (["extract", "{data}", "--out", "x", "--split", "test"], "invalid choice"),
@@ -249,8 +203,6 @@ def test_detector_crops_are_labelled_faces_framed_by_the_detector(data, tmp_path
     (["extract", "{messy}", "--out", "x"], "unknown dataset layout"),
     (["extract", "{data}", "--out", "x", "--workers", "0"], "must be at least 1"),
     (["extract", "{data}", "--out", "x", "--label-map", "a=b"], "--label-map target"),
-    (["extract", "{data}", "--out", "x", "--negatives", "fastest"], "unknown detector mode"),
-    (["extract", "{data}", "--out", "x", "--detector-crops", "fast"], "unknown detector mode"),
     (["evaluate", "--truth", "{data}", "--pred", "x", "--resamples", "-1"], "must be 0 or more"),
     (["predict", "/no/such/folder", "--out", "x"], "images folder not found"),
     (["predict", "{messy}", "--out", "x", "--confidence", "2"], "between 0 and 1"),

@@ -218,8 +218,8 @@ def test_tuned_mode_uses_the_cards_threshold_and_pass():
     _, card = yunet.read_tuned_card()
     mode = detect.MODES["tuned"]
     assert mode.confidence == card["threshold"]
-    assert mode.passes[0].area == card["pass"]["area"]
-    assert mode.passes[0].max_upscale == card["pass"]["max_upscale"]
+    assert mode.scan.area == card["pass"]["area"]
+    assert mode.scan.max_upscale == card["pass"]["max_upscale"]
     assert detect.BOX_FIT["tuned"] == detect.BoxFit()  # trained on the labelled boxes: no fit
 
 

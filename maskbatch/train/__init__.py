@@ -34,14 +34,14 @@ def architecture_list(arch: str) -> list[str]:
             raise MaskbatchError(f"unknown architecture {name!r}; choose from "
                                  f"{', '.join(ARCHITECTURES)}, or join them with '+'")
     if len(set(names)) < len(names):
-        raise MaskbatchError(f"architecture {arch!r} names a net twice; use --members for seeds")
+        raise MaskbatchError(f"architecture {arch!r} names a net twice")
     return names
 
 
 def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
           epochs: int | None = None, batch_size: int = 32, seed: int = 0,
           eval_crops: str | None = None, limit: int | None = None,
-          threads: int | None = None, members: int | None = None) -> dict:
+          threads: int | None = None) -> dict:
     """Train a mask classifier on the crops of one or more extract folders; write a model folder.
 
     Each folder is a set (named by the dataset it was extracted from): a set with a committed
@@ -55,15 +55,15 @@ def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
     architecture's default (with early stopping); `eval_crops` is a second crops folder (e.g. from
     voc-masks) measured for cross-dataset accuracy, never trained on; `limit` trains on a seeded
     subset of about that many crops per set (whole source images). `arch` names one net or several
-    joined by '+'; `members` nets of each (seeds `seed`, `seed`+1, ...; same data and parts) are
-    trained and exported as one model that averages their outputs (None: 1).
+    joined by '+', trained on the same data and parts and exported as one model that averages
+    their outputs.
     """
     architecture_list(arch)
     require_tensorflow()
     from maskbatch.train.fit import run
 
     return run(crops_dir, out_dir, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
-               eval_crops=eval_crops, limit=limit, threads=threads, members=members)
+               eval_crops=eval_crops, limit=limit, threads=threads)
 
 
 def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,

@@ -94,7 +94,7 @@ def _conv(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTe
     return layers.ReLU()(x)
 
 
-def build_compact(seed: int = 0, face_output: bool = False) -> keras.Model:
+def build_compact(seed: int = 0) -> keras.Model:
     """A small all-convolutional net: about 0.29M parameters, about 43M multiply-adds per crop.
 
     Full 124 px input (the crops' own size: no second resize, fine detail kept) but a stride-2
@@ -111,9 +111,6 @@ def build_compact(seed: int = 0, face_output: bool = False) -> keras.Model:
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3, seed=seed)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
-    if face_output:  # the reject option: P(a face at all), from the same features
-        face = layers.Dense(1, activation="sigmoid", name="face_prob")(x)
-        return keras.Model(inputs, [outputs, face], name="compact")
     return keras.Model(inputs, outputs, name="compact")
 
 
@@ -149,7 +146,7 @@ def _backbone() -> keras.Model:
     return keras.Model(full.input, features, name="yunet_backbone")
 
 
-def build_backbone(seed: int = 0, face_output: bool = False) -> keras.Model:
+def build_backbone(seed: int = 0) -> keras.Model:
     """The face detector's backbone (about 35k parameters, pretrained) with a small head: a 3x3
     conv to 128 channels on its stride-32 output, global average pooling of that and of the
     stride-16 features, one sigmoid unit. Same augmentation as compact."""
@@ -163,9 +160,6 @@ def build_backbone(seed: int = 0, face_output: bool = False) -> keras.Model:
                               layers.GlobalAveragePooling2D()(head)])
     x = layers.Dropout(0.3, seed=seed)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
-    if face_output:
-        face = layers.Dense(1, activation="sigmoid", name="face_prob")(x)
-        return keras.Model(inputs, [outputs, face], name="backbone")
     return keras.Model(inputs, outputs, name="backbone")
 
 
@@ -176,31 +170,25 @@ AUGMENTATIONS = {"seed": NOTEBOOK_AUGMENTATION,
 
 
 def average_models(models: list[keras.Model], size: int) -> keras.Model:
-    """One model whose outputs are the means of `models`' outputs, named as theirs (an ensemble
-    of nets trained with different seeds; they are renamed member0, member1, ... since nested
-    models need unique names). Each member keeps its own augmentation layers: identity at
-    inference, so the exported graph is the members' inference graphs and a mean per output."""
+    """One model whose output is the mean of `models`' outputs, named as theirs (an ensemble
+    of nets; they are renamed member0, member1, ... since nested models need unique names). Each
+    member keeps its own augmentation layers: identity at inference, so the exported graph is the
+    members' inference graphs and their mean."""
     if len(models) == 1:
         return models[0]
     for i, member in enumerate(models):
         member.name = f"member{i}"
     inputs = keras.Input((size, size, 3), name="input")
-    outs = [m(inputs, training=False) for m in models]
-    per_output = list(zip(*outs)) if isinstance(outs[0], (list, tuple)) else [outs]
-    means = [layers.Average(name=name)(list(group))
-             for name, group in zip(models[0].output_names, per_output)]
-    return keras.Model(inputs, means if len(means) > 1 else means[0], name="ensemble")
+    mean = layers.Average(name=models[0].output_names[0])([m(inputs, training=False) for m in models])
+    return keras.Model(inputs, mean, name="ensemble")
 
 
-def build_model(arch: str, seed: int = 0, face_output: bool = False) -> keras.Model:
-    """A fresh, uncompiled model of architecture `arch` (one of ARCHITECTURES); `face_output`
-    (compact, backbone) adds a second sigmoid output, P(face), trained on not_face crops."""
+def build_model(arch: str, seed: int = 0) -> keras.Model:
+    """A fresh, uncompiled model of architecture `arch` (one of ARCHITECTURES)."""
     if arch == "seed":
-        if face_output:
-            raise ValueError("the seed architecture has no face output; use compact")
         return build_seed(seed)
     if arch == "compact":
-        return build_compact(seed, face_output)
+        return build_compact(seed)
     if arch == "backbone":
-        return build_backbone(seed, face_output)
+        return build_backbone(seed)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")

@@ -7,13 +7,12 @@ output, the function inference uses.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from maskbatch import CLASS_NAMES, MASK, NO_MASK, NOT_FACE
+from maskbatch import CLASS_NAMES, MASK, NO_MASK
 from maskbatch.classify import preprocess
 from maskbatch.errors import MaskbatchError
 
@@ -23,8 +22,7 @@ VAL_FRACTION = 0.2
 
 
 def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The labelled crops of an extract folder (face_with_mask / face_no_mask rows, and the
-    not_face background crops of `extract --negatives`).
+    """The labelled crops of an extract folder (face_with_mask / face_no_mask rows).
 
     `limit` keeps a seeded random subset of whole source images (for quick runs and tests).
     """
@@ -35,7 +33,7 @@ def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0) -> 
         raise MaskbatchError(
             f"no crops in {crops_dir} (expected crops/part-*.parquet from `maskbatch extract`)"
         )
-    df = df[df["label"].isin((*CLASS_NAMES, NOT_FACE))].reset_index(drop=True)
+    df = df[df["label"].isin(CLASS_NAMES)].reset_index(drop=True)
     if not df["label"].isin(CLASS_NAMES).any():
         raise MaskbatchError(f"{crops_dir} has no crops labelled {' or '.join(CLASS_NAMES)}")
     if limit is not None and limit < len(df):
@@ -159,8 +157,7 @@ class Arrays:
 
 
 def to_arrays(df: pd.DataFrame, size: int) -> Arrays:
-    """Decode the PNG face crops (not_face rows left out, see :func:`background_arrays`) and run
-    the shared preprocess()."""
+    """Decode the PNG face crops and run the shared preprocess()."""
     from maskbatch.pipeline import decode_crop
 
     df = df[df["label"].isin(CLASS_NAMES)]
@@ -170,20 +167,9 @@ def to_arrays(df: pd.DataFrame, size: int) -> Arrays:
     return Arrays(x, y, df.reset_index(drop=True))
 
 
-def background_arrays(df: pd.DataFrame, size: int) -> np.ndarray:
-    """preprocess() output of the not_face crops of `df` (empty when it has none)."""
-    from maskbatch.pipeline import decode_crop
-
-    crops = [decode_crop(png) for png in df.loc[df["label"] == NOT_FACE, "image"]]
-    return preprocess(crops, size)
-
-
 def class_counts(df: pd.DataFrame) -> dict[str, int]:
     counts = df["label"].value_counts()
-    result = {c: int(counts.get(c, 0)) for c in CLASS_NAMES}
-    if counts.get(NOT_FACE, 0):
-        result[NOT_FACE] = int(counts[NOT_FACE])
-    return result
+    return {c: int(counts.get(c, 0)) for c in CLASS_NAMES}
 
 
 # --------------------------------------------------------------------------- several sets
@@ -244,12 +230,7 @@ def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FR
     :func:`split_train_val`. A crop whose pixels equal a val crop of any set never trains.
     tune: a grouped share of what is left, for early stopping and the decision threshold, so
     that no number reported on val was tuned on it.
-    Detector crops (`extract --detector-crops`) take no part in choosing the parts: each goes to
-    its photo's part, so the labelled crops' parts are those of a run without them.
     """
-    follows = is_detector_crop(df)
-    if follows.any():
-        return _with_detector_crops(df, follows, seed, tune_fraction)
     from maskbatch.datasets import splits
 
     parts = np.full(len(df), "train", dtype=object)
@@ -269,30 +250,6 @@ def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FR
         tune = split_train_val(df.iloc[rest].reset_index(drop=True), seed=seed,
                                val_fraction=tune_fraction)[1]
         parts[rest[tune]] = "tune"
-    return parts
-
-
-def is_detector_crop(df: pd.DataFrame) -> np.ndarray:
-    """True for the rows of `extract --detector-crops` boxes (crop ids NAME#detK)."""
-    from maskbatch.pipeline import DETECTOR_CROP
-
-    pattern = re.escape(DETECTOR_CROP) + r"\d+$"
-    return df["crop_id"].astype(str).str.contains(pattern, regex=True).to_numpy()
-
-
-def _with_detector_crops(df: pd.DataFrame, follows: np.ndarray, seed: int, tune_fraction: float
-                         ) -> np.ndarray:
-    """assign_parts of the other crops; a detector crop takes the part of its photo's labelled
-    crops ('dropped' when the photo has none that is used, or its pixels equal a val crop)."""
-    parts = np.full(len(df), "dropped", dtype=object)
-    own = np.flatnonzero(~follows)
-    parts[own] = assign_parts(df.iloc[own].reset_index(drop=True), seed, tune_fraction)
-    photo = (df["set"].astype(str) + "/" + df["source_image"].astype(str)).to_numpy()
-    used = parts[own] != "dropped"
-    part_of_photo = dict(zip(photo[own][used], parts[own][used]))
-    crops = np.flatnonzero(follows)
-    parts[crops] = [part_of_photo.get(p, "dropped") for p in photo[crops]]
-    parts[_leaked(df, parts) & follows] = "dropped"
     return parts
 
 

@@ -18,7 +18,6 @@ OPSET = 13
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "input"
 OUTPUT_NAME = "mask_prob"
-FACE_OUTPUT_NAME = "face_prob"  # the second output of a model trained with not_face crops
 
 
 def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
@@ -33,7 +32,7 @@ def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
         return model(x, training=False)
 
     proto, _ = tf2onnx.convert.from_function(infer, input_signature=spec, opset=opset)
-    _canonical_names(proto, [OUTPUT_NAME, FACE_OUTPUT_NAME][:len(proto.graph.output)])
+    _canonical_names(proto, [OUTPUT_NAME])
     return proto.SerializeToString()
 
 

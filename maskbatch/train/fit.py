@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from maskbatch import CLASS_NAMES, NOT_FACE, files
+from maskbatch import CLASS_NAMES, files
 from maskbatch.classify import Classifier, sha256_bytes
 from maskbatch.errors import MaskbatchError
 from maskbatch.output import write_bytes_atomic, write_json_atomic
@@ -56,10 +56,9 @@ def _versions() -> dict[str, str]:
 
 
 def _command(crops_dirs: list[str], out_dir: str, arch: str, epochs: int, batch_size: int,
-             seed: int, eval_crops: str | None, limit: int | None, members: int = 1) -> str:
+             seed: int, eval_crops: str | None, limit: int | None) -> str:
     parts = ["maskbatch", "train", *crops_dirs, "--out", out_dir, "--arch", arch,
-             "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed),
-             "--members", str(members)]
+             "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed)]
     if eval_crops:
         parts += ["--eval-crops", eval_crops]
     if limit is not None:
@@ -129,65 +128,30 @@ def evaluate_crops(classifier: Classifier, crops_dir: str, batch: int = 256) -> 
 
 
 def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
-              batch_size: int = 32, seed: int = 0, verbose: int = 2,
-              background: tuple[np.ndarray, np.ndarray] | None = None
+              batch_size: int = 32, seed: int = 0, verbose: int = 2
               ) -> tuple[object, dict[str, list[float]]]:
     """The training recipe: seeded build, Adam, class weights, plateau LR decay, early stopping
     that restores the best epoch. Returns the fitted Keras model and its history.
-
-    `background` (not_face crops of the train and tune parts): the model gets a second output,
-    P(face), trained on faces against them (classes weighed equally); the mask output learns from
-    faces only (weight 0 on background crops).
     """
     import keras
 
     from maskbatch.train.architectures import build_model
 
     _seed_everything(seed)
-    model = build_model(arch, seed, face_output=background is not None)
-    if background is None:
-        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
-                      loss="binary_crossentropy", metrics=["accuracy"])
-    else:  # mask accuracy over faces only (the weights are 0 on background crops)
-        model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
-                      loss=["binary_crossentropy", "binary_crossentropy"],
-                      weighted_metrics=[["accuracy"], ["accuracy"]])
+    model = build_model(arch, seed)
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
+                  loss="binary_crossentropy", metrics=["accuracy"])
     early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
                                           restore_best_weights=True)
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
                                                 patience=PLATEAU_PATIENCE,
                                                 min_lr=1e-5)
-    if background is None:
-        hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size,
-                         epochs=epochs, validation_data=(val.x, val.y.astype(np.float32)),
-                         class_weight=tdata.class_weights(train.y), shuffle=True,
-                         callbacks=[early, plateau], verbose=verbose)
-    else:
-        weights = tdata.class_weights(train.y)
-        x, y, sample_weight = _two_outputs(train, background[0], weights)
-        hist = model.fit(x, y, sample_weight=sample_weight, batch_size=batch_size,
-                         epochs=epochs,
-                         validation_data=_two_outputs(val, background[1], weights),
-                         shuffle=True, callbacks=[early, plateau], verbose=verbose)
+    hist = model.fit(train.x, train.y.astype(np.float32), batch_size=batch_size,
+                     epochs=epochs, validation_data=(val.x, val.y.astype(np.float32)),
+                     class_weight=tdata.class_weights(train.y), shuffle=True,
+                     callbacks=[early, plateau], verbose=verbose)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    for prefix in ("", "val_"):  # the curves plot the mask output's accuracy
-        if f"{prefix}mask_prob_accuracy" in history:
-            history[f"{prefix}accuracy"] = history[f"{prefix}mask_prob_accuracy"]
     return model, history
-
-
-def _two_outputs(faces: tdata.Arrays, background: np.ndarray, weights: dict[int, float]
-                 ) -> tuple[np.ndarray, tuple, tuple]:
-    """(x, targets, sample weights) of a two-output fit: mask_prob and face_prob, in that order."""
-    n_face, n_bg = len(faces.x), len(background)
-    x = np.concatenate([faces.x, background]) if n_bg else faces.x
-    y_mask = np.concatenate([faces.y.astype(np.float32), np.zeros(n_bg, np.float32)])
-    y_face = np.concatenate([np.ones(n_face, np.float32), np.zeros(n_bg, np.float32)])
-    w_mask = np.concatenate([np.where(faces.y == 1, weights[1], weights[0]).astype(np.float32),
-                             np.zeros(n_bg, np.float32)])
-    w_face = np.concatenate([np.full(n_face, (n_face + n_bg) / (2.0 * n_face), np.float32),
-                             np.full(n_bg, (n_face + n_bg) / (2.0 * max(n_bg, 1)), np.float32)])
-    return x, (y_mask, y_face), (w_mask, w_face)
 
 
 TRAIN_THREADS = 2  # TensorFlow intra-op threads: results depend on it, so it is fixed
@@ -228,7 +192,7 @@ def _set_report(classifier: Classifier, arrays: tdata.Arrays, threshold: float) 
 def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         epochs: int | None = None, batch_size: int = 32, seed: int = 0,
         eval_crops: str | None = None, limit: int | None = None, verbose: int = 2,
-        threads: int | None = None, members: int | None = None) -> dict:
+        threads: int | None = None) -> dict:
     """Train, export and document one model; returns its card. See :func:`maskbatch.train.train`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     thread_pools = pin_threads(threads)
@@ -240,7 +204,6 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         pretrained_backbone,
     )
     from maskbatch.train.export import (
-        FACE_OUTPUT_NAME,
         INPUT_NAME,
         OPSET,
         OUTPUT_NAME,
@@ -256,9 +219,8 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         raise MaskbatchError("give at least one crops folder")
     archs = architecture_list(arch)
     epochs = max(DEFAULT_EPOCHS[a] for a in archs) if epochs is None else int(epochs)
-    members = 1 if members is None else int(members)
-    if epochs < 1 or batch_size < 1 or members < 1:
-        raise MaskbatchError("--epochs, --batch-size and --members must be at least 1")
+    if epochs < 1 or batch_size < 1:
+        raise MaskbatchError("--epochs and --batch-size must be at least 1")
     size = INPUT_SIZES[archs[0]]
     if any(INPUT_SIZES[a] != size for a in archs):
         raise MaskbatchError(f"the nets of {arch!r} take different input sizes")
@@ -277,13 +239,6 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
     parts = tdata.assign_parts(df, seed=seed)
     train = tdata.to_arrays(df[parts == "train"], size)
     tune = tdata.to_arrays(df[parts == "tune"], size)
-    background = None
-    if (df["label"] == NOT_FACE).any():
-        background = (tdata.background_arrays(df[parts == "train"], size),
-                      tdata.background_arrays(df[parts == "tune"], size))
-        if not len(background[0]) or not len(background[1]):
-            raise MaskbatchError("not_face crops in only one of the train and tune parts; give "
-                                 "more photos extracted with --negatives")
     if len(np.unique(train.y)) < 2 or len(tune.y) == 0:
         raise MaskbatchError("the training part holds only one class or too few images; "
                              "give more crops")
@@ -294,16 +249,16 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
           f"class weights: { {k: round(v, 3) for k, v in weights.items()} }  "
           f"TensorFlow threads: {thread_pools}")
 
-    # ---- fit (early stopping on the tune part); an ensemble fits each member on the same parts
+    # ---- fit (early stopping on the tune part); an ensemble fits each net on the same parts
     fit_started = time.perf_counter()
     fitted, member_cards = [], []
-    plan = [(a, seed + i) for a in archs for i in range(members)]
+    plan = [(a, seed) for a in archs]
     for k, (net, net_seed) in enumerate(plan):
         if len(plan) > 1:
             print(f"member {k + 1} of {len(plan)} ({net}, seed {net_seed})", flush=True)
         member, member_history = fit_model(net, train, tune, epochs=epochs,
                                            batch_size=batch_size, seed=net_seed,
-                                           verbose=verbose, background=background)
+                                           verbose=verbose)
         best = int(np.argmin(member_history["val_loss"]))
         member_cards.append({"architecture": net, "seed": net_seed,
                              "epochs_run": len(member_history["loss"]),
@@ -344,23 +299,18 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
     if eval_crops:
         cross[files.basename(eval_crops)] = evaluate_crops(classifier, eval_crops)
     bench = time_inference(onnx_bytes, size, x=tune.x)
-    face = None
-    if background is not None:
-        with_face = Classifier(onnx_bytes, {**provisional, "face_output": FACE_OUTPUT_NAME})
-        face = _face_report(with_face, tune, background[1],
-                            val, tdata.background_arrays(df[parts == "val"], size), val.rows)
 
     card = {
         "format": "maskbatch-classifier/1",
         "architecture": arch,
-        "architecture_description": _description(archs, members, seed),
+        "architecture_description": _description(archs, seed),
         "members": len(plan),
         **({"pretrained": pretrained_backbone()} if "backbone" in archs else {}),
         "parameters": int(model.count_params()),
         "input_size": size,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
-        "outputs": [OUTPUT_NAME] + ([FACE_OUTPUT_NAME] if face else []),
+        "outputs": [OUTPUT_NAME],
         "input_layout": "NHWC float32",
         "color_order": "BGR",
         "scaling": "x/255",
@@ -375,18 +325,13 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         "onnx_bytes": len(onnx_bytes),
         "onnx_opset": OPSET,
         "parity_max_abs_diff": parity,
-        **({"face_output": FACE_OUTPUT_NAME, "face_threshold": face["threshold"],
-            "face_threshold_rule": face["rule"], "face_validation": face["validation"]}
-           if face else {}),
         "training_data": summary,
         "training": {
             "seed": seed, "epochs_max": epochs, "epochs_run": len(history["loss"]),
             "best_epoch": best_epoch, "members": member_cards, "batch_size": batch_size, "limit": limit,
             "optimizer": f"Adam lr={LEARNING_RATE:g}, ReduceLROnPlateau(tune loss, x0.5, "
                          f"patience {PLATEAU_PATIENCE})",
-            "loss": "binary_crossentropy" + (
-                " on mask_prob (faces only) + binary_crossentropy on face_prob (faces against "
-                "not_face crops, classes weighed equally)" if face else ""),
+            "loss": "binary_crossentropy",
             "class_weight": {CLASS_NAMES[0]: round(weights[1], 4),
                              CLASS_NAMES[1]: round(weights[0], 4)},
             "augmentation": "; ".join(f"{a}: {AUGMENTATIONS[a]}" if len(archs) > 1 else
@@ -409,7 +354,7 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
                                 "machine": platform.machine(), "cpu_count": os.cpu_count()},
         "versions": _versions(),
         "command": _command(crops_dirs, out_dir, arch, epochs, batch_size, seed, eval_crops,
-                            limit, members),
+                            limit),
     }
 
     # ---- write the folder (model.onnx first, the card that vouches for it last)
@@ -430,46 +375,15 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
     return card
 
 
-def _description(archs: list[str], members: int, seed: int) -> str:
-    """The card's words for one net, or for an ensemble of `members` seeds of each of `archs`."""
+def _description(archs: list[str], seed: int) -> str:
+    """The card's words for one net, or for an ensemble of `archs` (one net each)."""
     from maskbatch.train.architectures import DESCRIPTIONS
 
-    if len(archs) == 1 and members == 1:
+    if len(archs) == 1:
         return DESCRIPTIONS[archs[0]]
-    seeds = f"seeds {seed}..{seed + members - 1}" if members > 1 else f"seed {seed}"
     nets = "; ".join(DESCRIPTIONS[a] for a in archs)
-    return (f"an ensemble: {' + '.join(archs)} ({seeds} each), output = mean of their outputs; "
+    return (f"an ensemble: {' + '.join(archs)} (seed {seed} each), output = mean of their outputs; "
             f"{nets}")
-
-
-# The reject rule: drop a detected box whose P(face) is under the threshold that keeps this share of
-# the tune part's face crops (so it costs about 1 % of true faces, chosen without val photos).
-FACE_KEEP = 0.99
-
-
-def _face_report(classifier: Classifier, tune: tdata.Arrays, tune_bg: np.ndarray,
-                 val: tdata.Arrays, val_bg: np.ndarray, val_rows: pd.DataFrame) -> dict:
-    """The face threshold (FACE_KEEP of tune faces kept) and what it does on val crops;
-    `classifier` reads the model's face output."""
-    def face_prob(x: np.ndarray) -> np.ndarray:
-        return (np.concatenate([classifier.predict_faces(x[i:i + 256])[1]
-                                for i in range(0, len(x), 256)]) if len(x)
-                else np.zeros(0, np.float32))
-
-    threshold = round(float(np.floor(np.quantile(face_prob(tune.x), 1 - FACE_KEEP) * 1000)) / 1000, 3)
-    faces, bg = face_prob(val.x), face_prob(val_bg)
-    per_set = {name: round(float(np.mean(faces[(val_rows["set"] == name).to_numpy()]
-                                         >= threshold)), 4)
-               for name in sorted(val_rows["set"].unique())}
-    return {
-        "threshold": threshold,
-        "rule": f"a box with face_prob < threshold is no face (dropped); the threshold keeps "
-                f"{FACE_KEEP:.0%} of the tune part's face crops, never chosen on val",
-        "validation": {"faces_kept": round(float(np.mean(faces >= threshold)), 4),
-                       "faces_kept_per_set": per_set, "not_face_crops": int(len(bg)),
-                       "not_face_rejected": round(float(np.mean(bg < threshold)), 4)
-                       if len(bg) else None},
-    }
 
 
 def _print_result(card: dict) -> None:
@@ -481,8 +395,4 @@ def _print_result(card: dict) -> None:
         line += f", {name} val acc {rep['accuracy']:.4f}"
     for name, rep in card["cross_dataset"].items():
         line += f", {name} acc {rep['accuracy']:.4f}"
-    if "face_validation" in card:
-        fv = card["face_validation"]
-        line += (f"; face threshold {card['face_threshold']}: val faces kept {fv['faces_kept']}, "
-                 f"not_face rejected {fv['not_face_rejected']}")
     print(line)
