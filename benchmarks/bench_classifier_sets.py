@@ -38,7 +38,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from maskbatch.classify import Classifier, read_model
+    from maskbatch.models.classifier import Classifier, read_model
     from maskbatch.train import data as tdata
     from maskbatch.train.metrics import classification_report
 

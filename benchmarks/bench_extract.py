@@ -13,9 +13,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir, table  # noqa: E402
 
-from maskbatch import MASK, NO_MASK  # noqa: E402
-from maskbatch.api import extract  # noqa: E402
-from maskbatch.config import ClusterConfig  # noqa: E402
+from maskbatch.config import (  # noqa: E402
+    MASK,
+    NO_MASK,
+    ClusterConfig,  # noqa: E402
+)
+from maskbatch.jobs.extract import extract  # noqa: E402
 
 
 def main() -> None:

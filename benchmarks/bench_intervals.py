@@ -3,7 +3,7 @@
     python benchmarks/bench_intervals.py [--sizes 1000,10000,100000,700000]
 
 Synthetic evaluations (5 faces a photo, one prediction a face, 90 % found, 80 % hits, random
-ranking scores) through the call `maskbatch evaluate` makes, maskbatch.intervals.photo_intervals,
+ranking scores) through the call `maskbatch evaluate` makes, maskbatch.evaluation.intervals.photo_intervals,
 at the number of resamples `evaluate` takes without --resamples. "seconds" is that call's wall
 time, i.e. what the intervals add to an evaluation of that size (a --baseline run doubles it).
 No sample data needed.
@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from common import table  # noqa: E402
 
-from maskbatch import CLASS_NAMES  # noqa: E402
-from maskbatch.intervals import default_resamples, photo_intervals  # noqa: E402
+from maskbatch.config import CLASS_NAMES  # noqa: E402
+from maskbatch.evaluation.intervals import default_resamples, photo_intervals  # noqa: E402
 
 FACES_PER_PHOTO = 5
 

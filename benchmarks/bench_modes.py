@@ -21,8 +21,8 @@ a detection on one is neither a hit nor a false alarm. Recall by face size bins 
 the shorter side of their box (< 16, 16-32, 32-64, >= 64 px).
 
 mAP columns (when maskbatch/models/model.onnx and maskbatch.evaluate exist; else "-"):
-`maskbatch.api.predict` with the mode on the same images (one worker process), scored by
-`maskbatch.evaluate.evaluate` at IoU 0.5: AP per class and their mean. "predict ms" is the median
+`maskbatch.jobs.predict.predict` with the mode on the same images (one worker process), scored by
+`maskbatch.jobs.evaluate.evaluate` at IoU 0.5: AP per class and their mean. "predict ms" is the median
 per-image time the job records (decode, detection, crops, its share of the classifier call).
 "mAP 95 % interval": the evaluation's percentile interval over 1000 resamples of the photos
 (maskbatch.intervals): how much the mAP of another set of photos like these could differ.
@@ -52,11 +52,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, data_dir, table  # noqa: E402
 
-from maskbatch import detect, images  # noqa: E402
 from maskbatch.config import ClusterConfig, DetectorConfig  # noqa: E402
 from maskbatch.datasets import DEFAULT_LABEL_MAP, truth_table  # noqa: E402
 from maskbatch.datasets.splits import split_names  # noqa: E402
-from maskbatch.evaluate import iou_matrix, voc_ap  # noqa: E402
+from maskbatch.evaluation.matching import iou_matrix  # noqa: E402
+from maskbatch.evaluation.scoring import voc_ap  # noqa: E402
+from maskbatch.models import detect
+from maskbatch.photos import reading
 
 SETS = ("medical-mask", "voc-masks")
 SIZE_BINS = ((0.0, 16.0, "<16"), (16.0, 32.0, "16-32"), (32.0, 64.0, "32-64"),
@@ -191,7 +193,7 @@ def detect_all(items: list[tuple[str, str]], modes: list[str], floor: float | No
     net = detect.load_detector()
     run = Run({m: {} for m in modes}, {m: [] for m in modes})
     for i, (name, path) in enumerate(items):
-        image = images.load_image(path)
+        image = reading.load_image(path)
         turn = i % len(modes)
         for mode in modes[turn:] + modes[:turn]:
             config = DetectorConfig(mode=mode, confidence=floor)
@@ -246,8 +248,8 @@ def full_map(folder: Path, items: list[tuple[str, str]], mode: str, truth: str, 
              model: str | None = None, figures: Path | None = None,
              confidence: float | None = None) -> dict:
     """`predict` with `mode` on the images (one worker process), `evaluate` against `truth`."""
-    from maskbatch.api import predict
-    from maskbatch.evaluate import evaluate
+    from maskbatch.jobs.evaluate import evaluate
+    from maskbatch.jobs.predict import predict
 
     template = work / f"{folder.name}-{mode}.csv"
     pd.DataFrame({"name": [n for n, _ in items]}).to_csv(template, index=False)

@@ -33,9 +33,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import data_dir, median_ms, table  # noqa: E402
 
-from maskbatch import MASK, NO_MASK, detect, images  # noqa: E402
-from maskbatch.api import list_inputs, predict  # noqa: E402
-from maskbatch.config import ClusterConfig, DetectorConfig  # noqa: E402
+from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig  # noqa: E402  # noqa: E402
+from maskbatch.jobs.predict import list_inputs, predict  # noqa: E402
+from maskbatch.models import detect
+from maskbatch.photos import pixels, reading
 
 
 def bare_rate(paths: list[str]) -> tuple[float, float]:
@@ -46,7 +47,7 @@ def bare_rate(paths: list[str]) -> tuple[float, float]:
     started = time.perf_counter()
     for path in paths:
         t0 = time.perf_counter()
-        image = images.adjust_gamma(images.load_image(path), 2.0)
+        image = pixels.adjust_gamma(reading.load_image(path), 2.0)
         detect.forward(net, image, (300, 300))
         samples.append(time.perf_counter() - t0)
     return len(paths) / (time.perf_counter() - started), median_ms(samples)
@@ -57,7 +58,7 @@ def pipeline_rate(folder: str, workers: int, mode: str, out: str, system_malloc:
     """(images/s processing, images/s wall, result). For comparison rows: system_malloc: workers
     keep the C library's malloc instead of tcmalloc; dask_malloc: keep the nanny's
     MALLOC_TRIM_THRESHOLD_=65536 in the workers, as plain Dask does."""
-    from maskbatch import cluster
+    from maskbatch.runtime import cluster
 
     saved = cluster.NANNY_ENV
     if dask_malloc:
@@ -85,7 +86,7 @@ def notebook_loop(paths: list[tuple[str, str]], keras_path: str) -> tuple[float,
         image = cv2.imread(path, 1)
         if image is None:
             continue
-        image = images.adjust_gamma(image, gamma=2.0)
+        image = pixels.adjust_gamma(image, gamma=2.0)
         (h, w) = image.shape[:2]
         blob = cv2.dnn.blobFromImage(cv2.resize(image, (300, 300)), 1.0, (300, 300),
                                      (104.0, 177.0, 123.0))
@@ -112,7 +113,8 @@ def notebook_loop(paths: list[tuple[str, str]], keras_path: str) -> tuple[float,
 
 
 def map_of(truth_folder: Path, detections: pd.DataFrame, honest_order: bool) -> float:
-    from maskbatch.evaluate import boxes_from_submission, read_truth, score_detections
+    from maskbatch.evaluation.scoring import score_detections
+    from maskbatch.evaluation.truth import boxes_from_submission, read_truth
 
     truth, names, _ = read_truth(str(truth_folder))
     preds = detections if honest_order else boxes_from_submission(detections)
@@ -129,7 +131,7 @@ def worker_peak_rss(folder: str, workers: int, out: str
     the highest worker peak sampled every few seconds as (images committed, MB) along the run."""
     import threading
 
-    from maskbatch.cluster import dask_client
+    from maskbatch.runtime.cluster import dask_client
 
     samples: list[tuple[int, float]] = []
     with dask_client(ClusterConfig(workers=workers, progress=False)) as client:
@@ -158,7 +160,7 @@ def memory_tables(folder: Path, inputs: list[tuple[str, str]], tmp: Path) -> Non
     """Peak worker memory for 1x (three runs, each on a fresh cluster: how much equal runs differ)
     and 10x the photos on 2 workers, and one worker running the photos PASSES times in a row; with
     the allocator local workers get by default (tcmalloc, when installed) and with the system's."""
-    from maskbatch.cluster import WORKER_MALLOC_ENV, worker_malloc
+    from maskbatch.runtime.cluster import WORKER_MALLOC_ENV, worker_malloc
 
     tenfold = tmp / "tenfold"
     tenfold.mkdir()
@@ -202,7 +204,7 @@ PASSES = 5
 def one_worker_passes(folder: str, passes: int, out: Path) -> list[float]:
     """A single worker sees every photo in every pass, so which partitions it happens to get
     cannot move its peak: the peak after each pass shows growth with the input alone."""
-    from maskbatch.cluster import dask_client
+    from maskbatch.runtime.cluster import dask_client
 
     peaks = []
     with dask_client(ClusterConfig(workers=1, progress=False)) as client:
@@ -243,7 +245,7 @@ def main() -> None:
     bare, bare_ms = bare_rate(paths)
     rows = [["bare: decode + 1 forward (1 core)", f"{bare:.1f}", f"{bare_ms:.1f}", "1.00", ""]]
     results = {}
-    from maskbatch.cluster import worker_malloc
+    from maskbatch.runtime.cluster import worker_malloc
 
     default = worker_malloc()
     allocator = Path(default).name if default else "system malloc"

@@ -3,7 +3,7 @@
     python benchmarks/bench_read.py [--photos 120] [--rounds 3]
 
 "plain" is what a worker did before the budget (open, read, cv2.imdecode); "budget" is
-images.load_photo: stat and regular-file checks, capped read, header size check with Pillow, and
+reading.load_photo: stat and regular-file checks, capped read, header size check with Pillow, and
 the read+decode handed to a helper thread that the caller waits for (the time budget). CPU time
 of the whole process is the number to compare: on a shared machine the wall time mostly measures
 the wait for a free core.
@@ -22,8 +22,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from common import data_dir, table  # noqa: E402
 
-from maskbatch import images  # noqa: E402
 from maskbatch.config import InputLimits  # noqa: E402
+from maskbatch.photos import reading
 
 
 def plain(path: str) -> np.ndarray:
@@ -42,8 +42,8 @@ def main() -> None:
     no_thread = InputLimits(read_timeout=float("inf"))
     ways = {
         "plain (open + imdecode)": plain,
-        "budget, no watchdog thread": lambda p: images.load_photo(p, no_thread),
-        "budget (load_photo)": lambda p: images.load_photo(p),
+        "budget, no watchdog thread": lambda p: reading.load_photo(p, no_thread),
+        "budget (load_photo)": lambda p: reading.load_photo(p),
     }
     wall: dict[str, list[float]] = {name: [] for name in ways}
     cpu: dict[str, list[float]] = {name: [] for name in ways}

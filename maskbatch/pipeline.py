@@ -12,17 +12,18 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from maskbatch import detect, images
-from maskbatch.classify import ModelRef, fit_crop, get_classifier, preprocess
 from maskbatch.config import CROP_SIZE, DetectorConfig, InputLimits
 from maskbatch.datasets import FaceBox, ImageRecord
 from maskbatch.errors import ImageError, SkippedInput
-from maskbatch.output import (
+from maskbatch.models import detect
+from maskbatch.models.classifier import ModelRef, fit_crop, get_classifier, preprocess
+from maskbatch.outputs.writers import (
     CROP_COLUMNS,
     DETECTION_COLUMNS,
     EXTRACT_MANIFEST_COLUMNS,
     PREDICT_MANIFEST_COLUMNS,
 )
+from maskbatch.photos import decoding, pixels, reading
 
 # --------------------------------------------------------------------------- extraction
 
@@ -49,7 +50,7 @@ def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: in
                        "training label (see --label-map)", n_boxes=1, n_skipped_boxes=1)
             return crops, _finish(row, started)
     try:
-        image = images.load_image(record.path)
+        image = reading.load_image(record.path)
     except ImageError as exc:
         row.update(status="failed", reason=str(exc))
         return crops, _finish(row, started)
@@ -64,7 +65,7 @@ def extract_record(record: ImageRecord, label_map: dict[str, str], crop_size: in
     skipped = []
     for index, box in enumerate(boxes):
         label = label_map.get(box.classname)
-        clipped = images.clip_box((box.x1, box.y1, box.x2, box.y2), width, height)
+        clipped = pixels.clip_box((box.x1, box.y1, box.x2, box.y2), width, height)
         if box.problem:
             skipped.append(f"box {index}: {box.problem}")
         elif label is None:
@@ -85,13 +86,13 @@ def _crop_row(record: ImageRecord, image: np.ndarray, box: tuple[int, int, int, 
               crop_size: int, crop_id: str, label: str, source_classname: str, box_index: int
               ) -> dict:
     """One crops-table row (CROP_COLUMNS): the clipped box of `image`, resized, as PNG bytes."""
-    face = images.resize(images.crop(image, box), crop_size)
+    face = pixels.resize(pixels.crop(image, box), crop_size)
     height, width = image.shape[:2]
-    return {"crop_id": crop_id, "image": images.encode_png(face), "label": label,
+    return {"crop_id": crop_id, "image": pixels.encode_png(face), "label": label,
             "source_classname": source_classname, "source_dataset": record.dataset,
             "source_image": record.name, "box_index": box_index, "x1": box[0], "y1": box[1],
             "x2": box[2], "y2": box[3], "image_width": width, "image_height": height,
-            "pixel_hash": images.pixel_hash(face)}
+            "pixel_hash": pixels.pixel_hash(face)}
 
 
 def _finish(row: dict, started: float) -> dict:
@@ -113,7 +114,7 @@ def extract_partition(records: list[ImageRecord], label_map: dict[str, str],
 
 def decode_crop(png: bytes) -> np.ndarray:
     """A crop's pixels (BGR uint8) from the bytes stored in a crops Parquet file."""
-    return images.decode_image(png)
+    return decoding.decode_image(png)
 
 
 
@@ -137,18 +138,18 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
     manifest, faces, boxes_per_image = [], [], []
     for name, path in items:
         started = time.perf_counter()
-        row = {"name": name, "path": "" if images.refused_reason(path) else path, "status": "ok",
+        row = {"name": name, "path": "" if reading.refused_reason(path) else path, "status": "ok",
                "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0}
         found = np.zeros((0, 5))
         crops: list[np.ndarray] = []
         try:
-            photo = images.load_photo(path, limits)
+            photo = reading.load_photo(path, limits)
             image = photo.image
             row.update(height=image.shape[0], width=image.shape[1], reason=photo.note)
             found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
             for x1, y1, x2, y2, _ in found:
                 # resized now, so that only one decoded photo at a time is in memory
-                crops.append(fit_crop(images.crop(image, (int(x1), int(y1), int(x2), int(y2))),
+                crops.append(fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
                                       classifier.input_size))
             del image, photo
         except SkippedInput as exc:
@@ -192,7 +193,7 @@ def unexpected_reason(exc: BaseException) -> str:
     """A failure reason for an error nobody planned for, in one line and without build paths."""
     if isinstance(exc, MemoryError):
         return "not enough memory to process it"
-    text = images.plain_cv_error(exc) if "OpenCV" in str(exc) else images.first_line(exc)
+    text = decoding.plain_cv_error(exc) if "OpenCV" in str(exc) else decoding.first_line(exc)
     return f"could not be processed ({type(exc).__name__}: {text})"
 
 

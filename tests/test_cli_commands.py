@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 from test_contract import other_model
 
-from maskbatch import MASK, NO_MASK
-from maskbatch.classify import ModelRef, read_model
-from maskbatch.config import DetectorConfig
-from maskbatch.evaluate import boxes_to_submission, read_truth
+from maskbatch.config import MASK, NO_MASK, DetectorConfig
+from maskbatch.evaluation.truth import boxes_to_submission, read_truth
+from maskbatch.models.classifier import ModelRef, read_model
 from maskbatch.pipeline import predict_partition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,7 +119,7 @@ def test_train_command_tiny_real_run(data: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     pytest.importorskip("tf2onnx")
     from maskbatch.datasets import DEFAULT_LABEL_MAP, load_records
-    from maskbatch.output import write_parquet_atomic
+    from maskbatch.outputs.writers import write_parquet_atomic
     from maskbatch.pipeline import extract_partition
 
     records = [r for r in load_records(str(data / "medical-mask")) if r.boxes][:24]

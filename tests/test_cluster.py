@@ -22,10 +22,10 @@ from conftest import copy_photos
 from distributed import Client
 from distributed.security import Security
 
-from maskbatch import classify
-from maskbatch.api import predict
 from maskbatch.config import ClusterConfig
-from maskbatch.parts import CommitLog
+from maskbatch.jobs.predict import predict
+from maskbatch.models import classifier
+from maskbatch.outputs.parts import CommitLog
 
 DASK = str(Path(sys.executable).with_name("dask"))
 pytestmark = pytest.mark.slow
@@ -115,7 +115,7 @@ def test_cli_on_real_scheduler_and_workers_equals_local_run(photos, reference, c
     pd.testing.assert_frame_equal(pd.read_parquet(out / "detections.parquet"), reference)
     # the classifier reached every worker through the plugin, checksum-verified there
     with Client(cluster.address) as client:
-        loaded = client.run(lambda: sorted(classify._CACHE))
+        loaded = client.run(lambda: sorted(classifier._CACHE))
     sha = reference["model_sha256"].iloc[0]
     assert all(sha in shas for shas in loaded.values())
 
@@ -255,7 +255,7 @@ def test_tls_cluster_runs_the_job_and_refuses_strangers(photos, reference, tmp_p
 
 def test_local_cluster_workers_keep_glibc_malloc_defaults(monkeypatch):
     """Dask's nanny would export MALLOC_TRIM_THRESHOLD_=65536 (17-19 % slower res10 passes)."""
-    from maskbatch.cluster import dask_client
+    from maskbatch.runtime.cluster import dask_client
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with dask_client(ClusterConfig(workers=1, progress=False)) as client:
@@ -266,8 +266,8 @@ def test_local_cluster_workers_keep_glibc_malloc_defaults(monkeypatch):
 
 def test_worker_malloc_choice(monkeypatch, tmp_path):
     """$MASKBATCH_WORKER_MALLOC: 'system', a library's path, or a clear error for a missing one."""
-    from maskbatch.cluster import WORKER_MALLOC_ENV, worker_malloc
     from maskbatch.errors import MaskbatchError
+    from maskbatch.runtime.cluster import WORKER_MALLOC_ENV, worker_malloc
 
     monkeypatch.setenv(WORKER_MALLOC_ENV, "system")
     assert worker_malloc() is None
@@ -291,15 +291,15 @@ def test_missing_worker_malloc_is_one_line(data, tmp_path):
 
 def _allocator() -> tuple[bool, bool]:
     """In a worker: (tcmalloc mapped into the process, malloc_trim skipped)."""
-    from maskbatch import cluster
+    from maskbatch.runtime import window
 
     with open("/proc/self/maps") as maps:
-        return "libtcmalloc" in maps.read(), cluster._malloc_trim() is None
+        return "libtcmalloc" in maps.read(), window._malloc_trim() is None
 
 
 def test_local_workers_preload_tcmalloc_and_the_driver_stays_clean(monkeypatch):
     """Flat worker memory comes from tcmalloc (docs/benchmarks.md); 'system' keeps glibc's."""
-    from maskbatch.cluster import WORKER_MALLOC_ENV, dask_client, worker_malloc
+    from maskbatch.runtime.cluster import WORKER_MALLOC_ENV, dask_client, worker_malloc
 
     monkeypatch.delenv(WORKER_MALLOC_ENV, raising=False)
     if worker_malloc() is None:
@@ -316,13 +316,13 @@ def test_local_workers_preload_tcmalloc_and_the_driver_stays_clean(monkeypatch):
 
 def test_partitions_run_through_the_trimming_wrapper():
     """Every TRIM_EVERY partitions a worker returns freed memory; the result is untouched."""
-    from maskbatch import cluster
+    from maskbatch.runtime import window
 
-    before = cluster._partitions_run
-    results = [cluster._work_then_trim([i, i], lambda items, k: sum(items) * k, k=3)
-               for i in range(cluster.TRIM_EVERY)]
-    assert results == [6 * i for i in range(cluster.TRIM_EVERY)]
-    assert cluster._partitions_run == before + cluster.TRIM_EVERY
+    before = window._partitions_run
+    results = [window._work_then_trim([i, i], lambda items, k: sum(items) * k, k=3)
+               for i in range(window.TRIM_EVERY)]
+    assert results == [6 * i for i in range(window.TRIM_EVERY)]
+    assert window._partitions_run == before + window.TRIM_EVERY
 
 
 def test_a_photo_that_kills_its_workers_is_isolated(photos, reference, tmp_path):
@@ -334,27 +334,30 @@ def test_a_photo_that_kills_its_workers_is_isolated(photos, reference, tmp_path)
     """
     import functools
 
-    from maskbatch import api, cluster, parts
-    from maskbatch.classify import default_model_dir, read_model
+    from maskbatch import tasks
     from maskbatch.config import DetectorConfig
+    from maskbatch.jobs import predict as predict_job
+    from maskbatch.models.classifier import default_model_dir, read_model
+    from maskbatch.outputs import parts
+    from maskbatch.runtime import cluster, window
 
-    inputs = api.list_inputs(str(photos))[:24]
+    inputs = predict_job.list_inputs(str(photos))[:24]
     poison = inputs[9][0]
     onnx, card = read_model()
-    ref = classify.ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
+    ref = classifier.ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
     out = str(tmp_path / "out")
 
     def deadly(pairs, **kwargs):
         if any(name == poison for _, (name, _) in pairs):
             os._exit(1)  # the worker process dies, as on a segfault or the OOM killer
-        return api._predict_and_commit(pairs, **kwargs)
+        return tasks.predict_and_commit(pairs, **kwargs)
 
     log = CommitLog(out)
     with cluster.dask_client(ClusterConfig(workers=2, progress=False)) as client:
         cluster.install_plugin(client, cluster.MaskbatchSetup(onnx, card))
-        stats = cluster.run_partitions(
-            client, cluster.contiguous_partitions(enumerate(inputs), 8), deadly,
-            lambda _, entry: log.append(entry), on_poison=functools.partial(api._poisoned, out),
+        stats = window.run_partitions(
+            client, window.contiguous_partitions(enumerate(inputs), 8), deadly,
+            lambda _, entry: log.append(entry), on_poison=functools.partial(tasks.predict_poisoned, out),
             progress=False, out_dir=out, detector=DetectorConfig(), model=ref)
     log.close()
     assert stats.poisoned == 1 and stats.killed >= 4  # 8 -> 4 -> 2 -> 1, two attempts each
@@ -371,7 +374,7 @@ def test_a_photo_that_kills_its_workers_is_isolated(photos, reference, tmp_path)
 
 def test_submission_window_is_bounded():
     """Partitions are pulled from the stream only as tasks finish: a window per thread."""
-    from maskbatch import cluster
+    from maskbatch.runtime import cluster, window
 
     pulled = []
 
@@ -382,8 +385,8 @@ def test_submission_window_is_bounded():
 
     ahead = []
     with cluster.dask_client(ClusterConfig(workers=2, processes=False, progress=False)) as client:
-        threads = cluster.total_threads(client)
-        stats = cluster.run_partitions(client, stream(), lambda items: items[0] * 2,
+        threads = window.total_threads(client)
+        stats = window.run_partitions(client, stream(), lambda items: items[0] * 2,
                                        lambda items, r: ahead.append(len(pulled) - len(ahead)),
                                        window_per_thread=2, progress=False)
     assert stats.completed == stats.tasks == 120 and len(pulled) == 120

@@ -12,12 +12,14 @@ import math
 import pandas as pd
 import pytest
 
-from maskbatch import CLASS_NAMES, coco, output
-from maskbatch.classify import ModelRef, default_model_dir, read_model
-from maskbatch.coco import CATEGORY_IDS, ap_101, coco_metrics, write_coco
-from maskbatch.config import DetectorConfig
+from maskbatch.config import CLASS_NAMES, DetectorConfig
 from maskbatch.datasets import DEFAULT_LABEL_MAP
-from maskbatch.evaluate import boxes_from_submission, read_truth, score_detections
+from maskbatch.evaluation.coco_ap import ap_101, coco_metrics
+from maskbatch.evaluation.scoring import score_detections
+from maskbatch.evaluation.truth import boxes_from_submission, read_truth
+from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
+from maskbatch.outputs import coco, writers
+from maskbatch.outputs.coco import CATEGORY_IDS, write_coco
 from maskbatch.pipeline import predict_partition
 
 pytest.importorskip("pycocotools", reason="pycocotools is the test extra's reference AP")
@@ -87,9 +89,9 @@ def test_coco_files_load_in_pycocotools(sample, tmp_path):
     from pycocotools.cocoeval import COCOeval
 
     dataset, _, _, detections, manifest = sample
-    output.write_table_atomic(detections, output.DETECTION_SCHEMA,
+    writers.write_table_atomic(detections, writers.DETECTION_SCHEMA,
                               str(tmp_path / "detections.parquet"))
-    output.write_table_atomic(manifest, output.MANIFEST_SCHEMA, str(tmp_path / "images.parquet"))
+    writers.write_table_atomic(manifest, writers.MANIFEST_SCHEMA, str(tmp_path / "images.parquet"))
     write_coco(str(tmp_path))
     results = json.loads((tmp_path / "detections.coco.json").read_text())
     data = json.loads((tmp_path / "images.coco.json").read_text())
@@ -114,7 +116,8 @@ def test_coco_files_load_in_pycocotools(sample, tmp_path):
 
 
 def test_evaluate_reports_coco_ap(data, tmp_path, model_ref):
-    from maskbatch.evaluate import evaluate, format_table
+    from maskbatch.jobs.console import format_table
+    from maskbatch.jobs.evaluate import evaluate
 
     names = ["0001.jpg", "0002.jpg", "0003.jpg", "0005.jpg"]
     items = [(n, str(data / "medical-mask" / "images" / n)) for n in names]
@@ -158,10 +161,10 @@ def test_coco_files_are_streamed_in_batches(tmp_path, monkeypatch):
                              "n_faces": 0, "width": 64, "height": 48, "seconds": 0.0})
     rows = [(n, 1 + k, 2, 11 + k, 12, CLASS_NAMES[k % 2], 0.9, 0.3, 64, 48, "sha")
             for i, n in enumerate(names) if status[i] == "ok" for k in range(i % 3)]
-    detections = pd.DataFrame(rows, columns=output.DETECTION_COLUMNS)
-    output.write_table_atomic(detections, output.DETECTION_SCHEMA,
+    detections = pd.DataFrame(rows, columns=writers.DETECTION_COLUMNS)
+    writers.write_table_atomic(detections, writers.DETECTION_SCHEMA,
                               str(tmp_path / "detections.parquet"))
-    output.write_table_atomic(manifest, output.MANIFEST_SCHEMA, str(tmp_path / "images.parquet"))
+    writers.write_table_atomic(manifest, writers.MANIFEST_SCHEMA, str(tmp_path / "images.parquet"))
     monkeypatch.setattr(coco, "BATCH_ROWS", 4)
     write_coco(str(tmp_path))
     results = json.loads((tmp_path / "detections.coco.json").read_text())
@@ -173,7 +176,7 @@ def test_coco_files_are_streamed_in_batches(tmp_path, monkeypatch):
     assert [a["id"] for a in data["annotations"]] == list(range(1, len(results) + 1))
     assert results[0]["bbox"] == [1.0, 2.0, 10.0, 10.0] and results[0]["mask_prob"] == 0.3
     shuffled = detections.iloc[::-1]
-    output.write_table_atomic(shuffled, output.DETECTION_SCHEMA,
+    writers.write_table_atomic(shuffled, writers.DETECTION_SCHEMA,
                               str(tmp_path / "detections.parquet"))
     with pytest.raises(MaskbatchError, match="order"):
         write_coco(str(tmp_path))

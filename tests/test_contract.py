@@ -25,12 +25,15 @@ import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from maskbatch import MASK, NO_MASK, files, images, output
-from maskbatch.api import _check_resumable, _run_record, list_inputs, predict
-from maskbatch.classify import ModelRef, default_model_dir, read_model
-from maskbatch.config import ClusterConfig, DetectorConfig
+from maskbatch import files
+from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig
 from maskbatch.errors import MaskbatchError
-from maskbatch.output import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS, SUBMISSION_COLUMNS
+from maskbatch.jobs.outdir import check_resumable as check_resumable
+from maskbatch.jobs.predict import _run_record, list_inputs, predict
+from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
+from maskbatch.outputs import writers
+from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS, SUBMISSION_COLUMNS
+from maskbatch.photos import pixels, reading
 
 THREADS = ClusterConfig(workers=1, processes=False, progress=False, partition_size=2)
 
@@ -176,14 +179,14 @@ def test_check_resumable_compares_each_recorded_key(tmp_path: Path):
     inputs = [("a.jpg", "/x/a.jpg"), ("b.jpg", "/x/b.jpg")]
     ref = ModelRef("f" * 64, str(default_model_dir() / "model.onnx"))
     record = _run_record(inputs, ref, DetectorConfig(), 16)
-    _check_resumable(str(tmp_path), record)  # no run.json yet: nothing to compare
-    output.write_json_atomic(record, str(tmp_path / "run.json"))
-    _check_resumable(str(tmp_path), dict(record, partition_size=4))  # may change on resume
+    check_resumable(str(tmp_path), record)  # no run.json yet: nothing to compare
+    writers.write_json_atomic(record, str(tmp_path / "run.json"))
+    check_resumable(str(tmp_path), dict(record, partition_size=4))  # may change on resume
     for key, value in (("model_sha256", "0" * 64), ("detector", DetectorConfig("seed").as_dict()),
                        ("inputs_sha1", _run_record(inputs[:1], ref, DetectorConfig(), 16)
                         ["inputs_sha1"])):
         with pytest.raises(MaskbatchError, match=f"different {key}"):
-            _check_resumable(str(tmp_path), dict(record, **{key: value}))
+            check_resumable(str(tmp_path), dict(record, **{key: value}))
 
 
 # --------------------------------------------------------------------------- writers, paths
@@ -210,34 +213,34 @@ def test_predict_reads_and_writes_fsspec_memory_urls(photos: Path):
 
 def test_atomic_writers_leave_only_the_finished_file(tmp_path: Path):
     url = str(tmp_path / "deep" / "a.json")
-    output.write_json_atomic({"b": 1, "when": np.float64(0.5)}, url)
+    writers.write_json_atomic({"b": 1, "when": np.float64(0.5)}, url)
     assert json.loads(Path(url).read_text()) == {"b": 1, "when": 0.5}
     df = pd.DataFrame({"name": ["x.jpg"], "x1": [1.0]})
-    output.write_parquet_atomic(df, str(tmp_path / "deep" / "a.parquet"))
-    output.write_csv_atomic(df, str(tmp_path / "deep" / "a.csv"))
+    writers.write_parquet_atomic(df, str(tmp_path / "deep" / "a.parquet"))
+    writers.write_csv_atomic(df, str(tmp_path / "deep" / "a.csv"))
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["a.csv", "a.json", "a.parquet"]
-    pd.testing.assert_frame_equal(output.read_parquet(str(tmp_path / "deep" / "a.parquet")), df)
+    pd.testing.assert_frame_equal(writers.read_parquet(str(tmp_path / "deep" / "a.parquet")), df)
     assert (tmp_path / "deep" / "a.csv").read_text() == "name,x1\nx.jpg,1.0\n"
 
 
 def test_submission_frame_keeps_the_quirk_order_and_integer_pixels():
     det = pd.DataFrame([("a.jpg", 10.0, 20.0, 30.0, 40.0, MASK, 0.9, 0.8, 100, 80, "s")],
                        columns=DETECTION_COLUMNS)
-    sub = output.submission_frame(det)
+    sub = writers.submission_frame(det)
     assert list(sub.columns) == SUBMISSION_COLUMNS
     assert sub.iloc[0].tolist() == ["a.jpg", 10, 20, 30, 40, MASK]
     assert all(sub[c].dtype == np.int64 for c in ("x1", "x2", "y1", "y2"))
 
 
 def test_read_crops_joins_shards_sorted_by_crop_id(tmp_path: Path):
-    assert list(output.read_crops(str(tmp_path)).columns) == output.CROP_COLUMNS  # no shards yet
+    assert list(writers.read_crops(str(tmp_path)).columns) == writers.CROP_COLUMNS  # no shards yet
     for shard, ids in (("b", ["img2#0", "img1#1"]), ("a", ["img1#0"])):
-        output.write_parquet_atomic(pd.DataFrame({"crop_id": ids, "label": [MASK] * len(ids)}),
+        writers.write_parquet_atomic(pd.DataFrame({"crop_id": ids, "label": [MASK] * len(ids)}),
                                     str(tmp_path / "crops" / f"{shard}.parquet"))
     (tmp_path / "crops" / "notes.txt").write_text("not a shard")
-    crops = output.read_crops(str(tmp_path), columns=["label"])
+    crops = writers.read_crops(str(tmp_path), columns=["label"])
     assert list(crops.columns) == ["label"] and len(crops) == 3
-    assert list(output.read_crops(str(tmp_path))["crop_id"]) == ["img1#0", "img1#1", "img2#0"]
+    assert list(writers.read_crops(str(tmp_path))["crop_id"]) == ["img1#0", "img1#1", "img2#0"]
 
 
 def test_files_on_local_disk_and_memory(tmp_path: Path):
@@ -301,7 +304,7 @@ def test_extract_partition_crops_skips_and_fails_with_reasons(data: Path, tmp_pa
     assert m.loc["0003.jpg", "skipped_detail"] == (
         "box 2: class 'hijab_niqab' is not a training label; box 3: empty or outside the image "
         "after clipping; box 4: box has no size")
-    source = images.load_image(photo)
+    source = reading.load_image(photo)
     assert (m.loc["0003.jpg", "height"], m.loc["0003.jpg", "width"]) == source.shape[:2]
     assert m.loc["absent.jpg", ["status", "reason"]].tolist() == ["failed", "missing file"]
     assert m.loc["broken.jpg", ["status", "reason"]].tolist() == ["failed", "annotation is not JSON"]
@@ -315,7 +318,7 @@ def test_extract_partition_crops_skips_and_fails_with_reasons(data: Path, tmp_pa
     assert crops.iloc[1][["x1", "y1", "x2", "y2"]].tolist() == [0, 0, 60, 90]
     first = decode_crop(crops.iloc[0]["image"])
     assert first.shape == (32, 32, 3)
-    assert np.array_equal(first, images.resize(source[50:200, 100:220], 32))
+    assert np.array_equal(first, pixels.resize(source[50:200, 100:220], 32))
     assert crops["pixel_hash"].nunique() == 3
 
 
@@ -332,3 +335,23 @@ def test_predict_partition_rows_share_out_the_time_spent(photos: Path, tmp_path:
     assert detections.empty and list(manifest["status"]) == ["ok", "failed"]
     assert list(manifest["n_faces"]) == [0, 0]
     assert (manifest["seconds"] >= 0).all() and manifest["seconds"].sum() <= wall + 1e-3
+
+
+def test_every_environment_variable_is_read_in_one_place_and_documented() -> None:
+    """maskbatch reads its environment through config.setting alone, and the README's table
+    lists exactly the variables of config.ENVIRONMENT."""
+    import re
+
+    from maskbatch.config import ENVIRONMENT
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    table = readme[readme.index("### Environment variables"):]
+    table = table[:table.index("\n\n", table.index("| variable"))]
+    assert set(re.findall(r"^\| `(\w+)` \|", table, re.M)) == set(ENVIRONMENT)
+    for path in (repo / "maskbatch").rglob("*.py"):
+        text = path.read_text()
+        for name in re.findall(r"\"((?:MASKBATCH|DASK)_[A-Z_]+)\"", text):
+            assert name in ENVIRONMENT, f"{path}: {name} is not in config.ENVIRONMENT"
+        if path.name != "config.py":
+            assert "os.environ.get(" not in text.replace('os.environ.get("LD_PRELOAD")', ""), path

@@ -428,7 +428,7 @@ def test_daskjob_predicts_from_and_to_object_storage_via_the_operator_address() 
     args = build_parser().parse_args(argv[1:])
     assert args.scheduler is None  # taken from DASK_SCHEDULER_ADDRESS, set by the operator
     assert "DASK_SCHEDULER_ADDRESS" in (K8S / "daskjob.yaml").read_text()
-    assert "DASK_SCHEDULER_ADDRESS" in (ROOT / "maskbatch" / "cluster.py").read_text()
+    assert "DASK_SCHEDULER_ADDRESS" in (ROOT / "maskbatch" / "config.py").read_text()
     # the job pod has no shared volume: photos and outputs live in the bucket
     assert args.images.startswith("s3://") and args.out.startswith("s3://")
     assert args.resume  # a restarted job pod finishes the run instead of failing on its --out
@@ -518,7 +518,7 @@ def test_readme_covers_the_promised_topics() -> None:
 
 def test_image_dask_config_keeps_glibc_malloc_defaults_in_workers() -> None:
     """deploy/dask.yaml reaches /etc/dask in the image and removes the nanny's malloc setting."""
-    from maskbatch.cluster import NANNY_ENV
+    from maskbatch.runtime.cluster import NANNY_ENV
 
     config = yaml.safe_load((DEPLOY / "dask.yaml").read_text())
     environ = config["distributed"]["nanny"]["pre-spawn-environ"]

@@ -10,10 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from maskbatch import detect, images
 from maskbatch.config import DetectorConfig
 from maskbatch.datasets import truth_table
 from maskbatch.errors import MaskbatchError
+from maskbatch.models import detect
+from maskbatch.photos import reading
 
 # A portrait from medical-mask (one labelled face, 250 x 274 px in a 739 x 647 photo).
 PORTRAIT = "0027.jpg"
@@ -131,7 +132,7 @@ def test_seed_mode_is_the_notebook(data: Path, net: cv2.dnn.Net, dataset: str, n
     path = str(data / dataset / "images" / name)
     expected = notebook_faces(net, path)
     assert expected, "the comparison needs an image with faces"
-    got = detect.detect_faces(images.load_image(path), DetectorConfig(mode="seed"), net)
+    got = detect.detect_faces(reading.load_image(path), DetectorConfig(mode="seed"), net)
     # The one documented difference: boxes reaching out of the photo are clipped to it (the
     # notebook's crop did the same through numpy slicing) and empty ones dropped.
     h, w = cv2.imread(path).shape[:2]
@@ -144,7 +145,7 @@ def test_seed_mode_is_the_notebook(data: Path, net: cv2.dnn.Net, dataset: str, n
 def test_seed_mode_is_bit_identical_where_no_box_reaches_out(data: Path, net: cv2.dnn.Net) -> None:
     path = str(data / "medical-mask" / "images" / "0001.jpg")
     expected = notebook_faces(net, path)
-    got = detect.detect_faces(images.load_image(path), DetectorConfig(mode="seed"), net)
+    got = detect.detect_faces(reading.load_image(path), DetectorConfig(mode="seed"), net)
     assert len(expected) >= 5
     assert got.tolist() == [list(b) for b in expected]  # same order too (score, descending)
 
@@ -229,7 +230,7 @@ def portrait(data: Path) -> tuple[np.ndarray, np.ndarray]:
     truth = truth_table(str(data / "medical-mask"))
     box = truth.loc[truth["name"] == PORTRAIT, ["x1", "y1", "x2", "y2"]].to_numpy(float)
     assert len(box) == 1
-    return images.load_image(str(data / "medical-mask" / "images" / PORTRAIT)), box[0]
+    return reading.load_image(str(data / "medical-mask" / "images" / PORTRAIT)), box[0]
 
 
 @pytest.mark.parametrize("mode", list(detect.MODES))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskbatch import MASK, NO_MASK
 from maskbatch.cli import build_parser
-from maskbatch.detect import MODES
-from maskbatch.draw import COLOURS, annotate, label_box, label_text
+from maskbatch.config import MASK, NO_MASK
+from maskbatch.models.detect import MODES
+from maskbatch.outputs.draw import COLOURS, annotate, label_box, label_text
 
 
 def test_label_shows_the_probability_of_the_shown_class():

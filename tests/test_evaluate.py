@@ -11,20 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskbatch import MASK, NO_MASK
+from maskbatch.config import MASK, NO_MASK
 from maskbatch.datasets import DEFAULT_LABEL_MAP, truth_table
 from maskbatch.errors import MaskbatchError
-from maskbatch.evaluate import (
+from maskbatch.evaluation.matching import iou_matrix
+from maskbatch.evaluation.scoring import score_detections, voc_ap
+from maskbatch.evaluation.truth import (
     EvaluationWarning,
     boxes_from_submission,
     boxes_to_submission,
-    evaluate,
-    format_table,
-    iou_matrix,
     read_truth,
-    score_detections,
-    voc_ap,
 )
+from maskbatch.jobs.console import format_table
+from maskbatch.jobs.evaluate import evaluate
+from maskbatch.runtime import bags
 
 TRUTH_COLS = ["name", "x1", "y1", "x2", "y2", "classname"]
 PRED_COLS = ["name", "x1", "y1", "x2", "y2", "classname", "score", "mask_prob"]
@@ -235,7 +235,7 @@ def test_parallel_matching_gives_the_same_numbers() -> None:
     preds = as_predictions(FACES[1:], swap=False)
     preds.loc[0, "classname"] = NO_MASK
     serial = score_detections(truth_df(FACES), preds)
-    parallel = score_detections(truth_df(FACES), preds, parallel_min_images=1)
+    parallel = score_detections(truth_df(FACES), preds, map_chunks=bags.map_chunks)
     assert json.dumps(serial.metrics) == json.dumps(parallel.metrics)
     assert serial.predictions.equals(parallel.predictions)
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 from conftest import write_broken_files
 
-from maskbatch import MASK, NO_MASK, images
-from maskbatch.api import extract
-from maskbatch.config import ClusterConfig
+from maskbatch.config import MASK, NO_MASK, ClusterConfig
 from maskbatch.datasets import DEFAULT_LABEL_MAP, load_records
-from maskbatch.output import read_crops
+from maskbatch.jobs.extract import extract
+from maskbatch.outputs.writers import read_crops
+from maskbatch.photos import pixels, reading
 from maskbatch.pipeline import decode_crop, extract_partition
 
 LOCAL2 = ClusterConfig(workers=2, partition_size=40, progress=False)
@@ -34,10 +34,10 @@ def _valid_train_csv_boxes(folder) -> pd.DataFrame:
                 continue
             name = r["name"]
             if name not in sizes:
-                sizes[name] = images.load_image(str(folder / "images" / name)).shape[:2]
+                sizes[name] = reading.load_image(str(folder / "images" / name)).shape[:2]
             h, w = sizes[name]
             # values are left, top, right, bottom under the header x1, x2, y1, y2
-            box = images.clip_box((float(r["x1"]), float(r["x2"]), float(r["y1"]), float(r["y2"])),
+            box = pixels.clip_box((float(r["x1"]), float(r["x2"]), float(r["y1"]), float(r["y2"])),
                                   w, h)
             rows.append({"name": name, "label": r["classname"], "valid": box is not None})
     return pd.DataFrame(rows)
@@ -76,11 +76,11 @@ def test_crops_match_their_source_pixels_and_labels(data, medical):
         record = records[row.source_image]
         box = record.boxes[row.box_index]
         assert DEFAULT_LABEL_MAP[box.classname] == row.label
-        source = images.load_image(record.path)
+        source = reading.load_image(record.path)
         h, w = source.shape[:2]
-        clipped = images.clip_box((box.x1, box.y1, box.x2, box.y2), w, h)
+        clipped = pixels.clip_box((box.x1, box.y1, box.x2, box.y2), w, h)
         assert clipped == (row.x1, row.y1, row.x2, row.y2)
-        expected = images.resize(images.crop(source, clipped), 124)
+        expected = pixels.resize(pixels.crop(source, clipped), 124)
         assert np.array_equal(decode_crop(row.image), expected)
 
 

@@ -16,15 +16,16 @@ import pandas as pd
 import pytest
 from hostile import build_corpus
 
-from maskbatch import cli, files, inputs
-from maskbatch.api import PredictResult, list_inputs, predict
-from maskbatch.classify import ModelRef, default_model_dir, read_model, sha256_bytes
-from maskbatch.cluster import dask_client, workers_lost
+from maskbatch import cli, files
 from maskbatch.config import ClusterConfig, DetectorConfig
 from maskbatch.errors import MaskbatchError
-from maskbatch.output import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
+from maskbatch.jobs.console import predict_table
+from maskbatch.jobs.predict import PredictResult, list_inputs, predict
+from maskbatch.models.classifier import ModelRef, default_model_dir, read_model, sha256_bytes
+from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
+from maskbatch.photos import inputs
 from maskbatch.pipeline import keep_faces, predict_partition
-from maskbatch.report_text import predict_table
+from maskbatch.runtime.cluster import dask_client, workers_lost
 
 BOX_COLUMNS = ["x1", "x2", "y1", "y2", "classname", "score", "mask_prob"]
 
@@ -207,7 +208,7 @@ def test_budget_options_reach_the_job(monkeypatch):
         seen.update(kwargs)
         raise MaskbatchError("stop here")
 
-    monkeypatch.setattr("maskbatch.api.predict", fake_predict)
+    monkeypatch.setattr("maskbatch.cli.predict", fake_predict)
     assert cli.main(["predict", "photos", "--out", "out", "--max-bytes", "2M", "--max-pixels",
                      "5M", "--read-timeout", "3", "--min-face", "7"]) == 2
     assert seen["limits"].max_bytes == 2 * 2**20 and seen["limits"].max_pixels == 5_000_000

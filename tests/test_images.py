@@ -9,28 +9,28 @@ import numpy as np
 import pytest
 from conftest import huge_png_header
 
-from maskbatch import images
 from maskbatch.config import InputLimits
 from maskbatch.errors import ImageError, SkippedInput
+from maskbatch.photos import decoding, pixels, reading
 
 
 def test_messy_real_files_decode_to_8bit_bgr(data):
     for path in sorted((data / "messy").iterdir()):
-        image = images.load_image(str(path))
+        image = reading.load_image(str(path))
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, path.name
 
 
 def test_webp_named_jpg_is_recognised_by_content(data):
     raw = (data / "messy" / "webp-named-jpg.jpg").read_bytes()
-    assert images.sniff_format(raw) == "webp"
-    assert images.decode_image(raw).shape[2] == 3
+    assert decoding.sniff_format(raw) == "webp"
+    assert decoding.decode_image(raw).shape[2] == 3
 
 
 def test_16bit_rgba_png_is_scaled_not_clipped(data):
     raw = (data / "messy" / "rgba-16bit.png").read_bytes()
     unchanged = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
     assert unchanged.dtype == np.uint16 and unchanged.shape[2] == 4
-    image = images.decode_image(raw)
+    image = decoding.decode_image(raw)
     expected = (unchanged[:, :, :3] >> 8).astype(np.uint8)
     assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
 
@@ -38,7 +38,7 @@ def test_16bit_rgba_png_is_scaled_not_clipped(data):
 def test_grayscale_becomes_three_channels():
     gray = np.tile(np.arange(64, dtype=np.uint8), (32, 1))
     ok, buf = cv2.imencode(".png", gray)
-    image = images.decode_image(buf.tobytes())
+    image = decoding.decode_image(buf.tobytes())
     assert image.shape == (32, 64, 3)
     assert (image[:, :, 0] == gray).all()
 
@@ -51,29 +51,29 @@ def test_grayscale_becomes_three_channels():
 ])
 def test_broken_bytes_give_a_reason(content, reason):
     with pytest.raises(ImageError, match=reason):
-        images.decode_image(content)
+        decoding.decode_image(content)
 
 
 def test_truncated_jpeg_is_refused(data):
     raw = (data / "medical-mask" / "images" / "0001.jpg").read_bytes()
-    images.decode_image(raw)
+    decoding.decode_image(raw)
     with pytest.raises(ImageError, match="truncated JPEG"):
-        images.decode_image(raw[: len(raw) // 2])
+        decoding.decode_image(raw[: len(raw) // 2])
 
 
 def test_missing_file_reason(tmp_path):
     with pytest.raises(ImageError, match="missing file"):
-        images.load_image(str(tmp_path / "nope.jpg"))
+        reading.load_image(str(tmp_path / "nope.jpg"))
 
 
 def test_gamma_matches_the_notebook_table():
     image = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
     table = np.array([((i / 255.0) ** 0.5) * 255 for i in range(256)]).astype(np.uint8)
-    assert (images.adjust_gamma(image, 2.0) == table[image]).all()
+    assert (pixels.adjust_gamma(image, 2.0) == table[image]).all()
     # known values, not only the same formula: gamma 2 is a square root, truncated
-    lit = images.adjust_gamma(np.array([[[0, 64, 255]]], np.uint8), 2.0)
+    lit = pixels.adjust_gamma(np.array([[[0, 64, 255]]], np.uint8), 2.0)
     assert lit.tolist() == [[[0, 127, 255]]]
-    assert (images.adjust_gamma(image, 1.0) == image).all()
+    assert (pixels.adjust_gamma(image, 1.0) == image).all()
 
 
 @pytest.mark.parametrize("box, expected", [
@@ -85,7 +85,7 @@ def test_gamma_matches_the_notebook_table():
     ((30, 40, 10, 20), None),            # inverted
 ])
 def test_clip_box(box, expected):
-    assert images.clip_box(box, 100, 50) == expected
+    assert pixels.clip_box(box, 100, 50) == expected
 
 
 # --------------------------------------------------------------------------- per-photo budget
@@ -111,16 +111,16 @@ def test_special_files_are_skipped_without_being_read(tmp_path):
     started = time.perf_counter()
     for name, reason in expected.items():
         with pytest.raises(SkippedInput, match=reason):
-            images.load_image(str(tmp_path / name))
+            reading.load_image(str(tmp_path / name))
     with pytest.raises(SkippedInput, match="FIFO"):
-        images.load_image(f"file://{tmp_path}/fifo.jpg")
+        reading.load_image(f"file://{tmp_path}/fifo.jpg")
     assert time.perf_counter() - started < 5
 
 
 def test_symlink_to_a_photo_is_read(tmp_path):
     (tmp_path / "real.jpg").write_bytes(_jpeg())
     (tmp_path / "link.jpg").symlink_to(tmp_path / "real.jpg")
-    assert images.load_image(str(tmp_path / "link.jpg")).shape == (48, 64, 3)
+    assert reading.load_image(str(tmp_path / "link.jpg")).shape == (48, 64, 3)
 
 
 def test_bytes_and_pixels_are_capped(tmp_path):
@@ -128,12 +128,12 @@ def test_bytes_and_pixels_are_capped(tmp_path):
     with open(big, "wb") as f:
         f.truncate(10 * 2**30)  # 10 GB that occupy no disk: refused from its size, never read
     with pytest.raises(ImageError, match="larger than the 64 MB limit"):
-        images.load_image(str(big))
+        reading.load_image(str(big))
     (tmp_path / "small.jpg").write_bytes(_jpeg())
     with pytest.raises(ImageError, match="larger than the 1.0 KB|larger than the 0.0 MB"):
-        images.load_image(str(tmp_path / "small.jpg"), InputLimits(max_bytes=1000))
+        reading.load_image(str(tmp_path / "small.jpg"), InputLimits(max_bytes=1000))
     with pytest.raises(ImageError, match="64 x 48 pixels, over the 0.001 megapixel limit"):
-        images.load_image(str(tmp_path / "small.jpg"), InputLimits(max_pixels=1000))
+        reading.load_image(str(tmp_path / "small.jpg"), InputLimits(max_pixels=1000))
 
 
 def test_a_stuck_read_fails_the_photo_not_the_worker():
@@ -159,7 +159,7 @@ def test_a_stuck_read_fails_the_photo_not_the_worker():
     fsspec.register_implementation("stucktest", StuckFileSystem, clobber=True)
     try:
         with pytest.raises(ImageError, match="gave up after 0.5 s"):
-            images.load_image("stucktest://photo.jpg", InputLimits(read_timeout=0.5))
+            reading.load_image("stucktest://photo.jpg", InputLimits(read_timeout=0.5))
     finally:
         release.set()
 
@@ -170,12 +170,12 @@ def test_multi_page_tiff_says_what_was_read(tmp_path):
     pages = [Image.new("RGB", (40, 30), colour) for colour in ("red", "green", "blue")]
     buf = io.BytesIO()
     pages[0].save(buf, format="TIFF", save_all=True, append_images=pages[1:])
-    photo = images.decode_photo(buf.getvalue())
+    photo = decoding.decode_photo(buf.getvalue())
     assert photo.image.shape == (30, 40, 3)
     assert photo.note == "page 1 of 3 read (multi-page TIFF; the others are not)"
     single = io.BytesIO()
     pages[0].save(single, format="TIFF")
-    assert images.decode_photo(single.getvalue()).note == ""
+    assert decoding.decode_photo(single.getvalue()).note == ""
 
 
 def test_gif_named_jpg_is_decoded():
@@ -183,17 +183,17 @@ def test_gif_named_jpg_is_decoded():
 
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), "red").save(buf, format="GIF")
-    assert images.sniff_format(buf.getvalue()) == "gif"
-    assert images.decode_image(buf.getvalue()).shape == (30, 40, 3)
+    assert decoding.sniff_format(buf.getvalue()) == "gif"
+    assert decoding.decode_image(buf.getvalue()).shape == (30, 40, 3)
 
 
 def test_reasons_carry_no_opencv_build_paths():
     err = cv2.error("OpenCV(4.14.0) /io/opencv/modules/imgcodecs/src/grfmt_gif.cpp:508: error: "
                     "(-215:Assertion failed) false in function 'getFrameCount_'\n")
-    text = images.plain_cv_error(err)
+    text = decoding.plain_cv_error(err)
     assert "/io/opencv" not in text and ".cpp" not in text and "OpenCV(" not in text
     try:  # a real one: a 0x0 resize
         cv2.resize(np.zeros((0, 0, 3), np.uint8), (5, 5))
     except cv2.error as exc:
-        text = images.plain_cv_error(exc)
+        text = decoding.plain_cv_error(exc)
     assert text.startswith("the decoder refused it") and "/" not in text.replace("!", "")

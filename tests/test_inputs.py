@@ -10,11 +10,13 @@ import os
 import pandas as pd
 import pytest
 
-from maskbatch import files, images, inputs, output
-from maskbatch.api import _run_record, list_inputs
-from maskbatch.classify import ModelRef
+from maskbatch import files
 from maskbatch.config import DetectorConfig
 from maskbatch.errors import ImageError
+from maskbatch.jobs.predict import _run_record, list_inputs
+from maskbatch.models.classifier import ModelRef
+from maskbatch.outputs import writers
+from maskbatch.photos import inputs, reading
 
 CONTROL_NAMES = ["line\rbreak.jpg", "new\nline.jpg", 'quote",comma.jpg', "tab\tesc\x1b.jpg"]
 
@@ -33,7 +35,7 @@ def test_local_names_are_never_urls(tmp_path):
     assert not files.is_url("a::b.jpg") and not files.is_url("x://y.jpg")
     assert not files.is_url(str(tmp_path / "a::b.jpg"))
     (tmp_path / "a::b.jpg").write_bytes(_jpeg_bytes())
-    assert images.load_image(str(tmp_path / "a::b.jpg")).shape == (20, 30, 3)
+    assert reading.load_image(str(tmp_path / "a::b.jpg")).shape == (20, 30, 3)
     assert [n for n, _ in list_inputs(str(tmp_path))] == ["a::b.jpg"]
 
 
@@ -45,7 +47,7 @@ def test_non_utf8_name_is_listed_as_text_and_opens(tmp_path):
     [(name, path)] = list_inputs(str(tmp_path))
     assert name == "caf\\xe9.jpg" and name.encode("utf-8")  # valid text for Parquet, CSV, JSON
     assert os.fsencode(files.os_path(path)) == raw
-    assert images.load_image(path).shape == (20, 30, 3)
+    assert reading.load_image(path).shape == (20, 30, 3)
     record = _run_record([(name, path)], ModelRef("x" * 64), DetectorConfig(), 16)
     json.dumps(record).encode("utf-8")
     pd.DataFrame({"name": [name], "path": [path]}).to_parquet(io.BytesIO())
@@ -54,7 +56,7 @@ def test_non_utf8_name_is_listed_as_text_and_opens(tmp_path):
 def test_a_real_backslash_name_still_opens(tmp_path):
     (tmp_path / "lit\\xe9.jpg").write_bytes(_jpeg_bytes())
     [(name, path)] = list_inputs(str(tmp_path))
-    assert name == "lit\\xe9.jpg" and images.load_image(path).shape == (20, 30, 3)
+    assert name == "lit\\xe9.jpg" and reading.load_image(path).shape == (20, 30, 3)
 
 
 @pytest.mark.parametrize("reader", ["pandas", "csv"])
@@ -62,7 +64,7 @@ def test_control_characters_round_trip_through_the_submission_csv(reader):
     """A name with a carriage return was written unquoted and read back as two rows."""
     names = CONTROL_NAMES + ["caf\\xe9.jpg", "plain.jpg"]
     df = pd.DataFrame({"name": names, "x1": range(len(names)), "classname": "face_with_mask"})
-    text = output.csv_text(df)
+    text = writers.csv_text(df)
     if reader == "pandas":
         back = pd.read_csv(io.StringIO(text))
         assert list(back["name"]) == names and list(back["x1"]) == list(range(len(names)))
@@ -100,14 +102,14 @@ def test_template_names_stay_inside_the_images_folder(tmp_path):
     template.write_text("name\n" + "\n".join(names) + "\n")
     pairs = dict(list_inputs(str(template)))
     for outside in ("../secret.jpg", "../not-there.jpg", "/etc/passwd", "s3://bucket/x.jpg"):
-        assert images.refused_reason(pairs[outside]) == ("failed", inputs.OUTSIDE)
+        assert reading.refused_reason(pairs[outside]) == ("failed", inputs.OUTSIDE)
     assert pairs["in.jpg"] == str(photos / "in.jpg")
     assert pairs["./in.jpg"] == str(photos / "in.jpg")
     assert pairs["sub/../in2.jpg"] == str(photos / "in2.jpg")
     with pytest.raises(ImageError, match="missing file"):  # a name with :// is a local name
-        images.load_image(pairs["a://b.jpg"])
+        reading.load_image(pairs["a://b.jpg"])
     with pytest.raises(ImageError, match="outside the images folder"):
-        images.load_image(pairs["../secret.jpg"])
+        reading.load_image(pairs["../secret.jpg"])
 
 
 def test_submission_names_work_as_a_template_again(tmp_path):
@@ -120,11 +122,11 @@ def test_submission_names_work_as_a_template_again(tmp_path):
         f.write(_jpeg_bytes())
     listed = list_inputs(str(folder))
     sub = pd.DataFrame({"name": [n for n, _ in listed], "x1": 1})
-    (tmp_path / "submission.csv").write_text(output.csv_text(sub), newline="")
+    (tmp_path / "submission.csv").write_text(writers.csv_text(sub), newline="")
     again = list_inputs(str(tmp_path / "submission.csv"), str(folder))
     assert [n for n, _ in again] == [n for n, _ in listed]
     for _, path in again:
-        assert images.load_image(path).shape == (20, 30, 3)
+        assert reading.load_image(path).shape == (20, 30, 3)
 
 
 def test_csv_text_writes_each_field_as_csv_field_does():
@@ -133,7 +135,7 @@ def test_csv_text_writes_each_field_as_csv_field_does():
     import numpy as np
     import pandas as pd
 
-    from maskbatch.output import csv_field, csv_text
+    from maskbatch.outputs.writers import csv_field, csv_text
 
     df = pd.DataFrame({"name": ["a.jpg", "b,c.jpg", 'q"x', "cr\r.jpg", "lf\n", None, "ü"],
                        "x1": [1, 2, 3, 4, 5, 6, -7], "f": [0.1, np.nan, 1e-7, 2.0, 3.5, None, 1 / 3],

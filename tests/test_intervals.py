@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from test_evaluate import FACES, as_predictions, pred_df, truth_df, write_run, write_train_csv
 
-from maskbatch import MASK, NO_MASK
-from maskbatch.evaluate import evaluate, format_table, score_detections
-from maskbatch.intervals import METRICS, _Rows, photo_intervals
+from maskbatch.config import MASK, NO_MASK
+from maskbatch.evaluation.intervals import METRICS, _Rows, photo_intervals
+from maskbatch.evaluation.scoring import score_detections
+from maskbatch.jobs.console import format_table
+from maskbatch.jobs.evaluate import evaluate
 
 # three photos: a found and right, b one face missed and one wrong label, c a false alarm
 TRUTH = FACES + [("c.jpg", 10, 10, 60, 70, NO_MASK)]
@@ -111,7 +113,7 @@ def test_paired_interval_is_the_difference_on_the_same_resamples(tmp_path: Path)
 
 
 def test_large_evaluations_take_fewer_resamples() -> None:
-    from maskbatch.intervals import default_resamples
+    from maskbatch.evaluation.intervals import default_resamples
 
     assert default_resamples(2_000) == 1000  # a validation set
     assert default_resamples(200_000) == 250

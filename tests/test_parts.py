@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from maskbatch import parts
-from maskbatch.cluster import choose_partition_size, contiguous_partitions
 from maskbatch.errors import MaskbatchError
-from maskbatch.output import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
+from maskbatch.outputs import parts
+from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
+from maskbatch.runtime.window import choose_partition_size, contiguous_partitions
 
 
 def _part(out: str, names: list[str], first: int, faces: dict[str, int]) -> dict:

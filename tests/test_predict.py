@@ -13,12 +13,11 @@ import pandas as pd
 import pytest
 from conftest import copy_photos, write_broken_files
 
-from maskbatch import MASK, NO_MASK
-from maskbatch.api import list_inputs, predict
-from maskbatch.classify import ModelRef, default_model_dir, read_model
-from maskbatch.config import ClusterConfig, DetectorConfig
+from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig
 from maskbatch.errors import MaskbatchError
-from maskbatch.output import DETECTION_COLUMNS, SUBMISSION_COLUMNS
+from maskbatch.jobs.predict import list_inputs, predict
+from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
+from maskbatch.outputs.writers import DETECTION_COLUMNS, SUBMISSION_COLUMNS
 from maskbatch.pipeline import predict_partition
 
 LOCAL2 = ClusterConfig(workers=2, partition_size=8, progress=False)
@@ -70,7 +69,7 @@ def test_several_threads_per_worker_give_the_same_answers(sample_dir, cluster_ru
 def test_per_thread_cache_gives_each_thread_its_own_object():
     import threading
 
-    from maskbatch.per_thread import per_thread
+    from maskbatch.models.per_thread import per_thread
 
     made = []
 
@@ -188,7 +187,7 @@ def test_crops_do_not_keep_their_photo_alive():
     import cv2
     import numpy as np
 
-    from maskbatch.classify import fit_crop, preprocess
+    from maskbatch.models.classifier import fit_crop, preprocess
 
     photo = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
     for face in (photo[10:90, 20:80], photo[0:128, 0:128]):

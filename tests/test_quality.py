@@ -13,10 +13,11 @@ import warnings
 
 import pytest
 
-from maskbatch.classify import ModelRef, default_model_dir, read_model
 from maskbatch.config import DetectorConfig
 from maskbatch.datasets.splits import split_names
-from maskbatch.evaluate import boxes_from_submission, read_truth, score_detections
+from maskbatch.evaluation.scoring import score_detections
+from maskbatch.evaluation.truth import boxes_from_submission, read_truth
+from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
 from maskbatch.pipeline import predict_partition
 
 N_PHOTOS = 40  # the first 40 validation names (sorted) of each set

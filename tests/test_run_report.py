@@ -14,10 +14,10 @@ import pytest
 from browser import find_chromium, load_page
 from conftest import copy_photos, write_broken_files
 
-from maskbatch import NO_MASK
-from maskbatch.api import predict
-from maskbatch.config import ClusterConfig
-from maskbatch.run_report import Timeline, unmasked_photos, write_run_report
+from maskbatch.config import NO_MASK, ClusterConfig
+from maskbatch.jobs.predict import predict
+from maskbatch.outputs.run_digest import Timeline, unmasked_photos
+from maskbatch.outputs.run_page import write_run_report
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_report_says_what_the_run_found(run):
     for section in ("The first photos", "The most crowded photos",
                     "The least certain faces", "Throughput", "Detector", "Classifier (model card)"):
         assert section in page, section
-    from maskbatch import yunet
+    from maskbatch.models import yunet
 
     detector_sha = yunet.read_tuned_card()[1]["onnx_sha256"][:12]  # the default mode's weights
     assert "tuned" in page and detector_sha in page
@@ -108,7 +108,7 @@ def test_report_renders_in_a_real_browser(run, tmp_path):
 def test_digest_read_in_batches_equals_the_tables_in_memory(run):
     """The report's digest of a run, its files read 3 rows at a time (faces of one photo split
     across batches), says exactly what the whole tables in memory say."""
-    from maskbatch.run_report import Digest
+    from maskbatch.outputs.run_digest import Digest
 
     result, out, _ = run
     det, manifest = result.detections, result.manifest

@@ -82,7 +82,7 @@ def _env(server_env: dict, **extra: str) -> dict:
 
 @pytest.mark.slow
 def test_predict_from_and_into_a_bucket(s3, photos_bucket):
-    from maskbatch.api import predict
+    from maskbatch.jobs.predict import predict
 
     url, names = photos_bucket
     result = predict(url, "s3://results/run-1", cluster_config=LOCAL2, previews=2)
@@ -102,7 +102,7 @@ def test_predict_from_and_into_a_bucket(s3, photos_bucket):
 
 @pytest.mark.slow
 def test_template_csv_in_a_bucket(s3, data):
-    from maskbatch.api import predict
+    from maskbatch.jobs.predict import predict
 
     s3.mkdir("templates")
     for name in PHOTOS[:3]:

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskbatch import CLASS_NAMES, MASK, NO_MASK
-from maskbatch.classify import BUNDLED_MODEL_DIR, Classifier, read_model, sha256_bytes
+from maskbatch.config import CLASS_NAMES, MASK, NO_MASK
 from maskbatch.errors import MaskbatchError
-from maskbatch.output import write_parquet_atomic
+from maskbatch.models.classifier import BUNDLED_MODEL_DIR, Classifier, read_model, sha256_bytes
+from maskbatch.outputs.writers import write_parquet_atomic
 from maskbatch.train import DEFAULT_ARCH
 from maskbatch.train import data as tdata
 from maskbatch.train.metrics import choose_threshold, classification_report
@@ -205,7 +205,7 @@ def test_limit_keeps_train_and_val_photos(small_crops_dir: str) -> None:
 
 
 def _real_crops(data: Path, per_class: int = 100) -> tuple[list[np.ndarray], np.ndarray]:
-    from maskbatch.images import load_image
+    from maskbatch.photos.reading import load_image
 
     faces, labels = [], []
     for folder, target in (("with_mask", 1), ("without_mask", 0)):
@@ -242,7 +242,7 @@ def test_bundled_model_classifies_real_crops_without_tensorflow(data: Path) -> N
     assert one[0] == pytest.approx(prob[0], abs=1e-5)  # batch 1 == inside a batch
 
     # inference needs onnxruntime only: loading and predicting never import TensorFlow
-    code = ("import sys, numpy as np; from maskbatch.classify import read_model, Classifier; "
+    code = ("import sys, numpy as np; from maskbatch.models.classifier import read_model, Classifier; "
             "c = Classifier(*read_model()); "
             "c.mask_probability([np.zeros((50, 40, 3), np.uint8)]); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
@@ -313,9 +313,9 @@ def test_backbone_starts_from_the_bundled_detectors_weights(tmp_path: Path,
     $MASKBATCH_DETECTOR_MODEL is named by its own path."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("onnx")
+    from maskbatch.models.yunet import read_tuned_card
     from maskbatch.train.architectures import INPUT_SIZES, build_model, pretrained_backbone
     from maskbatch.train.yunet_graph import float_weights
-    from maskbatch.yunet import read_tuned_card
 
     net = build_model("backbone")
     assert net.input_shape == (None, INPUT_SIZES["compact"], INPUT_SIZES["compact"], 3)

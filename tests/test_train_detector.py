@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
-from maskbatch import yunet
 from maskbatch.datasets import load_records
 from maskbatch.datasets.splits import make_split, split_names
 from maskbatch.errors import MaskbatchError
+from maskbatch.models import yunet
 from maskbatch.train.detector_data import Photo, augment
 from maskbatch.train.detector_targets import assign, decode, iou, priors
 
@@ -213,7 +213,7 @@ def test_tuned_detector_with_wrong_checksum_is_refused(tmp_path: Path):
 
 
 def test_tuned_mode_uses_the_cards_threshold_and_pass():
-    from maskbatch import detect
+    from maskbatch.models import detect
 
     _, card = yunet.read_tuned_card()
     mode = detect.MODES["tuned"]
@@ -229,10 +229,10 @@ STREET = "maksssksksss623.jpg"  # voc-masks validation photo: 23 faces, median 2
 def test_tuned_mode_finds_the_faces_of_a_validation_street_scene(data: Path):
     """A crowded voc-masks validation photo of 16-32 px faces: measured 2026-11-27, the fine-tuned
     detector finds 23 of 23 (27 boxes: the 4 off faces score lowest); the pretrained one 19."""
-    from maskbatch import detect
     from maskbatch.config import DetectorConfig
     from maskbatch.datasets import truth_table
-    from maskbatch.evaluate import iou_matrix
+    from maskbatch.evaluation.matching import iou_matrix
+    from maskbatch.models import detect
 
     assert STREET in split_names("voc-masks", "val")
     truth = truth_table(str(data / "voc-masks"))

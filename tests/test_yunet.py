@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskbatch import detect, images, yunet
 from maskbatch.config import DetectorConfig
 from maskbatch.datasets import truth_table
 from maskbatch.errors import MaskbatchError
-from maskbatch.evaluate import iou_matrix
+from maskbatch.evaluation.matching import iou_matrix
+from maskbatch.models import detect, yunet
+from maskbatch.photos import reading
 
 # A voc-masks street scene: 400 x 225 px, nine faces of 16-41 px.
 SMALL_FACES = "maksssksksss1.jpg"
@@ -98,7 +99,7 @@ def test_forward_clips_and_drops_junk_rows() -> None:
 
 
 def test_forward_gives_relative_boxes_above_the_threshold(data: Path) -> None:
-    image = images.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
+    image = reading.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
     rel = yunet.forward(yunet.load_yunet(), image, (800, 448), 0.5)
     assert len(rel) >= 1 and rel.dtype == np.float32
     assert ((rel[:, :4] >= 0) & (rel[:, :4] <= 1)).all()
@@ -113,7 +114,7 @@ def test_forward_gives_relative_boxes_above_the_threshold(data: Path) -> None:
 def test_yunet_mode_finds_most_small_faces_of_a_street_scene(data: Path) -> None:
     truth = truth_table(str(data / "voc-masks"))
     faces = truth.loc[truth["name"] == SMALL_FACES, ["x1", "y1", "x2", "y2"]].to_numpy(float)
-    image = images.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
+    image = reading.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
     found = detect.detect_faces(image, DetectorConfig(mode="yunet"))
     seed = detect.detect_faces(image, DetectorConfig(mode="seed"))
     hit = (iou_matrix(faces, found[:, :4]).max(axis=1) >= 0.5) if len(found) else np.zeros(0)

@@ -13,7 +13,7 @@ import pandas as pd
 from maskbatch import files
 from maskbatch.datasets.records import FaceBox, ImageRecord
 from maskbatch.errors import MaskbatchError
-from maskbatch.images import IMAGE_EXTENSIONS
+from maskbatch.photos.decoding import IMAGE_EXTENSIONS
 
 LAYOUTS = ("kaggle", "voc", "crops")
 

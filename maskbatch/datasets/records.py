@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from maskbatch import MASK, NO_MASK
+from maskbatch.config import MASK, NO_MASK
 from maskbatch.errors import MaskbatchError
 
 # Source class name -> training label. Names missing here are skipped with a reason.

@@ -7,6 +7,8 @@ when it is missing. Inference never needs this package (see :mod:`maskbatch.clas
 
 from __future__ import annotations
 
+from maskbatch.errors import MaskbatchError
+
 ARCHITECTURES = ("compact", "seed", "backbone")
 DEFAULT_ARCH = "compact+backbone"
 TRAIN_EXTRA_HINT = "training needs the train extra: pip install 'maskbatch[train]'"
@@ -14,7 +16,6 @@ TRAIN_EXTRA_HINT = "training needs the train extra: pip install 'maskbatch[train
 
 def require_tensorflow() -> None:
     """Raise MaskbatchError with the install hint unless TensorFlow and tf2onnx import."""
-    from maskbatch.errors import MaskbatchError
 
     try:
         import tensorflow  # noqa: F401
@@ -26,7 +27,6 @@ def require_tensorflow() -> None:
 def architecture_list(arch: str) -> list[str]:
     """The nets of an architecture spec: one name, or names joined by '+' (an ensemble of one net
     per name, e.g. 'compact+backbone'); raises MaskbatchError on an unknown or repeated name."""
-    from maskbatch.errors import MaskbatchError
 
     names = arch.split("+")
     for name in names:
@@ -80,7 +80,6 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     try:
         import onnx  # noqa: F401
     except ImportError:
-        from maskbatch.errors import MaskbatchError
 
         raise MaskbatchError(TRAIN_EXTRA_HINT) from None
     from maskbatch.train.detector_fit import Recipe

@@ -1,7 +1,7 @@
 """Classifier architectures: the seed notebook's CNN, the compact CNN, and a net on the face
 detector's pretrained backbone (the default model averages compact and backbone).
 
-All take :func:`maskbatch.classify.preprocess` output (BGR, x/255, float32 NHWC) and end in one
+All take :func:`maskbatch.models.classifier.preprocess` output (BGR, x/255, float32 NHWC) and end in one
 sigmoid unit, P(face_with_mask). The notebook's augmentation (rotation 15 degrees, shifts 0.1,
 horizontal flip) sits at the front of each model as Keras preprocessing layers: they act while
 training and are identity at inference, so the exported ONNX graph contains none of them.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from maskbatch.models.yunet import read_tuned_card, tuned_dir
 from maskbatch.train import ARCHITECTURES
 
 INPUT_SIZES = {"compact": 124, "seed": 124, "backbone": 124}
@@ -125,7 +126,6 @@ def pretrained_backbone() -> dict[str, str]:
     """Where the backbone's starting weights come from: the fine-tuned detector that
     ``read_tuned_card`` finds (the bundled one, or $MASKBATCH_DETECTOR_MODEL's), sha256-checked;
     the bundled file is named by its place in the package."""
-    from maskbatch.yunet import read_tuned_card, tuned_dir
 
     path, card = read_tuned_card()
     bundled = path.resolve().parent == tuned_dir()
@@ -138,7 +138,6 @@ def _backbone() -> keras.Model:
     0..255 -> the inputs of the layers named in BACKBONE_INPUTS (its stride-16 and stride-32
     features, 64 channels each), all trainable."""
     from maskbatch.train.yunet_graph import build_keras
-    from maskbatch.yunet import read_tuned_card
 
     path, _ = read_tuned_card()
     full = build_keras(path)

@@ -1,20 +1,26 @@
 """Training data: crops from an extract folder, de-duplicated, split 80/20 without leakage.
 
 No TensorFlow here (the split and the arrays are plain numpy/pandas), so tests of the split run
-without the training extra. The arrays fed to a model are exactly :func:`maskbatch.classify.preprocess`
-output, the function inference uses.
+without the training extra. The arrays fed to a model are exactly
+:func:`maskbatch.models.classifier.preprocess` output, the function inference uses.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from maskbatch import CLASS_NAMES, MASK, NO_MASK
-from maskbatch.classify import preprocess
+from maskbatch import files
+from maskbatch.config import CLASS_NAMES, MASK, NO_MASK
+from maskbatch.datasets import splits
+from maskbatch.datasets.splits import dataset_name
 from maskbatch.errors import MaskbatchError
+from maskbatch.models.classifier import preprocess
+from maskbatch.outputs.writers import read_crops
+from maskbatch.pipeline import decode_crop
 
 # Model target: 1 = face_with_mask, 0 = face_no_mask; the model outputs P(face_with_mask).
 TARGET = {MASK: 1, NO_MASK: 0}
@@ -26,7 +32,6 @@ def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0) -> 
 
     `limit` keeps a seeded random subset of whole source images (for quick runs and tests).
     """
-    from maskbatch.output import read_crops
 
     df = read_crops(crops_dir)
     if df.empty:
@@ -158,7 +163,6 @@ class Arrays:
 
 def to_arrays(df: pd.DataFrame, size: int) -> Arrays:
     """Decode the PNG face crops and run the shared preprocess()."""
-    from maskbatch.pipeline import decode_crop
 
     df = df[df["label"].isin(CLASS_NAMES)]
     faces = [decode_crop(png) for png in df["image"]]
@@ -181,10 +185,7 @@ PARTS = ("train", "tune", "val")
 def set_name(crops_dir: str) -> str:
     """The name of the dataset an extract folder came from (run.json's dataset, last component),
     else the folder's own name. medical-mask and voc-masks have committed splits."""
-    import json
 
-    from maskbatch import files
-    from maskbatch.datasets.splits import dataset_name
 
     try:
         fs, path = files.filesystem(files.join(crops_dir, "run.json"))
@@ -231,7 +232,6 @@ def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FR
     tune: a grouped share of what is left, for early stopping and the decision threshold, so
     that no number reported on val was tuned on it.
     """
-    from maskbatch.datasets import splits
 
     parts = np.full(len(df), "train", dtype=object)
     known = set(splits.known_datasets())

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from maskbatch import images
 from maskbatch.datasets import load_records
 from maskbatch.datasets.splits import dataset_name, in_part
+from maskbatch.photos import reading
 
 MAX_SIDE = 1024  # photos are cached at most this large (the tuned mode never runs above it)
 MIN_FACE = 4.0  # px after augmentation: smaller faces are ignore regions
@@ -41,7 +41,7 @@ def load_photos(datasets: list[str], part: str | None = "train") -> list[Photo]:
         records = [r for r in load_records(root) if r.problem is None and r.boxes]
         for record in in_part(records, dataset_name(root), part):
             try:
-                image = images.load_image(record.path)
+                image = reading.load_image(record.path)
             except Exception:  # noqa: BLE001 - an unreadable photo is left out of training
                 continue
             faces = np.array([[b.x1, b.y1, b.x2, b.y2] for b in record.boxes if b.problem is None],

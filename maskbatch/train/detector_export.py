@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from maskbatch.errors import MaskbatchError
@@ -76,7 +77,6 @@ def keras_weights(model: object) -> dict[str, np.ndarray]:
 def opencv_outputs(onnx_bytes: bytes, image: np.ndarray) -> list[np.ndarray]:
     """The twelve raw outputs of the ONNX net in OpenCV's dnn for one BGR image (sides multiple
     of 32), as cv2.FaceDetectorYN computes them."""
-    import cv2
 
     net = cv2.dnn.readNetFromONNX(np.frombuffer(onnx_bytes, np.uint8))
     net.setInput(cv2.dnn.blobFromImage(image))

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from maskbatch.config import setting
 from maskbatch.train.detector_data import Photo, augment
 from maskbatch.train.detector_targets import assign, decode, priors
 from maskbatch.train.yunet_graph import STRIDES, build_keras
@@ -50,7 +51,7 @@ def setup_tensorflow(seed: int) -> None:
 
     tf.keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-    threads = int(os.environ.get("MASKBATCH_TRAIN_THREADS", os.cpu_count() or 1))
+    threads = int(setting("MASKBATCH_TRAIN_THREADS") or os.cpu_count() or 1)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)

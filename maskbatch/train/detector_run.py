@@ -14,13 +14,18 @@ import math
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from maskbatch import images, yunet
 from maskbatch.datasets import load_records, truth_table
 from maskbatch.datasets.splits import dataset_name, in_part, known_datasets
 from maskbatch.errors import MaskbatchError
+from maskbatch.evaluation.scoring import score_detections
+from maskbatch.models import yunet
+from maskbatch.models.detect import pass_size, to_pixels
+from maskbatch.photos import reading
 from maskbatch.train.detector_data import Photo, inference_scale, load_photos
 from maskbatch.train.detector_export import keras_weights, onnx_with_weights, parity
 from maskbatch.train.detector_fit import Recipe, build_model, fit, setup_tensorflow
@@ -52,12 +57,11 @@ def detect_with(model_path: str | Path, items: list[tuple[str, str]], area: int,
                 max_upscale: float, floor: float = SCORE_FLOOR) -> pd.DataFrame:
     """Detections (name, x1, y1, x2, y2, score) of one YuNet ONNX over photos, one pass each at
     `area` pixels as the tuned mode runs it (no box fit)."""
-    from maskbatch.detect import pass_size, to_pixels
 
     net = yunet.create(model_path)
     rows = []
     for name, path in items:
-        image = images.load_image(path)
+        image = reading.load_image(path)
         h, w = image.shape[:2]
         rel = yunet.forward(net, image, pass_size(w, h, area, max_upscale), floor)
         px = to_pixels(rel, w, h)
@@ -79,7 +83,6 @@ def detection_metrics(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]
 
 def _scored(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]) -> dict:
     """maskbatch.evaluate's metrics of class-agnostic detections (every box a "face")."""
-    from maskbatch.evaluate import score_detections
 
     pred = found.assign(classname="face_with_mask", mask_prob=math.nan)
     return score_detections(truth, pred, image_names=names).metrics
@@ -181,7 +184,6 @@ def _validate(model_path: Path, datasets: list[str], recipe: Recipe) -> dict:
 
 def _parity_inputs(photos: list[Photo], recipe: Recipe, count: int = 3) -> list[np.ndarray]:
     """A few training photos at their inference size, padded to multiples of 32 like OpenCV."""
-    import cv2
 
     out = []
     for photo in photos[:count]:
@@ -195,12 +197,8 @@ def _parity_inputs(photos: list[Photo], recipe: Recipe, count: int = 3) -> list[
 
 
 def _loss_plot(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     epochs = [h["epoch"] for h in history]
     for key in ("loss", "obj", "cls", "box"):
         ax.plot(epochs, [h[key] for h in history], label=key)
@@ -210,5 +208,4 @@ def _loss_plot(history: list[dict], path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 

@@ -11,6 +11,7 @@ import re
 import time
 
 import numpy as np
+import onnxruntime as ort
 
 from maskbatch.errors import MaskbatchError
 
@@ -80,7 +81,6 @@ def _canonical_names(proto: object, output_names: list[str]) -> None:
 
 def onnx_predict(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """Every output from onnxruntime alone, shape (N, outputs): P(face_with_mask) first."""
-    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -121,7 +121,6 @@ def parity_check(model: object, onnx_bytes: bytes, x: np.ndarray,
 def time_inference(onnx_bytes: bytes, size: int, batch_sizes: tuple[int, ...] = (1, 64),
                    repeats: int = 30, x: np.ndarray | None = None) -> dict[str, float]:
     """Median milliseconds per crop with one onnxruntime thread, for each batch size."""
-    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

@@ -15,16 +15,29 @@ import shlex
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
+import onnxruntime
 import pandas as pd
 
-from maskbatch import CLASS_NAMES, files
-from maskbatch.classify import Classifier, sha256_bytes
+from maskbatch import files
+from maskbatch.config import CLASS_NAMES, __version__, setting
+from maskbatch.datasets import splits
 from maskbatch.errors import MaskbatchError
-from maskbatch.output import write_bytes_atomic, write_json_atomic
+from maskbatch.models.classifier import Classifier, sha256_bytes
+from maskbatch.outputs.writers import write_bytes_atomic, write_json_atomic
 from maskbatch.train import DEFAULT_ARCH, architecture_list
 from maskbatch.train import data as tdata
+from maskbatch.train.export import (
+    INPUT_NAME,
+    OPSET,
+    OUTPUT_NAME,
+    parity_check,
+    time_inference,
+    to_onnx,
+)
 from maskbatch.train.metrics import choose_threshold, classification_report
+from maskbatch.train.plots import confusion_sets_png, write_plots
 
 # Epoch budgets with early stopping (patience below). compact on the three sample sets (about
 # 6300 training crops, 197 steps an epoch): 65-125 s per epoch on 2 CPU cores; with the colour and
@@ -39,14 +52,11 @@ PARITY_CROPS = 256
 
 
 def _versions() -> dict[str, str]:
-    import cv2
     import keras
     import onnx
-    import onnxruntime
     import tensorflow as tf
     import tf2onnx
 
-    from maskbatch import __version__
 
     return {"maskbatch": __version__, "python": platform.python_version(),
             "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -84,7 +94,6 @@ def _part_summary(df: object, parts: np.ndarray, part: str) -> dict:
 
 def _summary(df: object, parts: np.ndarray, dedup: dict, info: dict) -> dict:
     """The card's training_data: per set and in all, what trained, tuned and validated."""
-    from maskbatch.datasets import splits
 
     known = set(splits.known_datasets())
     sets = {}
@@ -171,7 +180,7 @@ def pin_threads(threads: int | None = None) -> dict[str, int]:
     """
     import tensorflow as tf
 
-    wanted = int(threads or os.environ.get(ENV_THREADS) or TRAIN_THREADS)
+    wanted = int(threads or setting(ENV_THREADS) or TRAIN_THREADS)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(wanted)
         tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
@@ -203,15 +212,6 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         average_models,
         pretrained_backbone,
     )
-    from maskbatch.train.export import (
-        INPUT_NAME,
-        OPSET,
-        OUTPUT_NAME,
-        parity_check,
-        time_inference,
-        to_onnx,
-    )
-    from maskbatch.train.plots import confusion_sets_png, write_plots
 
     started = time.perf_counter()
     crops_dirs = [crops_dirs] if isinstance(crops_dirs, str) else list(crops_dirs)
@@ -314,7 +314,7 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         "input_layout": "NHWC float32",
         "color_order": "BGR",
         "scaling": "x/255",
-        "preprocess": "maskbatch.classify.preprocess: square bilinear resize to input_size, "
+        "preprocess": "maskbatch.models.classifier.preprocess: square bilinear resize to input_size, "
                       "BGR kept, x/255",
         "class_names": list(CLASS_NAMES),
         "output": "P(face_with_mask)",

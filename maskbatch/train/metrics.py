@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskbatch import CLASS_NAMES, MASK
+from maskbatch.config import CLASS_NAMES, MASK
 
 
 def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import io
 
-from maskbatch.output import write_bytes_atomic
+from matplotlib.figure import Figure
+
+from maskbatch import files
+from maskbatch.outputs.writers import write_bytes_atomic
 
 
 def _figure_bytes(fig: object) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -22,12 +22,8 @@ def curve_png(histories: list[dict[str, list[float]]], metric: str, title: str,
     """Train (green) vs tune (blue) curve of one metric, the notebook's plot (the tune part drives
     early stopping; val plays no part); an ensemble's members are drawn one over another, one line
     style each, labelled with `names`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     styles = ("-", "--", ":", "-.")
     for i, history in enumerate(histories):
         epochs = range(1, len(history.get(metric, [])) + 1)
@@ -47,12 +43,8 @@ def curve_png(histories: list[dict[str, list[float]]], metric: str, title: str,
 
 def confusion_png(matrix: list[list[int]], class_names: list[str], title: str) -> bytes:
     """A labelled confusion matrix (rows: true class, columns: predicted class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     _draw_matrix(ax, matrix, class_names)
     ax.set_ylabel("True")
     ax.set_title(title)
@@ -75,13 +67,9 @@ def _draw_matrix(ax: object, matrix: list[list[int]], labels: list[str]) -> None
 def confusion_sets_png(matrices: dict[str, list[list[int]]], accuracy: dict[str, float],
                        class_names: list[str], threshold: float) -> bytes:
     """One confusion matrix per validation set, side by side (rows true, columns predicted)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = max(len(matrices), 1)
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4), squeeze=False)
+    fig = Figure(figsize=(4.6 * n, 4))
+    axes = fig.subplots(1, n, squeeze=False)
     short = [c.replace("face_", "") for c in class_names]
     for ax, (name, matrix) in zip(axes[0], matrices.items()):
         _draw_matrix(ax, matrix, short)
@@ -98,7 +86,6 @@ def write_plots(out_dir: str, histories: list[dict[str, list[float]]], matrix: l
                 names: list[str] | None = None) -> list[str]:
     """accuracy.png, loss.png and confusion_matrix.png in `out_dir` (curves of every member of
     `histories`, labelled with `names`); returns their names."""
-    from maskbatch import files
 
     pngs = {
         "accuracy.png": curve_png(histories, "accuracy", "Training vs Tune Accuracy", names),

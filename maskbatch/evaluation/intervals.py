@@ -16,10 +16,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from maskbatch import CLASS_NAMES
-from maskbatch.config import MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
+from maskbatch.config import CLASS_NAMES, MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
+from maskbatch.evaluation.scoring import voc_ap
 
 LEVEL = 0.95
+
+
 METRICS = ("map", "faces_found", "label_accuracy")
 
 
@@ -31,8 +33,7 @@ def default_resamples(rows: int) -> int:
 
 def _weighted_ap(hit: np.ndarray, weight: np.ndarray, n_truth: float) -> float:
     """VOC all-point AP of ranked rows (`hit`: 1 true positive, 0 false alarm), each counted
-    `weight` times (see maskbatch.evaluate.voc_ap)."""
-    from maskbatch.evaluate import voc_ap
+    `weight` times (see maskbatch.evaluation.scoring.voc_ap)."""
 
     if n_truth <= 0:
         return math.nan
@@ -144,6 +145,3 @@ def difference_text(difference: dict, name: str) -> str:
     return (f"{change:+.3f} ({difference['level'] * 100:g} % paired interval {bounds[0]:+.3f} "
             f"to {bounds[1]:+.3f})")
 
-
-__all__ = ["LEVEL", "METRICS", "RESAMPLES", "default_resamples", "difference_text",
-           "interval_text", "photo_intervals"]

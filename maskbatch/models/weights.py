@@ -23,3 +23,4 @@ def file_digest(path: Path, algorithm: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+

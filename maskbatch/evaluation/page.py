@@ -24,21 +24,39 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from maskbatch import CLASS_NAMES, MASK, files, images, output
+from maskbatch import files
+from maskbatch.config import CLASS_NAMES, MASK
 from maskbatch.errors import ImageError
-from maskbatch.intervals import difference_text, interval_text
+from maskbatch.evaluation.intervals import difference_text, interval_text
+from maskbatch.outputs import writers
+from maskbatch.photos import reading
 
 if TYPE_CHECKING:
-    from maskbatch.evaluate import Evaluation
+    from maskbatch.evaluation.scoring import Evaluation
+
 
 N_WORST = 12
+
+
 THUMB_SIDE = 800
+
+
 # BGR
 TRUTH_COLOUR = (40, 170, 40)
+
+
 IGNORE_COLOUR = (150, 150, 150)
+
+
 CORRECT_COLOUR = (220, 90, 20)
+
+
 WRONG_COLOUR = (30, 30, 220)
+
+
 IGNORED_PRED_COLOUR = (0, 150, 255)
+
+
 CLASS_COLOURS = {"face_with_mask": "tab:blue", "face_no_mask": "tab:orange", "detection": "0.4"}
 
 
@@ -158,7 +176,7 @@ def draw_evaluation(image: np.ndarray, truth: pd.DataFrame, predictions: pd.Data
 def _load_first(candidates: list[str]) -> np.ndarray | None:
     for path in candidates:
         try:
-            return images.load_image(path)
+            return reading.load_image(path)
         except (ImageError, OSError, ValueError):
             continue
     return None
@@ -186,7 +204,7 @@ def write_worst(ev: Evaluation, out_dir: str, paths: dict[str, list[str]], n: in
             ok, buf = cv2.imencode(".jpg", drawn, [cv2.IMWRITE_JPEG_QUALITY, 85])
             if ok:
                 rel = f"worst/{k + 1:02d}_{_safe_stem(row.name)}.jpg"
-                output.write_bytes_atomic(files.join(out_dir, rel), buf.tobytes())
+                writers.write_bytes_atomic(files.join(out_dir, rel), buf.tobytes())
                 item["file"] = rel
         items.append(item)
     return items
@@ -305,26 +323,16 @@ AP is Pascal VOC all-point; ranking {html.escape(metrics['ranking'])}.</p>
 def write_report(ev: Evaluation, out_dir: str, paths: dict[str, list[str]]) -> dict[str, str]:
     """Write the plots, the worst images and report.html into `out_dir`; their paths by name.
 
-    `ev` is a :class:`maskbatch.evaluate.Evaluation` whose metrics are JSON-safe (NaN as None);
+    `ev` is a :class:`maskbatch.evaluation.scoring.Evaluation` whose metrics are JSON-safe (NaN as None);
     `paths` gives, per image name, the places to try for the photo.
     """
     written = {}
     for name, data in (("pr_curve.png", pr_curve_png(ev.curves, ev.metrics)),
                        ("recall_by_size.png", recall_by_size_png(ev.metrics))):
         written[name] = files.join(out_dir, name)
-        output.write_bytes_atomic(written[name], data)
+        writers.write_bytes_atomic(written[name], data)
     worst = write_worst(ev, out_dir, paths)
     written["report.html"] = files.join(out_dir, "report.html")
-    output.write_bytes_atomic(written["report.html"], report_html(ev.metrics, worst).encode())
+    writers.write_bytes_atomic(written["report.html"], report_html(ev.metrics, worst).encode())
     return written
 
-
-__all__ = [
-    "draw_evaluation",
-    "pr_curve_png",
-    "recall_by_size_png",
-    "report_html",
-    "worst_images",
-    "write_report",
-    "write_worst",
-]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,17 +16,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
-from maskbatch import MASK, NO_MASK
+from maskbatch.config import MASK, NO_MASK, setting
 from maskbatch.errors import MaskbatchError
 
 BUNDLED_MODEL_DIR = Path(str(resources.files("maskbatch") / "models"))
+
+
 ENV_MODEL = "MASKBATCH_MODEL"  # a model folder to use instead of the bundled one
 
 
 def default_model_dir() -> Path:
     """$MASKBATCH_MODEL when set, else the model bundled with the package."""
-    return Path(os.environ.get(ENV_MODEL) or BUNDLED_MODEL_DIR)
+    return Path(setting(ENV_MODEL) or BUNDLED_MODEL_DIR)
 
 
 def preprocess(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -101,7 +103,6 @@ class Classifier:
     """An onnxruntime session plus the card that says how to prepare crops and read the output."""
 
     def __init__(self, onnx_bytes: bytes, card: dict, threads: int = 1) -> None:
-        import onnxruntime as ort
 
         verify_model(onnx_bytes, card)
         self.card = card
@@ -140,6 +141,8 @@ class Classifier:
 
 
 _CACHE: dict[str, Classifier] = {}
+
+
 _LOCK = threading.Lock()
 
 
@@ -165,3 +168,4 @@ def get_classifier(ref: ModelRef, threads: int = 1) -> Classifier:
     if card["onnx_sha256"] != ref.sha256:
         raise MaskbatchError(f"{ref.onnx_path} changed since the job started (sha256 differs)")
     return register_model(data, card, threads=threads)
+

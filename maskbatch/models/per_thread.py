@@ -37,3 +37,4 @@ def per_thread(fn: Callable[..., T]) -> Callable[..., T]:
 
     cached.cache_clear = cache_clear  # type: ignore[attr-defined]
     return cached
+

@@ -31,17 +31,26 @@ CROP_COLUMNS = [
     "crop_id", "image", "label", "source_classname", "source_dataset", "source_image",
     "box_index", "x1", "y1", "x2", "y2", "image_width", "image_height", "pixel_hash",
 ]
+
+
 EXTRACT_MANIFEST_COLUMNS = [
     "image", "path", "source_dataset", "status", "reason", "n_boxes", "n_faces",
     "n_skipped_boxes", "skipped_detail", "width", "height", "seconds",
 ]
+
+
 # Submission columns: the header says x1,x2,y1,y2 but values are left, top, right, bottom,
 # exactly as in the dataset's train.csv.
 SUBMISSION_COLUMNS = ["name", "x1", "x2", "y1", "y2", "classname"]
+
+
 DETECTION_COLUMNS = SUBMISSION_COLUMNS + ["score", "mask_prob", "width", "height", "model_sha256"]
+
+
 PREDICT_MANIFEST_COLUMNS = [
     "name", "path", "status", "reason", "n_faces", "width", "height", "seconds",
 ]
+
 
 # Arrow types of predict's Parquet files: every part and the final files share them, so empty
 # partitions and partitions without faces read back with the same column types.
@@ -51,12 +60,18 @@ DETECTION_SCHEMA = pa.schema([
     ("mask_prob", pa.float64()), ("width", pa.int64()), ("height", pa.int64()),
     ("model_sha256", pa.string()),
 ])
+
+
 MANIFEST_SCHEMA = pa.schema([
     ("name", pa.string()), ("path", pa.string()), ("status", pa.string()),
     ("reason", pa.string()), ("n_faces", pa.int64()), ("width", pa.int64()),
     ("height", pa.int64()), ("seconds", pa.float64()),
 ])
+
+
 assert DETECTION_SCHEMA.names == DETECTION_COLUMNS
+
+
 assert MANIFEST_SCHEMA.names == PREDICT_MANIFEST_COLUMNS
 
 
@@ -184,3 +199,4 @@ def submission_frame(detections: pd.DataFrame) -> pd.DataFrame:
     for col in ("x1", "x2", "y1", "y2"):
         sub[col] = sub[col].astype("int64")
     return sub
+

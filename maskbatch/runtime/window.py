@@ -1,218 +1,20 @@
-"""The only Dask module: a client (local cluster or existing scheduler), the worker plugin that
-loads models once per worker, and running a stream of partitions in a bounded window of tasks,
-with results handed back as they land and partitions that kill workers narrowed down.
-"""
+"""Running a stream of partitions in a bounded window of Dask tasks: results handed back as they
+land, partitions that kill workers narrowed down to the one input that does."""
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import ctypes
 import ctypes.util
 import functools
-import logging
-import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
-from distributed import Client, LocalCluster, WorkerPlugin, as_completed
+from distributed import Client, as_completed
 from distributed.scheduler import KilledWorker
-from distributed.security import Security
-
-from maskbatch.config import ClusterConfig
-from maskbatch.errors import MaskbatchError
-
-# Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its worker processes. Any explicit glibc
-# malloc setting switches off glibc's dynamic mmap threshold, so every res10 forward maps and
-# unmaps its multi-MB buffers again: measured 17-19 % slower per image (docs/benchmarks.md).
-# Local clusters leave glibc's defaults; deploy/dask.yaml does the same in the image. A value the
-# user exports in the environment still wins.
-NANNY_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-
-# glibc's malloc fragments under this job's mix of buffer sizes (photos of every size, the
-# detector's layer buffers): a worker's peak memory crept up 1.2x over ten times the input.
-# tcmalloc (gperftools; Debian/Ubuntu package libtcmalloc-minimal4) kept it flat at the same speed
-# (docs/benchmarks.md, memory), so local workers preload it when it is installed.
-WORKER_MALLOC_ENV = "MASKBATCH_WORKER_MALLOC"
-
-
-def worker_malloc() -> str | None:
-    """The malloc library local worker processes preload, or None for the C library's own.
-
-    $MASKBATCH_WORKER_MALLOC picks one: a library's path, or "system" for the C library's malloc.
-    Unset: tcmalloc where it is installed (Linux only; LD_PRELOAD is how it gets in).
-    """
-    choice = os.environ.get(WORKER_MALLOC_ENV, "").strip()
-    if choice == "system":
-        return None
-    if choice:
-        if not os.path.isfile(choice):
-            raise MaskbatchError(f"${WORKER_MALLOC_ENV}={choice}: no such file (give the path of a "
-                                 "malloc library such as libtcmalloc_minimal.so.4, or 'system')")
-        return choice
-    if not sys.platform.startswith("linux"):
-        return None
-    return ctypes.util.find_library("tcmalloc_minimal")
-
-
-@contextlib.contextmanager
-def _preload_in_workers(library: str | None) -> Iterator[None]:
-    """Nannies started inside this block give their worker processes `library` via LD_PRELOAD.
-
-    The nanny exports its pre-spawn variables into this process's environment too; LD_PRELOAD is
-    put back afterwards so the driver's own subprocesses do not inherit it.
-    """
-    before = os.environ.get("LD_PRELOAD")
-    if not library or library in (before or ""):
-        yield
-        return
-    preload = f"{library} {before}" if before else library
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.LD_PRELOAD": preload}):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("LD_PRELOAD", None)
-        else:
-            os.environ["LD_PRELOAD"] = before
-
-
-def _forget_half_started_clusters(before: set[int]) -> None:
-    """Ctrl-C while a LocalCluster starts leaves one that never finished starting; Dask's exit hook
-    would then try to close it and print an AssertionError traceback. Its worker processes end
-    by themselves once the driver is gone."""
-    from distributed.deploy.spec import SpecCluster
-
-    with contextlib.suppress(Exception):
-        for cluster in list(SpecCluster._instances):
-            if id(cluster) not in before:
-                SpecCluster._instances.discard(cluster)
-
-
-def dask_setup(worker: Any = None) -> None:
-    """Preloaded into local worker processes (LocalCluster(preload=[this module])): ignore Ctrl-C.
-
-    Ctrl-C in a terminal reaches every process of the group, and each local worker printed its own
-    KeyboardInterrupt traceback (about 70 lines). The driver alone handles it: it closes the
-    cluster, which ends the workers. Workers the user starts (`dask worker`) are left alone.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A task's error reaches the driver with the task; what a local worker would still log is the
-    # noise of a driver closing the cluster under it (heartbeats to a scheduler already gone).
-    logging.getLogger("distributed").setLevel(logging.CRITICAL)
-
-
-# A local cluster's scheduler gives a task this many retries after the worker running it died
-# (Dask's default: 3). One retry survives a worker lost for another reason; a photo that kills
-# its worker is then narrowed down quickly (run_partitions). A remote scheduler keeps its own.
-LOCAL_ALLOWED_FAILURES = 1
-
-
-def scheduler_address(config: ClusterConfig) -> str | None:
-    """--scheduler, else $DASK_SCHEDULER_ADDRESS, else None (start a local cluster)."""
-    return config.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or None
-
-
-@contextlib.contextmanager
-def dask_client(config: ClusterConfig) -> Iterator[Client]:
-    """A connected Client: to an existing scheduler, or to a LocalCluster of worker processes."""
-    address = scheduler_address(config)
-    if address:
-        # without flags, Security() takes TLS settings from dask config (distributed.comm.tls.*)
-        security = config.security or Security()
-        if address.startswith("tls://") and not security.tls_client_cert:
-            raise MaskbatchError(f"scheduler {address} uses TLS: give --tls-ca-file, --tls-cert and "
-                                 "--tls-key (or set them in dask config distributed.comm.tls)")
-        try:
-            client = Client(address, security=security, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise MaskbatchError(f"cannot reach Dask scheduler at {address}: {exc}") from None
-        with client:
-            yield client
-        return
-    workers = config.workers or max(1, (os.cpu_count() or 1) // max(config.threads_per_worker, 1))
-    extra: dict[str, Any] = {}
-    if config.processes:
-        extra["preload"] = [__name__]  # dask_setup below: the workers leave Ctrl-C to the driver
-        # one library thread per Dask thread: onnxruntime and OpenCV must not oversubscribe
-        extra["env"] = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                        "MKL_NUM_THREADS": "1"}
-    preload = worker_malloc() if config.processes else None
-    with _preload_in_workers(preload), dask.config.set(
-            {**NANNY_ENV, "distributed.scheduler.allowed-failures": LOCAL_ALLOWED_FAILURES}):
-        from distributed.deploy.spec import SpecCluster
-
-        before = {id(c) for c in SpecCluster._instances}
-        try:
-            cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=config.threads_per_worker,
-                processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR,
-                **extra,
-            )
-        except KeyboardInterrupt:
-            _forget_half_started_clusters(before)
-            raise
-        # a worker the nanny restarts later gets the same variables from the nanny itself
-    # A worker that died is restarted by its nanny; LocalCluster closes the nanny for good when
-    # the restart takes longer than lost-worker-timeout (15 s), which a loaded machine reaches
-    # while a photo kills its workers again and again: the cluster would shrink to nothing.
-    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}), cluster, \
-            Client(cluster) as client:
-        yield client
-
-
-def dashboard(client: Client) -> str | None:
-    with contextlib.suppress(Exception):
-        return client.dashboard_link
-    return None
-
-
-def workers_lost(client: Client, since: float) -> int:
-    """Worker processes the scheduler lost unexpectedly (killed, crashed, out of memory) since
-    `since` (time.time()); Dask restarts them and reruns their tasks, the summary says so."""
-    try:
-        events = client.get_events("all")
-    except Exception:  # an old or unreachable scheduler: nothing to report rather than a crash
-        return 0
-    return sum(1 for stamp, msg in events
-               if stamp >= since and isinstance(msg, dict) and msg.get("action") == "remove-worker"
-               and not msg.get("expected"))
-
-
-class MaskbatchSetup(WorkerPlugin):
-    """Runs once in every worker process: pins library threads and loads the classifier.
-
-    The ONNX bytes travel inside the plugin (once per worker, not per task) and are
-    checksum-verified on arrival; the detector weights come from the worker's own install.
-    """
-
-    def __init__(self, onnx_bytes: bytes | None = None, card: dict | None = None,
-                 library_threads: int = 1) -> None:
-        self.onnx_bytes = onnx_bytes
-        self.card = card
-        self.library_threads = library_threads
-        sha = (card or {}).get("onnx_sha256", "none")[:12]
-        self.name = f"maskbatch-setup-{sha}"
-
-    def setup(self, worker: Any = None) -> None:
-        import cv2
-
-        cv2.setNumThreads(self.library_threads)
-        if self.onnx_bytes is not None and self.card is not None:
-            from maskbatch.classify import register_model
-
-            register_model(self.onnx_bytes, self.card, threads=self.library_threads)
-
-
-def install_plugin(client: Client, plugin: MaskbatchSetup) -> None:
-    client.register_plugin(plugin, name=plugin.name)
 
 
 @functools.lru_cache(maxsize=1)
@@ -231,6 +33,8 @@ def _malloc_trim() -> Callable[[int], int] | None:
 # kept memory lowest but cost about 6 % of the speed (freed pages are faulted in again); every 2nd
 # or 8th cost about 1 % and held most of the gain (docs/benchmarks.md, memory).
 TRIM_EVERY = 4
+
+
 _partitions_run = 0
 
 
@@ -254,10 +58,16 @@ def _work_then_trim(items: Sequence, work: Callable[..., Any], **kwargs: Any) ->
 # together (TASKS_PER_THREAD), never fewer photos than MIN_PARTITION (per-task overhead) nor more
 # than MAX_PARTITION (a task stays seconds to tens of seconds; a lost worker loses little).
 TASKS_PER_THREAD = 16
+
+
 MIN_PARTITION, MAX_PARTITION = 16, 1024
+
+
 # Tasks in flight per worker thread: enough that no thread waits for the driver, few enough that
 # the driver's and the scheduler's memory depend on the cluster's size, not on the input's.
 WINDOW_PER_THREAD = 3
+
+
 # How often the submission loop asks the scheduler how many threads the cluster has now.
 WINDOW_REFRESH_S = 5.0
 
@@ -440,3 +250,4 @@ def call_each(client: Client, jobs: Sequence[tuple[Callable[..., Any], tuple]]) 
         except Exception:  # noqa: BLE001 - one missing picture is not worth failing the run
             out.append(b"")
     return out
+

@@ -22,17 +22,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from maskbatch import MASK, NO_MASK, files, output
+from maskbatch import files
+from maskbatch.config import MASK, NO_MASK
 from maskbatch.errors import MaskbatchError
+from maskbatch.outputs import writers
 
 PARTS_DIR = "parts"
+
+
 LOG_PREFIX = "commits-"
+
+
 # On filesystems without a cheap append (object stores), the log is written in segments: one
 # small file per SEGMENT_SECONDS of commits. A driver killed mid-run loses at most that much
 # record; those parts are simply done again by --resume.
 SEGMENT_SECONDS = 10.0
+
+
 # Rows gathered from consecutive parts before one Parquet row group is written.
 ROW_GROUP_ROWS = 65_536
+
+
 # summary.json lists at most this many failed photos by name (images.parquet has them all).
 FAILURES_LISTED = 1000
 
@@ -50,8 +60,8 @@ def write_part(out_dir: str, first: int, detections: pd.DataFrame, manifest: pd.
     """
     stem = part_stem(first, len(manifest))
     base = files.join(out_dir, PARTS_DIR, stem)
-    output.write_table_atomic(detections, output.DETECTION_SCHEMA, base + ".detections.parquet")
-    output.write_table_atomic(manifest, output.MANIFEST_SCHEMA, base + ".images.parquet")
+    writers.write_table_atomic(detections, writers.DETECTION_SCHEMA, base + ".detections.parquet")
+    writers.write_table_atomic(manifest, writers.MANIFEST_SCHEMA, base + ".images.parquet")
     return {"part": stem, "first": first, "count": len(manifest),
             "failed": int((manifest["status"] != "ok").sum()), "faces": len(detections)}
 
@@ -104,7 +114,7 @@ class CommitLog:
     def flush(self) -> None:
         if self._buffer:
             name = f"{LOG_PREFIX}{self.session}-{self._segment:06d}.jsonl"
-            output.write_bytes_atomic(files.full_path(self.fs, f"{self.dir}/{name}"),
+            writers.write_bytes_atomic(files.full_path(self.fs, f"{self.dir}/{name}"),
                                       "".join(self._buffer).encode())
             self._buffer, self._segment = [], self._segment + 1
         self._flushed = time.monotonic()
@@ -201,15 +211,15 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
     stats = Compacted()
     targets = [files.join(out_dir, k)
                for k in ("detections.parquet", "images.parquet", "submission.csv")]
-    with output.open_write_all(targets) as (det_file, img_file, csv_file), \
-            pq.ParquetWriter(det_file, output.DETECTION_SCHEMA) as det_writer, \
-            pq.ParquetWriter(img_file, output.MANIFEST_SCHEMA) as img_writer:
+    with writers.open_write_all(targets) as (det_file, img_file, csv_file), \
+            pq.ParquetWriter(det_file, writers.DETECTION_SCHEMA) as det_writer, \
+            pq.ParquetWriter(img_file, writers.MANIFEST_SCHEMA) as img_writer:
         dets, imgs = _Gather(det_writer), _Gather(img_writer)
         header = True
         for entry in chosen:
             base = f"{parts_dir}/{entry['part']}"
-            manifest = _read_table(fs, base + ".images.parquet", output.MANIFEST_SCHEMA)
-            detections = _read_table(fs, base + ".detections.parquet", output.DETECTION_SCHEMA)
+            manifest = _read_table(fs, base + ".images.parquet", writers.MANIFEST_SCHEMA)
+            detections = _read_table(fs, base + ".detections.parquet", writers.DETECTION_SCHEMA)
             first = entry["first"]
             part_names = manifest.column("name").to_pylist()
             if part_names != names[first:first + entry["count"]]:
@@ -217,8 +227,8 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
                                      "committed for; run again with --overwrite")
             imgs.add(manifest)
             dets.add(detections)
-            csv_file.write(output.csv_bytes(
-                output.submission_frame(detections.to_pandas(use_threads=False)), header=header))
+            csv_file.write(writers.csv_bytes(
+                writers.submission_frame(detections.to_pandas(use_threads=False)), header=header))
             header = False
             _count(stats, manifest, detections, previews)
         dets.flush()
@@ -230,7 +240,7 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
 
 def _read_table(fs: object, path: str, schema: pa.Schema) -> pa.Table:
     with fs.open(path, "rb") as f:  # type: ignore[attr-defined]
-        return pq.read_table(f, schema=schema, use_threads=False)  # see output.write_table_atomic
+        return pq.read_table(f, schema=schema, use_threads=False)  # see writers.write_table_atomic
 
 
 def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews: int) -> None:
@@ -266,3 +276,4 @@ def _remove_orphans(fs: object, parts_dir: str, keep: set[str]) -> None:
         if base.endswith(".parquet") and base.split(".", 1)[0] not in keep:
             with contextlib.suppress(FileNotFoundError):
                 fs.rm(path)  # type: ignore[attr-defined]
+

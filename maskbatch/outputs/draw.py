@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from maskbatch import MASK, images
+from maskbatch.config import MASK
+from maskbatch.photos import reading
 
 COLOURS = {MASK: (60, 180, 60), "face_no_mask": (40, 40, 230)}  # BGR
 
@@ -49,7 +50,7 @@ def annotate(image: np.ndarray, detections: list[tuple]) -> np.ndarray:
 
 def preview_jpeg(path: str, detections: list[tuple], max_side: int = 1280) -> bytes:
     """JPEG bytes of an annotated photo (read on the worker that calls this)."""
-    image = annotate(images.load_image(path), detections)
+    image = annotate(reading.load_image(path), detections)
     scale = max_side / max(image.shape[:2])
     if scale < 1:
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -59,7 +60,7 @@ def preview_jpeg(path: str, detections: list[tuple], max_side: int = 1280) -> by
 
 def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25) -> bytes:
     """JPEG bytes of one face with a margin around it, scaled to `side` px (for galleries)."""
-    image = images.load_image(path)
+    image = reading.load_image(path)
     height, width = image.shape[:2]
     left, top, right, bottom = (float(v) for v in box[:4])
     pad = margin * max(right - left, bottom - top)
@@ -73,3 +74,4 @@ def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25) -> b
                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return buf.tobytes() if ok else b""
+

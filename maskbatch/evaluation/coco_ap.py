@@ -1,0 +1,106 @@
+"""COCO AP from the reference implementation (pycocotools), and maskbatch's curve interpolated COCO's way."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from importlib import metadata
+
+import numpy as np
+import pandas as pd
+
+from maskbatch.config import CLASS_NAMES
+from maskbatch.datasets import DEFAULT_LABEL_MAP
+from maskbatch.outputs.coco import CATEGORIES, CATEGORY_IDS, class_score
+
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def ap_101(recall: np.ndarray, precision: np.ndarray) -> float:
+    """pycocotools' AP of one precision-recall curve: the precision envelope sampled at the 101
+    recall points 0, 0.01, ..., 1 (0 beyond the last recall reached), averaged."""
+    recall = np.asarray(recall, dtype=float)
+    if len(recall) == 0:
+        return 0.0
+    envelope = np.maximum.accumulate(np.asarray(precision, dtype=float)[::-1])[::-1]
+    idx = np.searchsorted(recall, RECALL_POINTS, side="left")
+    return float(np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)],
+                          0.0).mean())
+
+
+def _truth_dataset(truth: pd.DataFrame, names: list[str], label_map: dict[str, str]) -> dict:
+    """A COCO ground-truth dict: faces of the two classes, ignore regions as crowd boxes."""
+    ids = {n: k + 1 for k, n in enumerate(names)}
+    t = truth[truth["name"].isin(ids.keys())]
+    annotations = []
+    for row in t.itertuples(index=False):
+        w, h = float(row.x2 - row.x1), float(row.y2 - row.y1)
+        box = {"image_id": ids[row.name], "bbox": [float(row.x1), float(row.y1), w, h],
+               "area": w * h}
+        label = label_map.get(row.classname)
+        if label in CATEGORY_IDS:
+            annotations.append({**box, "category_id": CATEGORY_IDS[label], "iscrowd": 0})
+        else:  # an ignore region counts for neither class
+            annotations.extend({**box, "category_id": c, "iscrowd": 1}
+                               for c in CATEGORY_IDS.values())
+    for k, a in enumerate(annotations):
+        a["id"] = k + 1
+    return {"images": [{"id": i, "file_name": n} for n, i in ids.items()],
+            "categories": CATEGORIES, "annotations": annotations}
+
+
+def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str],
+                 label_map: dict[str, str] | None = None) -> dict:
+    """COCO bbox AP of `predictions` against `truth`, computed by pycocotools.
+
+    truth: name, x1, y1, x2, y2 (left, top, right, bottom), classname; predictions: the same
+    honest box columns plus classname, score, mask_prob (``evaluate.read_predictions``).
+    Returns {"available": False, "reason": ...} when pycocotools is not installed.
+    """
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as exc:
+        return {"available": False, "reason": f"pycocotools not installed ({exc})"}
+
+    label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
+    gt_dict = _truth_dataset(truth, names, label_map)
+    ids = {img["file_name"]: img["id"] for img in gt_dict["images"]}
+    p = predictions[predictions["name"].isin(ids.keys())
+                    & predictions["classname"].isin(CATEGORY_IDS.keys())]
+    ranked = class_score(p["classname"], p["score"], p["mask_prob"])
+    dets = [{"image_id": ids[n], "category_id": CATEGORY_IDS[c],
+             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)}
+            for n, c, x1, y1, x2, y2, s in zip(p["name"], p["classname"], p["x1"], p["y1"],
+                                               p["x2"], p["y2"], ranked)]
+    per_image = p.groupby("name").size()
+    max_dets = max(100, int(per_image.max()) if len(per_image) else 0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dict
+        gt.createIndex()
+        if not dets:
+            return {"available": True, "ap": 0.0, "ap50": 0.0, "ap75": 0.0,
+                    "classes": {c: {"ap50": 0.0} for c in CLASS_NAMES}}
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.maxDets = [1, 10, max_dets]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"]  # [iou threshold, recall point, class, area, max dets]
+    classes = {}
+    for k, name in enumerate(CLASS_NAMES):
+        q = precision[0, :, k, 0, -1]
+        classes[name] = {"ap50": float(q.mean()) if (q > -1).all() else math.nan}
+    return {
+        "available": True,
+        "tool": f"pycocotools {metadata.version('pycocotools')}",
+        "ap": float(ev.stats[0]), "ap50": float(ev.stats[1]), "ap75": float(ev.stats[2]),
+        "classes": classes,
+        "interpolation": "101 recall points (COCO); maskbatch's own AP is all-point (VOC)",
+        "max_detections_per_image": max_dets,
+        "ignore_regions": "COCO crowd boxes (matched by intersection over detection area)",
+    }
+

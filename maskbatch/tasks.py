@@ -1,0 +1,68 @@
+"""What a worker runs for one partition: the Dask-free partition functions plus their part files.
+
+Light imports only (no matplotlib, no pycocotools): every worker process imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+
+from maskbatch import files
+from maskbatch.config import DetectorConfig, InputLimits
+from maskbatch.models.classifier import ModelRef
+from maskbatch.outputs import parts, writers
+from maskbatch.pipeline import extract_partition, predict_partition
+
+
+def part_name(names: list[str]) -> str:
+    """A partition's stable file stem, derived from the inputs it covers."""
+    return "p-" + hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+
+
+def extract_and_write(pairs: list, label_map: dict, crop_size: int, out_dir: str) -> pd.DataFrame:
+    """Worker side: crop a partition, write its crops shard itself, return only the manifest."""
+    records = [record for _, record in pairs]
+    crops, manifest = extract_partition(records, label_map, crop_size)
+    if len(crops):
+        shard = files.join(out_dir, "crops", part_name([r.name for r in records]) + ".parquet")
+        writers.write_parquet_atomic(crops, shard)
+    return manifest
+
+
+def extract_poisoned(pairs: list, attempts: int) -> pd.DataFrame:
+    """Driver side: an image whose workers kept dying gets a failed manifest row."""
+    (_, record), = pairs
+    row = {c: 0 for c in writers.EXTRACT_MANIFEST_COLUMNS}
+    row.update(image=record.name, path=record.path, source_dataset=record.dataset,
+               status="failed", reason=POISON_REASON.format(attempts=attempts),
+               n_boxes=len(record.boxes), skipped_detail="", seconds=0.0)
+    return pd.DataFrame([row], columns=writers.EXTRACT_MANIFEST_COLUMNS)
+
+
+def predict_and_commit(pairs: list[tuple[int, tuple[str, str]]], out_dir: str,
+                        detector: DetectorConfig, model: ModelRef,
+                        limits: InputLimits = InputLimits()) -> dict:
+    """Worker side: one contiguous run of inputs -> its part files; returns the small summary."""
+    detections, manifest = predict_partition([item for _, item in pairs], detector, model, limits)
+    rank = {name: i for i, name in enumerate(manifest["name"])}
+    detections = detections.assign(_rank=detections["name"].map(rank), _neg=-detections["score"])
+    detections = detections.sort_values(["_rank", "_neg"], kind="stable", ignore_index=True
+                                        ).drop(columns=["_rank", "_neg"])
+    return parts.write_part(out_dir, pairs[0][0], detections, manifest)
+
+
+POISON_REASON = "the worker died while reading it ({attempts} attempts)"
+
+
+def predict_poisoned(out_dir: str, pairs: list[tuple[int, tuple[str, str]]], attempts: int) -> dict:
+    """Driver side: a photo whose workers kept dying gets a failed row of its own."""
+    (index, (name, path)), = pairs
+    manifest = pd.DataFrame([{"name": name, "path": path, "status": "failed",
+                              "reason": POISON_REASON.format(attempts=attempts), "n_faces": 0,
+                              "width": 0, "height": 0, "seconds": 0.0}],
+                            columns=writers.PREDICT_MANIFEST_COLUMNS)
+    detections = pd.DataFrame(columns=writers.DETECTION_COLUMNS)
+    return parts.write_part(out_dir, index, detections, manifest)
+
