@@ -17,10 +17,11 @@ run: $(BIN)/python
 	$(BIN)/python -m pip install -q -e .
 	$(BIN)/maskbatch predict $(IMAGES) --out $(OUT) --overwrite --previews 8
 
-# Everything the tests need (training extra included), lint, then the test suite.
+# Everything the tests need (training extra included), lint (ruff, import contracts), the tests.
 test: $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[train,test]"
 	$(BIN)/ruff check maskbatch tests jobs benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/python
