@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from common import data_dir, table  # noqa: E402
+from maskbatch.classify import Classifier, fit_crop, preprocess, read_model  # noqa: E402
 
 from maskbatch import MASK, NO_MASK, images  # noqa: E402
-from maskbatch.classify import Classifier, fit_crop, preprocess, read_model  # noqa: E402
 from maskbatch.datasets import DEFAULT_LABEL_MAP, truth_table  # noqa: E402
 from maskbatch.datasets.splits import split_names  # noqa: E402
 

@@ -35,9 +35,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from common import data_dir, table  # noqa: E402
 
-from maskbatch import detect, yunet  # noqa: E402
-from maskbatch.evaluate import iou_matrix  # noqa: E402
-from maskbatch.models import yunet_onnx  # noqa: E402
+from maskbatch.evaluation.matching import iou_matrix  # noqa: E402
+from maskbatch.models import detect, yunet, yunet_onnx  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import yunet_cv2  # noqa: E402  (the reference: cv2.FaceDetectorYN)
 
 THRESHOLDS = {"tuned": detect.TUNED_THRESHOLD, "yunet": detect.MODES["yunet"].confidence}
 RUNS = ("cv2", "ort fwd", "ort all")
@@ -81,7 +83,7 @@ def main() -> None:
     nets = {}
     for net in THRESHOLDS:
         path = yunet.model_path(net)
-        nets[net] = (yunet.create(path), yunet_onnx.YunetOnnx(path.read_bytes(), threads=1))
+        nets[net] = (yunet_cv2.create(path), yunet_onnx.YunetOnnx(path.read_bytes(), threads=1))
     rows = []
     turn = 0
     for name, paths in sets.items():
@@ -93,7 +95,7 @@ def main() -> None:
         for net, threshold in THRESHOLDS.items():
             cv_net, ort_net = nets[net]
             for resized, size in photos[:3]:  # warm-up, untimed
-                yunet.forward(cv_net, resized, size, threshold)
+                yunet_cv2.forward(cv_net, resized, size, threshold)
                 ort_net.forward(resized, size, threshold)
             wall = {run: [] for run in RUNS}
             cpu = {run: [] for run in RUNS}

@@ -7,7 +7,7 @@ sample sets with the maskbatch found on PYTHONPATH, then compares two such runs.
 
 Files without timings are compared byte for byte (detections.parquet, submission.csv, the COCO
 files, every crops shard); tables and JSON that hold timings (images.parquet, manifest.parquet,
-metrics.json) are compared with their timing fields left out. Prints one line per file and exits
+metrics.json) are compared with their timing fields (and metrics.json's own folder names) left out. Prints one line per file and exits
 1 on any difference.
 """
 
@@ -27,6 +27,7 @@ SETS = {"medical-mask": "train.csv", "voc-masks": "annotations"}
 BYTES = ["detections.parquet", "submission.csv", "detections.coco.json", "images.coco.json"]
 TIMED_TABLES = {"images.parquet": "seconds", "manifest.parquet": "seconds"}
 TIMED_KEYS = {"seconds", "wall_seconds", "images_per_second"}
+PATH_KEYS = {"out", "pred"}  # metrics.json names the folders it read and wrote
 
 
 def maskbatch(*args: str) -> None:
@@ -52,7 +53,7 @@ def _sha(path: Path) -> str:
 
 def _untimed(value: object) -> object:
     if isinstance(value, dict):
-        return {k: _untimed(v) for k, v in value.items() if k not in TIMED_KEYS}
+        return {k: _untimed(v) for k, v in value.items() if k not in TIMED_KEYS | PATH_KEYS}
     if isinstance(value, list):
         return [_untimed(v) for v in value]
     return value

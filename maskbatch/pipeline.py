@@ -16,7 +16,7 @@ from maskbatch.config import CROP_SIZE, DetectorConfig, InputLimits
 from maskbatch.datasets import FaceBox, ImageRecord
 from maskbatch.errors import ImageError, SkippedInput
 from maskbatch.models import detect
-from maskbatch.models.classifier import ModelRef, fit_crop, get_classifier, preprocess
+from maskbatch.models.classifier import ModelRef, fit_crop, get_classifier
 from maskbatch.outputs.writers import (
     CROP_COLUMNS,
     DETECTION_COLUMNS,
@@ -127,31 +127,29 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
 
     Each photo is decoded once, within the per-photo budget `limits` (a photo over it fails alone);
     faces are found on the gamma-corrected copy, faces under ``detector.min_face`` px dropped,
-    cropped from the original and resized to the classifier's input right away (the photo is freed
-    before the next one is decoded), prepared with the classifier's own preprocess, and all crops of
-    the partition are classified in one onnxruntime call. Whatever goes wrong with one photo becomes
-    its row (status failed or skipped, and the reason); the others go on. Returns (detections,
-    manifest) in input order.
+    cropped from the original, resized to the classifier's input and classified before the next
+    photo is decoded, in onnxruntime calls of at most CLASSIFY_BATCH crops: a worker holds one
+    photo and its crops at a time, whatever the partition's size. Whatever goes wrong with one
+    photo becomes its row (status failed or skipped, and the reason); the others go on. Returns
+    (detections, manifest) in input order.
     """
     classifier = get_classifier(model)
     detect.load_mode(detector.mode)
-    manifest, faces, boxes_per_image = [], [], []
+    manifest, rows = [], []
     for name, path in items:
         started = time.perf_counter()
         row = {"name": name, "path": "" if reading.refused_reason(path) else path, "status": "ok",
                "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0}
-        found = np.zeros((0, 5))
-        crops: list[np.ndarray] = []
+        found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
         try:
             photo = reading.load_photo(path, limits)
             image = photo.image
             row.update(height=image.shape[0], width=image.shape[1], reason=photo.note)
             found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
-            for x1, y1, x2, y2, _ in found:
-                # resized now, so that only one decoded photo at a time is in memory
-                crops.append(fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
-                                      classifier.input_size))
+            crops = [fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
+                              classifier.input_size) for x1, y1, x2, y2, _ in found]
             del image, photo
+            probs = classifier.mask_probability(crops)
         except SkippedInput as exc:
             row.update(status="skipped", reason=str(exc))
         except ImageError as exc:
@@ -159,24 +157,13 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
         except Exception as exc:  # one photo's surprise (a detector error...) must not end the job
             row.update(status="failed", reason=unexpected_reason(exc))
         if row["status"] != "ok":
-            found, crops = np.zeros((0, 5)), []
-        faces.extend(crops)
+            found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
         row["n_faces"] = len(found)
-        boxes_per_image.append(found)
+        # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
+        rows.extend((name, int(x1), int(y1), int(x2), int(y2), label, float(score), float(p),
+                     row["width"], row["height"], classifier.sha256)
+                    for (x1, y1, x2, y2, score), p, label in zip(found, probs, classifier.label(probs)))
         manifest.append(_finish(row, started))
-    started = time.perf_counter()
-    probs = classifier.predict_batch(preprocess(faces, classifier.input_size))
-    labels = classifier.label(probs)
-    share = (time.perf_counter() - started) / max(len(items), 1)
-    rows, k = [], 0
-    for row, found in zip(manifest, boxes_per_image):
-        row["seconds"] = round(row["seconds"] + share, 4)
-        for x1, y1, x2, y2, score in found:
-            # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
-            rows.append((row["name"], int(x1), int(y1), int(x2), int(y2), labels[k],
-                         float(score), float(probs[k]), row["width"], row["height"],
-                         classifier.sha256))
-            k += 1
     detections = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
     return detections, pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
 

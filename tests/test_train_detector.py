@@ -16,11 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yunet_cv2
 
 from maskbatch.datasets import load_records
 from maskbatch.datasets.splits import make_split, split_names
 from maskbatch.errors import MaskbatchError
 from maskbatch.models import yunet
+from maskbatch.models.yunet_onnx import YunetOnnx
 from maskbatch.train.detector_data import Photo, augment
 from maskbatch.train.detector_targets import assign, decode, iou, priors
 
@@ -125,10 +127,10 @@ def keras_yunet():
 
 
 def test_keras_yunet_matches_the_pretrained_onnx_in_opencv(keras_yunet, data: Path):
-    from maskbatch.train.detector_export import opencv_outputs
+    from maskbatch.train.detector_export import runtime_outputs
 
     image = cv2.resize(cv2.imread(str(data / "voc-masks/images/maksssksksss100.jpg")), (416, 320))
-    ref = opencv_outputs(yunet.locate_model().read_bytes(), image)
+    ref = runtime_outputs(yunet.locate_model().read_bytes(), image)
     out = keras_yunet(image[None].astype(np.float32), training=False)
     for a, b in zip(out, ref):
         assert np.abs(np.asarray(a) - b).max() < 1e-4
@@ -142,9 +144,11 @@ def test_export_parity_and_facedetectoryn_loads_it(keras_yunet, data: Path, tmp_
     assert parity(keras_yunet, onnx_bytes, [cv2.resize(photo, (416, 320))]) < 1e-4
     path = tmp_path / "detector.onnx"
     path.write_bytes(onnx_bytes)
-    found = yunet.forward(yunet.create(path), photo, (416, 320), 0.5)
-    pretrained = yunet.forward(yunet.load_yunet("yunet"), photo, (416, 320), 0.5)
+    found = YunetOnnx(path.read_bytes()).forward(photo, (416, 320), 0.5)  # the job's own path
+    pretrained = yunet.load_yunet("yunet").forward(photo, (416, 320), 0.5)
     np.testing.assert_allclose(found, pretrained, atol=1e-3)  # same weights -> same faces
+    in_opencv = yunet_cv2.forward(yunet_cv2.create(path), photo, (416, 320), 0.5)
+    np.testing.assert_allclose(in_opencv, found, atol=1e-3)  # and OpenCV still loads the file
 
 
 def test_parity_refuses_a_different_network(keras_yunet, data: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from maskbatch.config import DetectorConfig
 from maskbatch.datasets import truth_table
 from maskbatch.errors import MaskbatchError
 from maskbatch.evaluation.matching import iou_matrix
-from maskbatch.models import detect, yunet
+from maskbatch.models import detect, yunet, yunet_onnx
 from maskbatch.photos import reading
 
 # A voc-masks street scene: 400 x 225 px, nine faces of 16-41 px.
@@ -55,57 +56,27 @@ def test_a_missing_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
         yunet.locate_model()
 
 
-def test_opencv_older_than_4_11_is_refused_with_a_clear_message(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(yunet, "opencv_version", lambda: (4, 10))
-    yunet.load_yunet.cache_clear()
-    try:
-        with pytest.raises(MaskbatchError, match="needs opencv-python-headless>=4.11"):
-            yunet.load_yunet()
-    finally:
-        yunet.load_yunet.cache_clear()
-
-
-class FakeYuNet:
-    """Stands in for cv2.FaceDetectorYN: returns fixed rows (x, y, w, h, 10 landmarks, score)."""
-
-    def __init__(self, rows: list[tuple[float, float, float, float, float]]) -> None:
-        self.rows = np.array([[x, y, w, h] + [0.0] * 10 + [s] for x, y, w, h, s in rows], np.float32)
-        self.size: tuple[int, int] | None = None
-
-    def setInputSize(self, size: tuple[int, int]) -> None:  # noqa: N802 (cv2's name)
-        self.size = size
-
-    def setScoreThreshold(self, threshold: float) -> None:  # noqa: N802
-        self.threshold = threshold
-
-    def detect(self, image: np.ndarray) -> tuple[int, np.ndarray | None]:
-        assert (image.shape[1], image.shape[0]) == self.size
-        return 1, (self.rows if len(self.rows) else None)
-
-
 @pytest.mark.filterwarnings("error::RuntimeWarning")
-def test_forward_clips_and_drops_junk_rows() -> None:
-    fake = FakeYuNet([(20, 10, 80, 40, 0.9),  # fine
+def test_rows_are_clipped_and_junk_rows_dropped() -> None:
+    faces = np.array([(20, 10, 80, 40, 0.9),  # fine
                       (-30, -5, 60, 200, 0.8),  # reaches out of the picture: clipped
                       (50, 50, 0, 10, 0.7),  # zero width: dropped
                       (float("nan"), 5, 10, 10, 0.7),  # NaN: dropped
                       (float("inf"), 5, float("-inf"), 10, 0.7),  # inf - inf: dropped, no warning
-                      (250, 150, 20, 20, 0.7)])  # wholly outside: dropped
-    rel = yunet.forward(fake, np.zeros((100, 200, 3), np.uint8), (200, 100), 0.5)
-    assert fake.threshold == 0.5
+                      (250, 150, 20, 20, 0.7)], np.float32)  # wholly outside: dropped
+    rel = yunet_onnx.relative(faces, (200, 100))
     np.testing.assert_allclose(rel, [[0.1, 0.1, 0.5, 0.5, 0.9], [0.0, 0.0, 0.15, 1.0, 0.8]], atol=1e-6)
-    assert yunet.forward(FakeYuNet([]), np.zeros((100, 200, 3), np.uint8), (200, 100), 0.5).shape == (0, 5)
+    assert yunet_onnx.relative(np.zeros((0, 5), np.float32), (200, 100)).shape == (0, 5)
 
 
 def test_forward_gives_relative_boxes_above_the_threshold(data: Path) -> None:
     image = reading.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
-    rel = yunet.forward(yunet.load_yunet(), image, (800, 448), 0.5)
+    rel = yunet.load_yunet().forward(image, (800, 448), 0.5)
     assert len(rel) >= 1 and rel.dtype == np.float32
     assert ((rel[:, :4] >= 0) & (rel[:, :4] <= 1)).all()
     assert (rel[:, 2] > rel[:, 0]).all() and (rel[:, 3] > rel[:, 1]).all()
     # the threshold is YuNet's own score threshold: a higher one keeps exactly the rows above it
-    high = yunet.forward(yunet.load_yunet(), image, (800, 448), 0.8)
+    high = yunet.load_yunet().forward(image, (800, 448), 0.8)
     assert 0 < len(high) < len(rel)
     above = rel[rel[:, 4] >= 0.8]
     np.testing.assert_array_equal(high[np.argsort(-high[:, 4])], above[np.argsort(-above[:, 4])])
@@ -125,12 +96,18 @@ def test_yunet_mode_finds_most_small_faces_of_a_street_scene(data: Path) -> None
 
 def test_predict_refuses_to_start_when_the_detector_cannot_load(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A detector file that matches its card but is no ONNX model: one error before any work."""
     import maskbatch
 
-    monkeypatch.setattr(yunet, "opencv_version", lambda: (4, 10))
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    junk = b"not an onnx model"
+    (folder / yunet.TUNED_FILE).write_bytes(junk)
+    (folder / yunet.TUNED_CARD).write_text(json.dumps({"onnx_sha256": hashlib.sha256(junk).hexdigest()}))
+    monkeypatch.setenv(yunet.ENV_TUNED, str(folder))
     yunet.load_yunet.cache_clear()
     try:
-        with pytest.raises(MaskbatchError, match="needs opencv-python-headless>=4.11"):
+        with pytest.raises(MaskbatchError, match="not an ONNX model"):
             maskbatch.predict(str(tmp_path), str(tmp_path / "out"))
     finally:
         yunet.load_yunet.cache_clear()

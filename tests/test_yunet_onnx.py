@@ -7,11 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yunet_cv2
 
-from maskbatch import detect, yunet
 from maskbatch.errors import MaskbatchError
-from maskbatch.evaluate import iou_matrix
-from maskbatch.models import yunet_onnx
+from maskbatch.evaluation.matching import iou_matrix
+from maskbatch.models import detect, yunet, yunet_onnx
 
 NETS = {"tuned": detect.TUNED_THRESHOLD, "yunet": detect.MODES["yunet"].confidence}
 AREA = 440_000  # both modes' pass (detect.MODES)
@@ -31,7 +31,7 @@ def pair(request: pytest.FixtureRequest) -> tuple[str, cv2.FaceDetectorYN, yunet
     """(net, cv2.FaceDetectorYN, YunetOnnx) over the same weights, one thread each."""
     cv2.setNumThreads(1)
     path = model_file(request.param)
-    return request.param, yunet.create(path), yunet_onnx.YunetOnnx(path.read_bytes(), threads=1)
+    return request.param, yunet_cv2.create(path), yunet_onnx.YunetOnnx(path.read_bytes(), threads=1)
 
 
 def photos(data: Path) -> list[Path]:
@@ -66,7 +66,7 @@ def test_onnxruntime_finds_the_faces_cv2_finds(data: Path, pair) -> None:
     for path in chosen:
         image = cv2.imread(str(path))
         size = detect.pass_size(image.shape[1], image.shape[0], AREA, 2.0)
-        expected = yunet.forward(cv_net, image, size, threshold)
+        expected = yunet_cv2.forward(cv_net, image, size, threshold)
         got = ort_net.forward(image, size, threshold)
         assert got.dtype == np.float32 and got.shape[1:] == (5,)
         assert (got[:, 4] >= threshold).all() and ((got[:, :4] >= 0) & (got[:, :4] <= 1)).all()
@@ -85,7 +85,7 @@ def test_tiny_and_blank_images_give_what_cv2_gives(pair, shape: tuple[int, int, 
     net, cv_net, ort_net = pair
     image = np.full(shape, fill, np.uint8)
     size = detect.pass_size(shape[1], shape[0], AREA, 2.0)
-    expected = yunet.forward(cv_net, image, size, NETS[net])
+    expected = yunet_cv2.forward(cv_net, image, size, NETS[net])
     got = ort_net.forward(image, size, NETS[net])
     compare(expected, got)
 
@@ -97,7 +97,7 @@ def test_a_low_threshold_and_an_unaligned_size_give_what_cv2_gives(data: Path, p
     image = cv2.imread(str(data / "medical-mask" / "images" / CHOSEN["medical-mask"][0]))
     for size in ((1000, 420), (333, 257), (1288, 856)):
         for threshold in (0.0, 0.05):
-            compare(yunet.forward(cv_net, image, size, threshold),
+            compare(yunet_cv2.forward(cv_net, image, size, threshold),
                     ort_net.forward(image, size, threshold))
 
 

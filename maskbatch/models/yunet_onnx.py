@@ -1,7 +1,7 @@
 """YuNet through onnxruntime: the graph made size-free, and cv2.FaceDetectorYN's post-processing in numpy.
 
-A drop-in for ``maskbatch.yunet.create`` / ``forward`` (same rows, same order) without OpenCV's dnn
-module at inference. What cv2.FaceDetectorYN.detect does (opencv 4.x
+What maskbatch.models.yunet runs: cv2.FaceDetectorYN's rows (same faces, same order, same scores
+within 1e-5) without OpenCV's dnn module. What cv2.FaceDetectorYN.detect does (opencv 4.x
 modules/objdetect/src/face_detect.cpp), step by step, all of it here:
 
 1. pad the (w, h) input with zeros at the bottom and right to a multiple of 32 (copyMakeBorder,
@@ -32,8 +32,8 @@ from maskbatch.errors import MaskbatchError
 
 STRIDES = (8, 16, 32)
 DIVISOR = 32  # FaceDetectorYN pads its input to a multiple of this
-NMS_IOU = 0.3  # as maskbatch.yunet.NMS_IOU
-TOP_K = 5000  # as maskbatch.yunet.TOP_K
+NMS_IOU = 0.3  # YuNet's own NMS between its anchors (opencv_zoo's default)
+TOP_K = 5000  # candidates entering NMS, as opencv_zoo's demo
 HEADS = ("cls", "obj", "bbox")
 OUTPUT_NAMES = tuple(f"{head}_{stride}" for head in HEADS for stride in STRIDES)
 HEIGHT_DIM, WIDTH_DIM = "height", "width"
@@ -175,7 +175,7 @@ def suppress(faces: np.ndarray, threshold: float, nms_iou: float = NMS_IOU, top_
 
 
 def relative(faces: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Rows (x1, y1, w, h, score) in pixels of a (w, h) input to maskbatch.yunet.forward's rows:
+    """Rows (x1, y1, w, h, score) in pixels of a (w, h) input to the detector's rows:
     (x1, y1, x2, y2, score) relative to the size, clipped to [0, 1], empty or non-finite dropped."""
     w, h = size
     out = np.empty((len(faces), 5), np.float32)
@@ -221,7 +221,7 @@ class YunetOnnx:
 
     def forward(self, image: np.ndarray, size: tuple[int, int], threshold: float) -> np.ndarray:
         """One YuNet pass on `image` resized to size=(w, h): rows (x1, y1, x2, y2, score), relative,
-        scores above `threshold`, clipped to [0, 1], empty boxes dropped (maskbatch.yunet.forward's
+        scores above `threshold`, clipped to [0, 1], empty boxes dropped (cv2.FaceDetectorYN's
         contract and rows)."""
         resized = image if (image.shape[1], image.shape[0]) == size else cv2.resize(image, size)
         outputs = self.run(make_blob(resized))

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
+import onnxruntime as ort
 
 from maskbatch.errors import MaskbatchError
+from maskbatch.models.yunet_onnx import dynamic_input, make_blob
 from maskbatch.train.yunet_graph import OUTPUT_NAMES, Node, layer_name
 
 PARITY_TOLERANCE = 1e-4
@@ -74,22 +75,21 @@ def keras_weights(model: object) -> dict[str, np.ndarray]:
     return out
 
 
-def opencv_outputs(onnx_bytes: bytes, image: np.ndarray) -> list[np.ndarray]:
-    """The twelve raw outputs of the ONNX net in OpenCV's dnn for one BGR image (sides multiple
-    of 32), as cv2.FaceDetectorYN computes them."""
-
-    net = cv2.dnn.readNetFromONNX(np.frombuffer(onnx_bytes, np.uint8))
-    net.setInput(cv2.dnn.blobFromImage(image))
-    return net.forward(list(OUTPUT_NAMES))
+def runtime_outputs(onnx_bytes: bytes, image: np.ndarray) -> list[np.ndarray]:
+    """The twelve raw outputs of the ONNX net for one BGR image (sides multiple of 32), as the job
+    runs it: onnxruntime over the size-free graph (maskbatch.models.yunet_onnx)."""
+    session = ort.InferenceSession(dynamic_input(onnx_bytes), providers=["CPUExecutionProvider"])
+    outputs = session.run(list(OUTPUT_NAMES), {session.get_inputs()[0].name: make_blob(image)})
+    return [np.asarray(o) for o in outputs]
 
 
 def parity(model: object, onnx_bytes: bytes, photos: list[np.ndarray],
            tolerance: float = PARITY_TOLERANCE) -> float:
-    """Max |Keras - OpenCV| over every output on `photos`; raises unless below `tolerance`."""
+    """Max |Keras - onnxruntime| over every output on `photos`; raises unless below `tolerance`."""
     worst = 0.0
     for image in photos:
         keras_out = model(image[None].astype(np.float32), training=False)
-        for a, b in zip(keras_out, opencv_outputs(onnx_bytes, image)):
+        for a, b in zip(keras_out, runtime_outputs(onnx_bytes, image)):
             worst = max(worst, float(np.max(np.abs(np.asarray(a) - b))))
     if not np.isfinite(worst) or worst >= tolerance:
         raise MaskbatchError(f"detector export disagrees with Keras: max abs difference {worst:.3g} "

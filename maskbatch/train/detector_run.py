@@ -25,6 +25,7 @@ from maskbatch.errors import MaskbatchError
 from maskbatch.evaluation.scoring import score_detections
 from maskbatch.models import yunet
 from maskbatch.models.detect import pass_size, to_pixels
+from maskbatch.models.yunet_onnx import YunetOnnx
 from maskbatch.photos import reading
 from maskbatch.train.detector_data import Photo, inference_scale, load_photos
 from maskbatch.train.detector_export import keras_weights, onnx_with_weights, parity
@@ -58,12 +59,12 @@ def detect_with(model_path: str | Path, items: list[tuple[str, str]], area: int,
     """Detections (name, x1, y1, x2, y2, score) of one YuNet ONNX over photos, one pass each at
     `area` pixels as the tuned mode runs it (no box fit)."""
 
-    net = yunet.create(model_path)
+    net = YunetOnnx(Path(model_path).read_bytes())  # as the job runs it
     rows = []
     for name, path in items:
         image = reading.load_image(path)
         h, w = image.shape[:2]
-        rel = yunet.forward(net, image, pass_size(w, h, area, max_upscale), floor)
+        rel = net.forward(image, pass_size(w, h, area, max_upscale), floor)
         px = to_pixels(rel, w, h)
         rows += [(name, *map(float, b), float(s)) for b, s in zip(px, rel[:, 4])]
     return pd.DataFrame(rows, columns=["name", "x1", "y1", "x2", "y2", "score"])
@@ -140,7 +141,8 @@ def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo
                              "licence": LICENCE},
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "onnx_bytes": len(onnx_bytes),
         "parameters": int(model.count_params()),
-        "parity_max_abs_diff": diff, "parity": "Keras vs OpenCV dnn, every output, real photos",
+        "parity_max_abs_diff": diff,
+        "parity": "Keras vs onnxruntime (the job's detector path), every output, real photos",
         "recipe": recipe.as_dict(), "train_seconds": round(seconds, 1),
         "training_data": {"datasets": [dataset_name(d) for d in datasets], "split_part": part,
                           "photos": len(photos), "faces": int(sum(len(p.faces) for p in photos)),
