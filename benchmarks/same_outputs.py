@@ -7,7 +7,8 @@ sample sets with the maskbatch found on PYTHONPATH, then compares two such runs.
 
 Files without timings are compared byte for byte (detections.parquet, submission.csv, the COCO
 files, every crops shard); tables and JSON that hold timings (images.parquet, manifest.parquet,
-metrics.json) are compared with their timing fields (and metrics.json's own folder names) left out. Prints one line per file and exits
+metrics.json) are compared with their timing fields (and metrics.json's own folder names) left
+out. Prints one line per file and exits
 1 on any difference.
 """
 
