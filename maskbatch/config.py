@@ -65,8 +65,6 @@ class ClusterConfig:
 RESAMPLES = 1000
 MIN_RESAMPLES = 100
 RESAMPLE_ROWS = 50_000_000  # resamples x rows
-
-
 # Every environment variable maskbatch reads, and what it does; read through `setting` alone (the
 # README's "Environment variables" lists the same, tests/test_contract.py checks it).
 ENVIRONMENT = {

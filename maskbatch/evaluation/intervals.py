@@ -20,8 +20,6 @@ from maskbatch.config import CLASS_NAMES, MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLE
 from maskbatch.evaluation.scoring import voc_ap
 
 LEVEL = 0.95
-
-
 METRICS = ("map", "faces_found", "label_accuracy")
 
 

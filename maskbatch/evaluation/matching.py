@@ -9,14 +9,8 @@ from collections.abc import Callable
 import numpy as np
 
 TP, FP, IGNORED = 1, 0, -1  # prediction status
-
-
 IGNORE_CLASS = -1  # truth class index of an ignore region
-
-
 UNKNOWN_CLASS = -2  # predicted class that is neither of CLASS_NAMES
-
-
 STATUS_NAMES = {TP: "tp", FP: "fp", IGNORED: "ignored"}
 
 

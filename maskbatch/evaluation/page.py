@@ -36,27 +36,13 @@ if TYPE_CHECKING:
 
 
 N_WORST = 12
-
-
 THUMB_SIDE = 800
-
-
 # BGR
 TRUTH_COLOUR = (40, 170, 40)
-
-
 IGNORE_COLOUR = (150, 150, 150)
-
-
 CORRECT_COLOUR = (220, 90, 20)
-
-
 WRONG_COLOUR = (30, 30, 220)
-
-
 IGNORED_PRED_COLOUR = (0, 150, 255)
-
-
 CLASS_COLOURS = {"face_with_mask": "tab:blue", "face_no_mask": "tab:orange", "detection": "0.4"}
 
 

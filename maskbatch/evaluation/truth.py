@@ -14,11 +14,7 @@ from maskbatch.errors import MaskbatchError
 from maskbatch.outputs import writers
 
 TRUTH_COLUMNS = ["name", "x1", "y1", "x2", "y2", "classname"]
-
-
 BOX_COLUMNS = ["x1", "y1", "x2", "y2"]
-
-
 QUIRK_COLUMNS = ["name", "x1", "x2", "y1", "y2", "classname"]
 
 

@@ -22,8 +22,6 @@ from maskbatch.config import MASK, NO_MASK, setting
 from maskbatch.errors import MaskbatchError
 
 BUNDLED_MODEL_DIR = Path(str(resources.files("maskbatch") / "models"))
-
-
 # Crops per onnxruntime call. Small batches stay in the CPU's caches: one thread, the bundled pair,
 # 1,700 real crops in one call cost 3.0 ms a crop, in calls of 4-32 0.83-0.97 ms, of 64 1.26 ms;
 # and one call of 7,000 crops took 7 GB (docs/benchmarks.md, classifier batches).
@@ -149,8 +147,6 @@ class Classifier:
 
 
 _CACHE: dict[str, Classifier] = {}
-
-
 _LOCK = threading.Lock()
 
 

@@ -29,23 +29,11 @@ from maskbatch.models.per_thread import per_thread
 from maskbatch.photos import pixels
 
 WEIGHTS_FILE = "res10_300x300_ssd_iter_140000.caffemodel"
-
-
 WEIGHTS_SHA1 = "15aa726b4d46d9f023526d85537db81cbc8dd566"
-
-
 PROTOTXT_FILE = "deploy.prototxt.txt"
-
-
 PROTOTXT_SHA1 = "0100baaf3424879c8da8dcd64f9cb5fe0f79216f"
-
-
 MEAN_BGR = (104.0, 177.0, 123.0)
-
-
 TUNED_THRESHOLD = 0.3  # the bundled detector card's threshold (see MODES)
-
-
 ENV_DIR = "MASKBATCH_DETECTOR_DIR"
 
 

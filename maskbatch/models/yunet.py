@@ -28,23 +28,11 @@ from maskbatch.models.per_thread import per_thread
 from maskbatch.models.yunet_onnx import YunetOnnx
 
 MODEL_FILE = "face_detection_yunet_2023mar_int8bq.onnx"
-
-
 MODEL_SHA256 = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
-
-
 ENV_MODEL = "MASKBATCH_YUNET_MODEL"
-
-
 TUNED_FILE = "detector.onnx"
-
-
 TUNED_CARD = "detector_card.json"
-
-
 ENV_TUNED = "MASKBATCH_DETECTOR_MODEL"
-
-
 NETS = ("tuned", "yunet")
 
 

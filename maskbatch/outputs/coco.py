@@ -19,11 +19,7 @@ CATEGORIES = [{"id": k + 1, "name": name, "supercategory": "face"}
 
 
 CATEGORY_IDS = {c["name"]: c["id"] for c in CATEGORIES}
-
-
 RESULTS_FILE = "detections.coco.json"
-
-
 DATASET_FILE = "images.coco.json"
 
 

@@ -28,21 +28,13 @@ from maskbatch.errors import MaskbatchError
 from maskbatch.outputs import writers
 
 PARTS_DIR = "parts"
-
-
 LOG_PREFIX = "commits-"
-
-
 # On filesystems without a cheap append (object stores), the log is written in segments: one
 # small file per SEGMENT_SECONDS of commits. A driver killed mid-run loses at most that much
 # record; those parts are simply done again by --resume.
 SEGMENT_SECONDS = 10.0
-
-
 # Rows gathered from consecutive parts before one Parquet row group is written.
 ROW_GROUP_ROWS = 65_536
-
-
 # summary.json lists at most this many failed photos by name (images.parquet has them all).
 FAILURES_LISTED = 1000
 

@@ -15,32 +15,14 @@ from maskbatch.outputs import writers
 from maskbatch.outputs.draw import face_jpeg, preview_jpeg
 
 N_FIRST = 4
-
-
 N_CROWDED = 4
-
-
 N_UNCERTAIN = 12
-
-
 MAX_FAILED_ROWS = 500
-
-
 MAX_UNMASKED_ROWS = 200
-
-
 GALLERY_SIDE = 640
-
-
 FACE_SIDE = 128
-
-
 SIZE_BINS = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 4096)
-
-
 Job = tuple[Callable[..., bytes], tuple]
-
-
 Gallery = tuple[list[tuple[str, str, str]], list[bytes]]  # (section, caption, kind), JPEGs
 
 
@@ -93,8 +75,6 @@ def face_sizes(detections: pd.DataFrame) -> np.ndarray:
 
 
 IMAGE_COLUMNS = ["name", "path", "status", "reason", "n_faces"]
-
-
 DETECTION_FIELDS = ["name", "x1", "x2", "y1", "y2", "classname", "mask_prob"]
 
 

@@ -42,11 +42,7 @@ EXTRACT_MANIFEST_COLUMNS = [
 # Submission columns: the header says x1,x2,y1,y2 but values are left, top, right, bottom,
 # exactly as in the dataset's train.csv.
 SUBMISSION_COLUMNS = ["name", "x1", "x2", "y1", "y2", "classname"]
-
-
 DETECTION_COLUMNS = SUBMISSION_COLUMNS + ["score", "mask_prob", "width", "height", "model_sha256"]
-
-
 PREDICT_MANIFEST_COLUMNS = [
     "name", "path", "status", "reason", "n_faces", "width", "height", "seconds",
 ]

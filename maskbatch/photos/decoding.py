@@ -25,8 +25,6 @@ OTHER_PHOTO_EXTENSIONS = (".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".s
 
 
 PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + OTHER_PHOTO_EXTENSIONS
-
-
 _SIGNATURES = (
     (b"\xff\xd8\xff", "jpeg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -48,8 +46,6 @@ _ISO_BRANDS = {b"heic": "heic", b"heix": "heic", b"hevc": "heic", b"heim": "heic
 
 # Formats sniffed here that this OpenCV build may not decode: skipped (not failed) when it cannot.
 _MAYBE_UNSUPPORTED = {"heic", "avif", "jpeg 2000", "jpeg xl", "photoshop"}
-
-
 _MULTI_PAGE = {"tiff": "page", "gif": "frame"}
 
 

@@ -30,8 +30,6 @@ from maskbatch.models.classifier import register_model
 # Local clusters leave glibc's defaults; deploy/dask.yaml does the same in the image. A value the
 # user exports in the environment still wins.
 NANNY_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-
-
 # glibc's malloc fragments under this job's mix of buffer sizes (photos of every size, the
 # detector's layer buffers): a worker's peak memory crept up 1.2x over ten times the input.
 # tcmalloc (gperftools; Debian/Ubuntu package libtcmalloc-minimal4) kept it flat at the same speed

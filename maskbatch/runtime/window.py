@@ -33,8 +33,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
 # kept memory lowest but cost about 6 % of the speed (freed pages are faulted in again); every 2nd
 # or 8th cost about 1 % and held most of the gain (docs/benchmarks.md, memory).
 TRIM_EVERY = 4
-
-
 _partitions_run = 0
 
 
@@ -58,16 +56,10 @@ def _work_then_trim(items: Sequence, work: Callable[..., Any], **kwargs: Any) ->
 # together (TASKS_PER_THREAD), never fewer photos than MIN_PARTITION (per-task overhead) nor more
 # than MAX_PARTITION (a task stays seconds to tens of seconds; a lost worker loses little).
 TASKS_PER_THREAD = 16
-
-
 MIN_PARTITION, MAX_PARTITION = 16, 1024
-
-
 # Tasks in flight per worker thread: enough that no thread waits for the driver, few enough that
 # the driver's and the scheduler's memory depend on the cluster's size, not on the input's.
 WINDOW_PER_THREAD = 3
-
-
 # How often the submission loop asks the scheduler how many threads the cluster has now.
 WINDOW_REFRESH_S = 5.0
 
