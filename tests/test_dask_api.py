@@ -73,3 +73,35 @@ def test_bad_inputs_are_one_line_errors():
     bag = maskbatch.dask.predict(db.from_sequence([3], npartitions=1))
     with pytest.raises(MaskbatchError, match="path or a"):
         bag.compute(scheduler="sync")
+
+
+def test_partition_bag_keeps_each_partition_whole():
+    from maskbatch.runtime import window
+
+    parts = [[(0, "a"), (1, "b"), (2, "c")], [(3, "d")], [(4, "e"), (5, "f")]]
+    bag = window.partition_bag(parts)
+    assert bag.npartitions == 3
+    assert dask.compute(*bag.to_delayed(), scheduler="sync") == tuple(parts)
+
+
+def _task_key(items):
+    from distributed import get_worker
+
+    return get_worker().get_current_task(), [i for i, _ in items]
+
+
+def test_job_partitions_run_as_bag_partitions():
+    """run_partitions computes bag partitions: each task's key is a bag key (name, i) of a
+    map_partitions over the partition's small bag, named after the run."""
+    from maskbatch.runtime import window
+
+    got = []
+    with cluster.dask_client(ClusterConfig(workers=1, processes=False, progress=False)) as client:
+        stats = window.run_partitions(client, window.contiguous_partitions(
+            ((i, str(i)) for i in range(10)), 3), _task_key, lambda part, r: got.append(r),
+            progress=False, label="predict")
+    assert stats.completed == stats.tasks == 4
+    assert sorted(ids for _, ids in got) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    for key, _ in got:
+        assert isinstance(key, tuple) and key[0].startswith("partitions-predict-"), key
+        assert isinstance(key[1], int)

@@ -115,8 +115,14 @@ def contiguous_partitions(items: Iterable[tuple[int, Any]], size: int
 
 def partition_bag(partitions: Sequence[Sequence]) -> db.Bag:
     """A dask.bag.Bag with exactly one bag partition per given partition, in order (each bag
-    partition the list of that partition's elements, e.g. (index, item) pairs)."""
-    return db.concat([db.from_sequence(list(part), npartitions=1) for part in partitions])
+    partition the list of that partition's elements, e.g. (index, item) pairs).
+
+    Built as db.from_sequence builds its bags (a graph of list literals), but with partition
+    boundaries kept as given and a random name: no hashing of a thousand photo paths per task.
+    """
+    name = f"partitions-{uuid.uuid4().hex}"
+    graph = {(name, i): list(part) for i, part in enumerate(partitions)}
+    return db.Bag(graph, name, len(graph))
 
 
 @dataclass
