@@ -2,6 +2,7 @@
 
     result = maskbatch.predict("photos/", "out/")   # the batch job (maskbatch.jobs.predict)
     crops = maskbatch.extract("dataset/", "crops/")  # labelled face crops (maskbatch.jobs.extract)
+    import maskbatch.dask                              # a dask.bag of photos -> a bag of detections
 
 `predict` and `extract` are the jobs' own functions (their signatures and docstrings), imported on
 first use: a worker process that imports maskbatch.tasks never loads the jobs' dependencies.

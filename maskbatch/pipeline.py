@@ -1,7 +1,8 @@
 """Per-partition work, pure and Dask-free: extraction of labelled crops, prediction on photos.
 
 Each function takes a list of inputs (paths or records, never pixels) and returns plain rows;
-maskbatch.cluster maps them over Dask bag partitions, and tests call them directly.
+maskbatch.runtime.window maps them (through maskbatch.tasks) over Dask bag partitions for the
+jobs, maskbatch.dask maps predict_partition over a user's bag, and tests call them directly.
 """
 
 from __future__ import annotations

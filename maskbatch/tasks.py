@@ -46,11 +46,16 @@ def predict_and_commit(pairs: list[tuple[int, tuple[str, str]]], out_dir: str,
                         limits: InputLimits = InputLimits()) -> dict:
     """Worker side: one contiguous run of inputs -> its part files; returns the small summary."""
     detections, manifest = predict_partition([item for _, item in pairs], detector, model, limits)
+    return parts.write_part(out_dir, pairs[0][0], in_output_order(detections, manifest), manifest)
+
+
+def in_output_order(detections: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Detections in detections.parquet's order: by input (the manifest's order), then by score,
+    highest first."""
     rank = {name: i for i, name in enumerate(manifest["name"])}
     detections = detections.assign(_rank=detections["name"].map(rank), _neg=-detections["score"])
-    detections = detections.sort_values(["_rank", "_neg"], kind="stable", ignore_index=True
-                                        ).drop(columns=["_rank", "_neg"])
-    return parts.write_part(out_dir, pairs[0][0], detections, manifest)
+    return detections.sort_values(["_rank", "_neg"], kind="stable", ignore_index=True
+                                  ).drop(columns=["_rank", "_neg"])
 
 
 POISON_REASON = "the worker died while reading it ({attempts} attempts)"

@@ -1,5 +1,12 @@
-"""Running a stream of partitions in a bounded window of Dask tasks: results handed back as they
-land, partitions that kill workers narrowed down to the one input that does."""
+"""Running a stream of partitions as Dask bag partitions in a bounded window: results handed back
+as they land, partitions that kill workers narrowed down to the one input that does.
+
+The job's parallel layer is a `dask.bag.Bag`: each refill of the window turns the partitions it
+takes from the stream into a small bag (one bag partition per partition, `partition_bag`), maps
+the Dask-free partition function over it (`Bag.map_partitions`) and computes each of its
+partitions through the client (`Bag.to_delayed` + `Client.compute`). The graph in the driver and
+the scheduler is therefore never bigger than the window, whatever the length of the stream.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,12 @@ import ctypes.util
 import functools
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import dask.bag as db
 from distributed import Client, as_completed
 from distributed.scheduler import KilledWorker
 
@@ -96,6 +105,18 @@ def contiguous_partitions(items: Iterable[tuple[int, Any]], size: int
         yield current
 
 
+def partition_bag(partitions: Sequence[Sequence]) -> db.Bag:
+    """A dask.bag.Bag with exactly one bag partition per given partition, in order (each bag
+    partition the list of that partition's elements, e.g. (index, item) pairs).
+
+    Built as db.from_sequence builds its bags (a graph of list literals), but with partition
+    boundaries kept as given and a random name: no hashing of a thousand photo paths per task.
+    """
+    name = f"partitions-{uuid.uuid4().hex}"
+    graph = {(name, i): list(part) for i, part in enumerate(partitions)}
+    return db.Bag(graph, name, len(graph))
+
+
 @dataclass
 class RunStats:
     """What run_partitions did: tasks, worker deaths it saw, photos it isolated."""
@@ -114,7 +135,8 @@ def run_partitions(client: Client, partitions: Iterable[Sequence], work: Callabl
                    on_poison: Callable[[Sequence, int], Any] | None = None,
                    total_items: int | None = None, window_per_thread: int = WINDOW_PER_THREAD,
                    progress: bool = True, label: str = "", **kwargs: Any) -> RunStats:
-    """Run `work(partition, **kwargs)` on the cluster for each partition of a stream.
+    """Run `work(partition, **kwargs)` on the cluster for each partition of a stream, as the
+    partitions of dask bags (`Bag.map_partitions`), computed through `client`.
 
     At most `window_per_thread` tasks per worker thread are in flight: the next partition is
     taken from `partitions` (an iterator is fine) only when one finishes, so the driver and the
@@ -135,31 +157,42 @@ def run_partitions(client: Client, partitions: Iterable[Sequence], work: Callabl
     in_flight: dict[Any, tuple[Sequence, bool]] = {}  # future -> (partition, is a suspect)
     suspects: collections.deque[Sequence] = collections.deque()
     wrapped = functools.partial(_work_then_trim, work=work)
+    # keys unique to this call (as client.submit(pure=False) made them): two runs on one
+    # scheduler never share a task, whatever their inputs
+    token = f"{label or getattr(work, '__name__', 'work')}-{uuid.uuid4().hex[:8]}"
     threads, checked = total_threads(client), time.monotonic()
     exhausted = False
 
-    def submit(part: Sequence, suspect: bool) -> None:
-        future = client.submit(wrapped, part, pure=False, **kwargs)
-        in_flight[future] = (part, suspect)
-        pending.add(future)
-        stats.tasks += 1
-        stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
-        if stats.first_submit is None:
-            stats.first_submit = time.perf_counter()
+    def submit(batch: list[tuple[Sequence, bool]]) -> None:
+        """One small bag for the partitions of this refill; each bag partition one task."""
+        if not batch:
+            return
+        bag = partition_bag([part for part, _ in batch]).map_partitions(wrapped, token=token,
+                                                                         **kwargs)
+        futures = client.compute(bag.to_delayed())  # one graph per refill, one future per task
+        for (part, suspect), future in zip(batch, futures, strict=True):
+            in_flight[future] = (part, suspect)
+            pending.add(future)
+            stats.tasks += 1
+            stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
+            if stats.first_submit is None:
+                stats.first_submit = time.perf_counter()
 
     def fill() -> None:
         nonlocal exhausted, threads, checked
         if time.monotonic() - checked > WINDOW_REFRESH_S:
             threads, checked = total_threads(client), time.monotonic()
         window = max(2, window_per_thread * threads)
+        batch: list[tuple[Sequence, bool]] = []
         if suspects and not any(s for _, s in in_flight.values()):
-            submit(suspects.popleft(), True)  # one suspect at a time: a death names its culprit
-        while not exhausted and len(in_flight) < window:
+            batch.append((suspects.popleft(), True))  # one suspect at a time: a death names its culprit
+        while not exhausted and len(in_flight) + len(batch) < window:
             part = next(source, None)
             if part is None:
                 exhausted = True
             elif len(part):
-                submit(part, False)
+                batch.append((part, False))
+        submit(batch)
 
     try:
         fill()

@@ -1,0 +1,125 @@
+"""The Dask-native API: a `dask.bag.Bag` of photos in, a `dask.bag.Bag` of detection records out.
+
+In the spirit of dask-ml's ParallelPostFit, the model stays a plain object and Dask only maps it:
+each bag partition runs maskbatch.pipeline.predict_partition (the batch job's own per-partition
+function) on its photos, and every worker process loads the classifier once (maskbatch.models.
+classifier.get_classifier caches it per process; what travels in the graph is the small ModelRef).
+
+    import dask.bag as db
+    import maskbatch.dask
+
+    photos = db.from_sequence(paths, npartitions=8)        # paths, or (name, path) pairs
+    records = maskbatch.dask.predict(photos)                # a Bag of dicts, lazily
+    frame = maskbatch.dask.to_dataframe(records)            # a dask DataFrame, detections.parquet's dtypes
+    frame.to_parquet("detections/")                         # or .compute(), DuckDB, ...
+
+A record is one face: a dict with detections.parquet's columns (maskbatch.outputs.writers.
+DETECTION_COLUMNS / DETECTION_SCHEMA). A photo that fails (unreadable, over `limits`, no detector
+result) or is skipped yields no detection record; `predict_with_manifest` gives, in the same tasks,
+the manifest records too (one per photo, images.parquet's columns, with its status and reason).
+Unlike `maskbatch.predict`, nothing is written, committed or resumable: this is the plain Dask
+building block; the batch job adds the commit log, `--resume` and poison-photo narrowing.
+"""
+
+from __future__ import annotations
+
+import operator
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import dask.bag as db
+import dask.dataframe as dd
+import pandas as pd
+import pyarrow as pa
+
+from maskbatch.config import DetectorConfig, InputLimits
+from maskbatch.errors import MaskbatchError
+from maskbatch.models import detect
+from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
+from maskbatch.outputs.writers import DETECTION_SCHEMA, MANIFEST_SCHEMA
+from maskbatch.pipeline import predict_partition
+from maskbatch.tasks import in_output_order
+
+
+def model_ref(model: str | None = None) -> ModelRef:
+    """The picklable handle of a classifier folder (default: $MASKBATCH_MODEL or the bundled one),
+    checksum-verified here; workers load the model from its path once per process."""
+    folder = Path(model) if model else default_model_dir()
+    _, card = read_model(folder)
+    onnx_path = folder if folder.suffix == ".onnx" else folder / "model.onnx"
+    return ModelRef(card["onnx_sha256"], str(onnx_path))
+
+
+def register_model(client: Any, model: str | None = None) -> None:
+    """Send the classifier to every worker of `client` (now and later ones) with the job's worker
+    plugin, for clusters whose workers cannot read the model's path: each loads it once."""
+    from maskbatch.runtime import cluster
+
+    onnx_bytes, card = read_model(model)
+    cluster.install_plugin(client, cluster.MaskbatchSetup(onnx_bytes, card))
+
+
+def _pair(item: Any) -> tuple[str, str]:
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        name, path = item
+        return str(name), str(path)
+    if isinstance(item, (str, Path)):
+        path = str(item)
+        return posixpath.basename(path.rstrip("/")), path
+    raise MaskbatchError(f"a photo is a path or a (name, path) pair, got {type(item).__name__}")
+
+
+def _predict_records(items: list, detector: DetectorConfig, model: ModelRef,
+                     limits: InputLimits) -> tuple[list[dict], list[dict]]:
+    """One bag partition: (detection records, manifest records), in input order."""
+    detections, manifest = predict_partition([_pair(item) for item in items], detector, model,
+                                             limits)
+    return (in_output_order(detections, manifest).to_dict("records"),
+            manifest.to_dict("records"))
+
+
+def predict_with_manifest(paths: db.Bag, *, detector: DetectorConfig = DetectorConfig(),
+                          model: str | None = None, limits: InputLimits = InputLimits()
+                          ) -> tuple[db.Bag, db.Bag]:
+    """(detection records, manifest records) of a bag of photos, both from the same tasks:
+    computed together (`dask.compute(d, m)`), each partition's photos are processed once."""
+    if not isinstance(paths, db.Bag):
+        raise MaskbatchError(f"paths must be a dask.bag.Bag, got {type(paths).__name__}")
+    detect.load_mode(detector.mode)  # a missing detector fails here, once, not in every task
+    both = paths.map_partitions(_predict_records, detector=detector, model=model_ref(model),
+                                limits=limits, token="maskbatch-predict")
+    return (both.map_partitions(operator.itemgetter(0), token="detections"),
+            both.map_partitions(operator.itemgetter(1), token="manifest"))
+
+
+def predict(paths: db.Bag, *, detector: DetectorConfig = DetectorConfig(),
+            model: str | None = None, limits: InputLimits = InputLimits()) -> db.Bag:
+    """A lazy bag of detection records (dicts with detections.parquet's columns) of a bag of
+    photos: paths (the name is the path's basename) or (name, path) pairs, on any fsspec
+    filesystem the workers can read.
+
+    One record per face, per partition in input order then by score (as detections.parquet); a
+    photo that fails or is skipped yields none (see `predict_with_manifest` for why). `model` is
+    a classifier folder or its model.onnx (default: $MASKBATCH_MODEL or the bundled model).
+    """
+    return predict_with_manifest(paths, detector=detector, model=model, limits=limits)[0]
+
+
+def _meta(schema: pa.Schema) -> pd.DataFrame:
+    return schema.empty_table().to_pandas()
+
+
+DETECTION_META = _meta(DETECTION_SCHEMA)
+MANIFEST_META = _meta(MANIFEST_SCHEMA)
+
+
+def to_dataframe(records: db.Bag, *, manifest: bool = False) -> dd.DataFrame:
+    """A dask DataFrame of detection records (or, with `manifest`, of manifest records), with the
+    columns and dtypes of detections.parquet (images.parquet): ready for `dd.to_parquet`,
+    `.compute()` into pandas, or DuckDB."""
+    return records.to_dataframe(meta=MANIFEST_META if manifest else DETECTION_META)
+
+
+__all__ = ["DETECTION_META", "MANIFEST_META", "model_ref", "predict", "predict_with_manifest",
+           "register_model", "to_dataframe"]
