@@ -217,13 +217,16 @@ def test_tuned_detector_with_wrong_checksum_is_refused(tmp_path: Path):
 
 
 def test_tuned_mode_uses_the_cards_threshold_and_pass():
+    """The mode runs the card's threshold at the card's inference pass (its training pass unless
+    a later choice on training photos says otherwise)."""
     from maskbatch.models import detect
 
     _, card = yunet.read_tuned_card()
     mode = detect.MODES["tuned"]
+    chosen = card.get("inference_pass", card["pass"])
     assert mode.confidence == card["threshold"]
-    assert mode.scan.area == card["pass"]["area"]
-    assert mode.scan.max_upscale == card["pass"]["max_upscale"]
+    assert mode.scan.area == chosen["area"]
+    assert mode.scan.max_upscale == chosen["max_upscale"]
     assert detect.BOX_FIT["tuned"] == detect.BoxFit()  # trained on the labelled boxes: no fit
 
 

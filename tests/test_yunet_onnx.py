@@ -14,7 +14,7 @@ from maskbatch.evaluation.matching import iou_matrix
 from maskbatch.models import detect, yunet, yunet_onnx
 
 NETS = {"tuned": detect.TUNED_THRESHOLD, "yunet": detect.MODES["yunet"].confidence}
-AREA = 440_000  # both modes' pass (detect.MODES)
+AREA = 440_000  # the pretrained yunet mode's pass (detect.MODES), and the tuned net's training pass
 # Crowds (113 and 51 labelled faces), the smallest photos (224 x 224, 400 x 156: enlarged 2x),
 # then every 50th / 30th photo of each set in name order.
 CHOSEN = {"medical-mask": ["0025.jpg", "0358.jpg", "0751.jpeg"],
