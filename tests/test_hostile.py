@@ -268,3 +268,64 @@ def test_ctrl_c_is_one_line(data, tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["maskbatch predict: interrupted; finished partitions are "
                                         "kept (run again with --resume)"], err
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maskbatch.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def assert_one_line(proc: subprocess.CompletedProcess, words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr[-3000:]
+
+
+def test_out_equal_to_the_images_folder_is_refused(one_photo):
+    """`--overwrite --out IMAGES`, IMAGES holding a two-field run.json, deleted every photo."""
+    (one_photo / "run.json").write_text(json.dumps({"command": "predict", "version": "0"}))
+    (one_photo / "notes.txt").write_text("my notes\n")
+    before = snapshot(one_photo)
+    for flag in ("--overwrite", "--resume"):
+        proc = run_cli("predict", str(one_photo), "--out", str(one_photo), flag, "--workers", "1")
+        assert_one_line(proc, "is the input")
+        assert snapshot(one_photo) == before
+
+
+def test_out_inside_the_images_folder_is_refused(one_photo):
+    """`--out IMAGES/run.jpg` was then listed by later runs as a skipped input."""
+    before = snapshot(one_photo)
+    proc = run_cli("predict", str(one_photo), "--out", str(one_photo / "run.jpg"), "--workers", "1")
+    assert_one_line(proc, "lies inside the input")
+    assert snapshot(one_photo) == before and not (one_photo / "run.jpg").exists()
+
+
+def test_images_inside_out_is_refused_and_overwrite_keeps_other_files(one_photo, tmp_path):
+    """`predict OUT/previews --out OUT --overwrite` deleted its own inputs; --overwrite deleted
+    every file of the folder, not only what maskbatch wrote."""
+    out = tmp_path / "out"
+    predict(str(one_photo), str(out), previews=1,
+            cluster_config=ClusterConfig(workers=1, progress=False))
+    assert (out / "previews" / "0001.jpg").is_file()
+    before = snapshot(out)
+    proc = run_cli("predict", str(out / "previews"), "--out", str(out), "--overwrite",
+                   "--workers", "1")
+    assert_one_line(proc, "holds the input")
+    assert snapshot(out) == before
+
+    (out / "notes.txt").write_text("keep me\n")
+    (out / "mine").mkdir()
+    (out / "mine" / "a.txt").write_text("mine too\n")
+    (out / "previews" / "stale.jpg").write_bytes(b"old preview")
+    result = predict(str(one_photo), str(out), overwrite=True,
+                     cluster_config=ClusterConfig(workers=1, progress=False))
+    assert result.counts.ok == 1
+    assert (out / "notes.txt").read_text() == "keep me\n"
+    assert (out / "mine" / "a.txt").read_text() == "mine too\n"
+    assert not (out / "previews").exists()  # maskbatch's own folder, from the earlier run
+    assert (out / "submission.csv").is_file() and (out / "report.html").is_file()

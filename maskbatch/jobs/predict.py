@@ -16,7 +16,7 @@ import pandas as pd
 from maskbatch import files, storage
 from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig, InputLimits, __version__
 from maskbatch.errors import MaskbatchError
-from maskbatch.jobs.outdir import check_resumable, prepare_out_dir
+from maskbatch.jobs.outdir import check_apart_from_inputs, check_resumable, prepare_out_dir
 from maskbatch.models import detect
 from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, read_model
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
@@ -74,6 +74,13 @@ def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[st
     return inputs.folder_inputs(images_arg)
 
 
+def input_places(images_arg: str, images_dir: str | None = None) -> list[str]:
+    """The folders and files a run reads from, that its --out must keep apart from."""
+    if not images_arg.lower().endswith(".csv"):
+        return [images_arg]
+    return [images_arg, images_dir or inputs.template_folder(images_arg)]
+
+
 def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig,
                 partition_size: int | str) -> dict:
     return {"command": "predict", "version": __version__, "model_sha256": model.sha256,
@@ -100,6 +107,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     called = time.perf_counter()
     detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
     inputs = list_inputs(images_arg, images_dir)
+    check_apart_from_inputs(out_dir, input_places(images_arg, images_dir))
     onnx_bytes, card = read_model(model)
     check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
     model_dir = Path(model) if model else default_model_dir()
@@ -108,7 +116,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto")
     if resume:
         check_resumable(out_dir, record)
-    prepare_out_dir(out_dir, overwrite, resume)
+    prepare_out_dir(out_dir, overwrite, resume, input_places(images_arg, images_dir))
     storage.remove_temporaries(out_dir)  # an interrupted run's half-renamed objects
     for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json",
                   "detections.coco.json", "images.coco.json", "report.html"):
