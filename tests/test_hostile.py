@@ -329,3 +329,28 @@ def test_images_inside_out_is_refused_and_overwrite_keeps_other_files(one_photo,
     assert (out / "mine" / "a.txt").read_text() == "mine too\n"
     assert not (out / "previews").exists()  # maskbatch's own folder, from the earlier run
     assert (out / "submission.csv").is_file() and (out / "report.html").is_file()
+
+
+def test_preview_names_are_unique_and_fit_the_file_system(data, tmp_path):
+    """A 250-byte photo name gave `File name too long` after all photos were done (no summary,
+    COCO files or report; --resume --previews failed again); same.jpg, same.png, same.jpeg and
+    same gave one previews/same.jpg."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    src = sorted((data / "medical-mask" / "images").iterdir())[:6]
+    long_name = "é" * 60 + "x" * 126 + ".jpg"  # 250 bytes, the OS allows up to 255
+    names = [long_name, "same.jpg", "same.png", "same.jpeg", "same", "0001.jpg"]
+    for name, photo in zip(names, src):
+        (folder / name).write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    args = ["predict", str(folder), "--out", str(out), "--previews", "10", "--workers", "1",
+            "--no-progress"]
+    for extra in ([], ["--resume"]):
+        proc = run_cli(*args, *extra)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        for written in ("summary.json", "detections.coco.json", "report.html"):
+            assert (out / written).is_file(), written
+        previews = sorted(p.name for p in (out / "previews").iterdir())
+        assert len(previews) == 6, previews
+        assert "same.jpg" in previews and "0001.jpg" in previews  # short unique names unchanged
+        assert all(len(p.encode()) <= 200 for p in previews)

@@ -20,7 +20,7 @@ from maskbatch.jobs.outdir import check_apart_from_inputs, check_resumable, prep
 from maskbatch.models import detect
 from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, read_model
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
-from maskbatch.outputs.draw import preview_jpeg
+from maskbatch.outputs.draw import preview_jpeg, preview_names
 from maskbatch.photos import inputs
 from maskbatch.runtime import cluster, window
 from maskbatch.tasks import predict_and_commit, predict_poisoned
@@ -213,14 +213,14 @@ def _write_previews(client: object, out_dir: str, chosen: list[tuple[str, str, l
 
     futures = [(name, client.submit(preview_jpeg, path, boxes, pure=False))
                for name, path, boxes in chosen]
-    for name, future in futures:
+    names = preview_names(name for name, _ in futures)
+    for (_, future), file_name in zip(futures, names):
         try:
             data = future.result()
         except MaskbatchError:  # the photo changed or went away since it was read: no preview
             continue
         if data:
-            stem = Path(name).stem
-            writers.write_bytes_atomic(files.join(out_dir, "previews", f"{stem}.jpg"), data)
+            writers.write_bytes_atomic(files.join(out_dir, "previews", file_name), data)
 
 
 def summary(result: PredictResult) -> dict:
