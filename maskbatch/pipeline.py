@@ -25,6 +25,8 @@ from maskbatch.outputs.writers import (
 )
 from maskbatch.photos import decoding, pixels, reading
 
+NON_FINITE = "the model gave a P(mask) that is not a finite number (NaN or infinity) for a face"
+
 # --------------------------------------------------------------------------- extraction
 
 
@@ -171,6 +173,10 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
     rows, k = [], 0
     for row, found in zip(manifest, boxes_per_image):
         row["seconds"] = round(row["seconds"] + share, 4)
+        if len(found) and not np.isfinite(probs[k:k + len(found)]).all():
+            row.update(status="failed", reason=NON_FINITE, n_faces=0)
+            k += len(found)
+            continue
         for x1, y1, x2, y2, score in found:
             # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
             rows.append((row["name"], int(x1), int(y1), int(x2), int(y2), labels[k],

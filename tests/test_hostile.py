@@ -12,9 +12,11 @@ import sys
 import time
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 from hostile import build_corpus
+from onnx import TensorProto, helper
 
 from maskbatch import cli, files
 from maskbatch.config import ClusterConfig, DetectorConfig
@@ -354,3 +356,85 @@ def test_preview_names_are_unique_and_fit_the_file_system(data, tmp_path):
         assert len(previews) == 6, previews
         assert "same.jpg" in previews and "0001.jpg" in previews  # short unique names unchanged
         assert all(len(p.encode()) <= 200 for p in previews)
+
+
+def tiny_model(folder, fill: str, side: int = 32, **card) -> str:
+    """A real ONNX classifier folder whose P(mask) is 1/0 (`inf`), 0/0 (`nan`) or 0.5 (`half`),
+    for an NHWC input of `side` pixels."""
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    top = helper.make_tensor("top", TensorProto.FLOAT, [], [{"inf": 1.0, "nan": 0.0, "half": 0.5}[fill]])
+    mean = helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2, 3], keepdims=0)
+    times_zero = helper.make_node("Mul", ["mean", "zero"], ["naught"])  # 0 per photo, shape (n,)
+    last = (helper.make_node("Add", ["naught", "top"], ["p"]) if fill == "half"
+            else helper.make_node("Div", ["top", "naught"], ["p"]))  # 1/0 = inf, 0/0 = nan
+    graph = helper.make_graph(
+        [mean, times_zero, last],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", side, side, 3])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n"])], [zero, top])
+    data = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    data.ir_version = 8
+    raw = data.SerializeToString()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(raw)
+    (folder / "model_card.json").write_text(json.dumps(
+        {"onnx_sha256": sha256_bytes(raw), "input_size": side, "threshold": 0.5, **card}))
+    return str(folder)
+
+
+@pytest.mark.parametrize("fill", ["inf", "nan"])
+def test_a_non_finite_probability_fails_the_photo(one_photo, tmp_path, fill):
+    """A model giving inf wrote bare `inf` (not JSON) into detections.coco.json."""
+    model = tiny_model(tmp_path / "model", fill)
+    out = tmp_path / "out"
+    proc = run_cli("predict", str(one_photo), "--out", str(out), "--model", model,
+                   "--workers", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = pd.read_parquet(out / "images.parquet").iloc[0]
+    assert row["status"] == "failed" and "not a finite number" in row["reason"]
+    assert len(pd.read_parquet(out / "detections.parquet")) == 0
+    def not_json(constant: str) -> None:
+        raise AssertionError(f"{constant} written into a JSON file")
+
+    for name in ("detections.coco.json", "images.coco.json", "summary.json"):
+        json.loads((out / name).read_text(), parse_constant=not_json)
+
+
+def test_a_finite_tiny_model_runs(one_photo, tmp_path):
+    model = tiny_model(tmp_path / "model", "half")
+    det, manifest = predict_partition([("0001.jpg", str(one_photo / "0001.jpg"))], DetectorConfig(),
+                                      ModelRef(read_model(model)[1]["onnx_sha256"],
+                                               f"{model}/model.onnx"))
+    assert manifest.loc[0, "status"] == "ok" and len(det) > 0 and (det["mask_prob"] == 0.5).all()
+
+
+def write_card(folder, text: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(b"x")
+    (folder / "model_card.json").write_text(text)
+    return str(folder)
+
+
+@pytest.mark.parametrize("card, message", [
+    ({"threshold": "nan"}, "threshold must be a number from 0 to 1"),
+    ({"threshold": 1.5}, "threshold must be a number from 0 to 1"),
+    ({"threshold": -0.1}, "threshold must be a number from 0 to 1"),
+    ({"input_size": 64}, "does not fit its card"),  # the graph takes 32 x 32
+    ({"input_size": 0}, "input_size must be"),
+    ("list", "a JSON object, not a list"),
+    ("deep", "nested too deep"),
+])
+def test_bad_cards_and_models_that_do_not_fit_them(one_photo, tmp_path, card, message):
+    """A card threshold of "nan", a list card, a card nested 100,000 deep, a model whose input
+    is not the card's size: tracebacks (exit 1) or a run with every face labelled no mask."""
+    if card == "list":
+        model = write_card(tmp_path / "model", "[1, 2]")
+    elif card == "deep":
+        model = write_card(tmp_path / "model", "[" * 100_000 + "]" * 100_000)
+    else:
+        model = tiny_model(tmp_path / "model", "half")
+        written = json.loads((tmp_path / "model" / "model_card.json").read_text())
+        (tmp_path / "model" / "model_card.json").write_text(json.dumps({**written, **card}))
+    out = tmp_path / "out"
+    proc = run_cli("predict", str(one_photo), "--out", str(out), "--model", model, "--workers", "1")
+    assert_one_line(proc, message)
+    assert not out.exists()

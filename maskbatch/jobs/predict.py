@@ -11,6 +11,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from maskbatch import files, storage
@@ -18,7 +19,7 @@ from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig, Input
 from maskbatch.errors import MaskbatchError
 from maskbatch.jobs.outdir import check_apart_from_inputs, check_resumable, prepare_out_dir
 from maskbatch.models import detect
-from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, read_model
+from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, preprocess, read_model
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
 from maskbatch.outputs.draw import preview_jpeg, preview_names
 from maskbatch.photos import inputs
@@ -200,13 +201,26 @@ def check_model_loads(onnx_bytes: bytes, card: dict, where: str) -> None:
     """Load the model once here, so that a file that matches its card but is no ONNX model stops
     the job with one line before anything is written (not in every worker with a traceback)."""
     try:
-        Classifier(onnx_bytes, card)
+        classifier = Classifier(onnx_bytes, card)
     except MaskbatchError:
         raise
     except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        detail = lines[0][:200] if lines else type(exc).__name__
-        raise MaskbatchError(f"model {where} does not load: {detail}") from None
+        raise MaskbatchError(f"model {where} does not load: {_first_line(exc)}") from None
+    try:  # two blank crops of the card's input size: a model that does not fit its card fails here
+        probs = classifier.predict_batch(preprocess(
+            [np.zeros((classifier.input_size,) * 2 + (3,), np.uint8)] * 2, classifier.input_size))
+    except Exception as exc:
+        raise MaskbatchError(f"model {where} does not fit its card (input_size "
+                             f"{classifier.input_size}, one P(mask) per face): {_first_line(exc)}"
+                             ) from None
+    if probs.shape != (2,):
+        raise MaskbatchError(f"model {where} does not fit its card: it gave {probs.shape} values "
+                             "for 2 faces")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _write_previews(client: object, out_dir: str, chosen: list[tuple[str, str, list]]) -> None:
