@@ -438,3 +438,12 @@ def test_bad_cards_and_models_that_do_not_fit_them(one_photo, tmp_path, card, me
     proc = run_cli("predict", str(one_photo), "--out", str(out), "--model", model, "--workers", "1")
     assert_one_line(proc, message)
     assert not out.exists()
+
+
+def test_the_local_dashboard_listens_on_this_machine_only():
+    """dashboard_address=":0" served the dashboard (file names, no login) on every interface."""
+    with dask_client(ClusterConfig(workers=1, progress=False)) as client:
+        server = client.cluster.scheduler.http_server
+        hosts = {sock.getsockname()[0] for sock in server._sockets.values()}
+        assert hosts == {"127.0.0.1"}, hosts
+        assert client.dashboard_link.startswith("http://127.0.0.1:")

@@ -109,6 +109,10 @@ def dask_setup(worker: Any = None) -> None:
 # (Dask's default: 3). One retry survives a worker lost for another reason; a photo that kills
 # its worker is then narrowed down quickly (run_partitions). A remote scheduler keeps its own.
 LOCAL_ALLOWED_FAILURES = 1
+# The local cluster's dashboard listens on this machine only (any free port): it shows file names
+# and runs no authentication. To share it, tunnel it (ssh -L) or run your own scheduler with
+# `dask scheduler --dashboard-address 0.0.0.0:8787` and pass --scheduler (README).
+DASHBOARD_ADDRESS = "127.0.0.1:0"
 
 
 def scheduler_address(config: ClusterConfig) -> str | None:
@@ -148,7 +152,7 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         try:
             cluster = LocalCluster(
                 n_workers=workers, threads_per_worker=config.threads_per_worker,
-                processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR,
+                processes=config.processes, dashboard_address=DASHBOARD_ADDRESS, silence_logs=logging.ERROR,
                 **extra,
             )
         except KeyboardInterrupt:
