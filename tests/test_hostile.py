@@ -447,3 +447,27 @@ def test_the_local_dashboard_listens_on_this_machine_only():
         hosts = {sock.getsockname()[0] for sock in server._sockets.values()}
         assert hosts == {"127.0.0.1"}, hosts
         assert client.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def test_out_that_cannot_be_written_is_one_line(one_photo, tmp_path):
+    """A dangling-symlink --out, an --out under a file or on a read-only file system (/proc:
+    root ignores permissions) gave a traceback, exit 1."""
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for out, words in ((dangling, "broken symbolic link"), (a_file / "out", "Not a directory"),
+                       ("/proc/maskbatch-out", "cannot write into --out")):
+        proc = run_cli("predict", str(one_photo), "--out", str(out), "--workers", "1")
+        assert_one_line(proc, words)
+    assert dangling.is_symlink() and not (tmp_path / "gone").exists()
+    assert a_file.read_text() == "x"
+
+
+def test_a_template_field_over_the_csv_limit_is_one_line(one_photo, tmp_path):
+    template = tmp_path / "submission.csv"
+    template.write_text("name,x1,x2,y1,y2,classname\n0001.jpg,,,,,\n" + "a" * 131_073 + ",,,,,\n")
+    proc = run_cli("predict", str(template), "--images-dir", str(one_photo), "--out",
+                   str(tmp_path / "out"), "--workers", "1")
+    assert_one_line(proc, "not a readable template CSV (field larger than field limit")
+    assert not (tmp_path / "out").exists()

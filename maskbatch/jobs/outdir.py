@@ -81,11 +81,8 @@ def prepare_out_dir(out_dir: str, overwrite: bool, resume: bool = False,
         raise MaskbatchError(f"--out {out_dir} is a broken symbolic link (to "
                              f"{os.readlink(path)}); nothing was changed")
     check_apart_from_inputs(out_dir, inputs)
-    try:
-        if fs.exists(path) and not fs.isdir(path):
-            raise MaskbatchError(f"--out {out_dir} is a file, not a folder")
-    except NotADirectoryError:
-        raise MaskbatchError(f"--out {out_dir} lies under a file, not a folder") from None
+    if fs.exists(path) and not fs.isdir(path):
+        raise MaskbatchError(f"--out {out_dir} is a file, not a folder")
     existing = fs.ls(path, detail=False) if fs.exists(path) else []
     if existing and resume and not is_maskbatch_output(out_dir):
         raise MaskbatchError(f"refusing to --resume into {out_dir}: it is not a maskbatch output "
