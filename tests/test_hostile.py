@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from hostile import build_corpus
 from onnx import TensorProto, helper
+from test_cluster import DASK, _free_port, _wait_for_parts
 
 from maskbatch import cli, files
 from maskbatch.config import ClusterConfig, DetectorConfig
@@ -471,3 +472,35 @@ def test_a_template_field_over_the_csv_limit_is_one_line(one_photo, tmp_path):
                    str(tmp_path / "out"), "--workers", "1")
     assert_one_line(proc, "not a readable template CSV (field larger than field limit")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_lost_scheduler_is_one_line(data, tmp_path):
+    """SIGKILL on the scheduler mid-run showed a FutureCancelledError traceback, exit 1."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted((data / "medical-mask" / "images").iterdir())[:60]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
+                                  address.rsplit(":", 1)[1], "--no-dashboard"], **quiet)
+    worker = subprocess.Popen([DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                               "--no-nanny", "--no-dashboard"], **quiet,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "maskbatch.cli", "predict", str(folder),
+                                 "--out", str(out), "--scheduler", address, "--partition-size", "2",
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        _wait_for_parts(out, 1, timeout=180)
+        scheduler.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        for p in (worker, scheduler):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    assert proc.returncode == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "lost the Dask scheduler" in lines[0] and "--resume" in lines[0], err
