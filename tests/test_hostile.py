@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from hostile import build_corpus
 from onnx import TensorProto, helper
+from PIL import Image
 from test_cluster import DASK, _free_port, _wait_for_parts
 
 from maskbatch import cli, files
@@ -504,3 +505,54 @@ def test_a_lost_scheduler_is_one_line(data, tmp_path):
     assert proc.returncode == 2, err[-3000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "lost the Dask scheduler" in lines[0] and "--resume" in lines[0], err
+
+
+def _best_iou(box: np.ndarray, others: np.ndarray) -> float:
+    if not len(others):
+        return 0.0
+    x1 = np.maximum(box[0], others[:, 0])
+    y1 = np.maximum(box[1], others[:, 1])
+    x2 = np.minimum(box[2], others[:, 2])
+    y2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return float((inter / (area + areas - inter)).max())
+
+
+def test_exif_orientation_gives_the_faces_a_viewer_shows(data, tmp_path, model_ref):
+    """Photos from phones store the pixels turned and an EXIF orientation (3, 6, 8); the boxes
+    are in the frame a viewer shows, the same faces as in the upright copy."""
+    # EXIF orientation -> how the stored pixels are turned from upright (the viewer undoes it)
+    stored = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+              8: Image.Transpose.ROTATE_270}
+    sources = sorted((data / "medical-mask" / "images").iterdir())[:4]
+    items = {o: [] for o in (1, *stored)}
+    for src in sources:
+        with Image.open(src) as img:
+            upright = img.convert("RGB")
+        path = tmp_path / f"1-{src.stem}.jpg"
+        upright.save(path, quality=95)
+        items[1].append((src.name, str(path)))
+        for orientation, turn in stored.items():
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            path = tmp_path / f"{orientation}-{src.stem}.jpg"
+            upright.transpose(turn).save(path, quality=95, exif=exif)
+            items[orientation].append((src.name, str(path)))
+    results = {o: predict_partition(pairs, DetectorConfig(), model_ref) for o, pairs in items.items()}
+    upright_det, upright_manifest = results[1]
+    assert len(upright_det) >= 8
+    for orientation in stored:
+        det, manifest = results[orientation]
+        assert (manifest["status"] == "ok").all()
+        assert manifest[["width", "height"]].values.tolist() == \
+            upright_manifest[["width", "height"]].values.tolist(), orientation
+        matched = 0
+        for name in upright_det["name"].unique():
+            ltrb = ["x1", "x2", "y1", "y2"]  # left, top, right, bottom (the submission's header)
+            want = upright_det[upright_det.name == name][ltrb].to_numpy(float)
+            got = det[det.name == name][ltrb].to_numpy(float)
+            matched += sum(_best_iou(b, got) >= 0.5 for b in want)
+        assert matched >= 0.9 * len(upright_det), (orientation, matched, len(upright_det))
+        assert abs(len(det) - len(upright_det)) <= max(1, len(upright_det) // 10), orientation
