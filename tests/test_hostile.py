@@ -4,11 +4,14 @@ through the CLI on a real local cluster, and the user-facing edges around it."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -21,13 +24,13 @@ from PIL import Image
 from test_cluster import DASK, _free_port, _wait_for_parts
 
 from maskbatch import cli, files
-from maskbatch.config import ClusterConfig, DetectorConfig
-from maskbatch.errors import MaskbatchError
+from maskbatch.config import MAX_JPEG_SCANS, ClusterConfig, DetectorConfig, InputLimits
+from maskbatch.errors import ImageError, MaskbatchError
 from maskbatch.jobs.console import predict_table
 from maskbatch.jobs.predict import PredictResult, list_inputs, predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model, sha256_bytes
 from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
-from maskbatch.photos import inputs
+from maskbatch.photos import decoding, inputs, reading
 from maskbatch.pipeline import keep_faces, predict_partition
 from maskbatch.runtime.cluster import dask_client, workers_lost
 
@@ -556,3 +559,43 @@ def test_exif_orientation_gives_the_faces_a_viewer_shows(data, tmp_path, model_r
             matched += sum(_best_iou(b, got) >= 0.5 for b in want)
         assert matched >= 0.9 * len(upright_det), (orientation, matched, len(upright_det))
         assert abs(len(det) - len(upright_det)) <= max(1, len(upright_det) // 10), orientation
+
+
+def repeated_scan_jpeg(photo, copies: int = 1000) -> bytes:
+    """A progressive JPEG of a real photo with its smallest refinement scan repeated `copies`
+    times: about 100 KB, and every copy decodes the whole picture's coefficients again."""
+    buf = io.BytesIO()
+    with Image.open(photo) as img:
+        img.convert("RGB").resize((1600, 1200)).save(buf, "JPEG", progressive=True, quality=50)
+    data = buf.getvalue()
+    starts = [m.start() for m in re.finditer(b"\xff\xda", data)]
+    ends = [*starts[1:], data.rfind(b"\xff\xd9")]
+    start, end = min(zip(starts[1:], ends[1:]), key=lambda se: se[1] - se[0])
+    return data[:end] + data[start:end] * copies + data[end:]
+
+
+def test_a_jpeg_with_a_thousand_scans_fails_at_once(data, tmp_path):
+    """A 76 KB progressive JPEG repeating a refinement scan decoded for seconds, and the abandoned
+    decoding thread kept burning CPU after --read-timeout."""
+    src = data / "medical-mask" / "images" / "0001.jpg"
+    bomb = tmp_path / "scans.jpg"
+    bomb.write_bytes(repeated_scan_jpeg(src))
+    assert decoding.jpeg_scan_count(bomb.read_bytes()) > 1000
+    threads = threading.active_count()
+    started, cpu = time.perf_counter(), time.process_time()
+    with pytest.raises(ImageError, match=f"over {MAX_JPEG_SCANS} scans"):
+        reading.load_photo(str(bomb), InputLimits(read_timeout=0.5))
+    assert time.perf_counter() - started < 0.4  # refused before decoding, not timed out
+    time.sleep(1.0)
+    assert time.process_time() - cpu < 0.5  # no thread left decoding
+    assert threading.active_count() <= threads + 1  # at most the reused helper thread
+
+    # real photos: baseline 1 scan, progressive about 10, all well within the limit
+    ordinary = repeated_scan_jpeg(src, copies=0)
+    assert 5 <= decoding.jpeg_scan_count(ordinary) <= 20
+    assert decoding.decode_image(ordinary).shape == (1200, 1600, 3)
+    for photo in sorted((data / "medical-mask" / "images").iterdir())[:50]:
+        head = photo.read_bytes()
+        if head[:2] == b"\xff\xd8":
+            assert 1 <= decoding.jpeg_scan_count(head) <= 20, photo.name
+    assert decoding.jpeg_scan_count((data / "messy" / "large-3mp.jpg").read_bytes()) == 7
