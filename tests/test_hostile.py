@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,7 +32,7 @@ from maskbatch.jobs.predict import PredictResult, list_inputs, predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model, sha256_bytes
 from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
 from maskbatch.photos import decoding, inputs, reading
-from maskbatch.pipeline import keep_faces, predict_partition
+from maskbatch.pipeline import NON_FINITE, keep_faces, predict_partition
 from maskbatch.runtime.cluster import dask_client, workers_lost
 
 BOX_COLUMNS = ["x1", "x2", "y1", "y2", "classname", "score", "mask_prob"]
@@ -599,3 +600,13 @@ def test_a_jpeg_with_a_thousand_scans_fails_at_once(data, tmp_path):
         if head[:2] == b"\xff\xd8":
             assert 1 <= decoding.jpeg_scan_count(head) <= 20, photo.name
     assert decoding.jpeg_scan_count((data / "messy" / "large-3mp.jpg").read_bytes()) == 7
+
+
+def test_the_readme_lists_the_new_refusals_and_the_spreadsheet_note():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### What you see for a bad file"):readme.index("## Running on")]
+    for words in (NON_FINITE, f"JPEG with over {MAX_JPEG_SCANS} scans", "lies inside the inputs",
+                  "broken symbolic link", "131,072 characters", "does not fit its card",
+                  "lost the Dask scheduler", "a short hash of the whole name",
+                  "a name beginning with `=`", "Open it as text"):
+        assert " ".join(words.split()) in " ".join(section.split()), words
