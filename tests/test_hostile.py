@@ -610,3 +610,10 @@ def test_the_readme_lists_the_new_refusals_and_the_spreadsheet_note():
                   "lost the Dask scheduler", "a short hash of the whole name",
                   "a name beginning with `=`", "Open it as text"):
         assert " ".join(words.split()) in " ".join(section.split()), words
+
+
+def test_extract_out_inside_its_dataset_is_refused(data, tmp_path):
+    dataset = data / "voc-masks"
+    proc = run_cli("extract", str(dataset), "--out", str(dataset / "crops-out"))
+    assert_one_line(proc, "lies inside the input")
+    assert not (dataset / "crops-out").exists()
