@@ -35,6 +35,11 @@ class DetectorConfig:
 MAX_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 100_000_000  # 300 MB once decoded to 8-bit BGR
 READ_TIMEOUT = 60.0
+# Scans (SOS markers) one JPEG may hold, counted on its bytes before decoding. A baseline JPEG has
+# 1, a progressive one from libjpeg/Pillow/cameras about 10 (at most a few dozen); a file that
+# repeats a refinement scan a thousand times decodes for seconds per copy in a thread a timeout
+# cannot stop (libjpeg-turbo's djpeg/jpegtran refuse such files past -maxscan). 100: headroom.
+MAX_JPEG_SCANS = 100
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from maskbatch.outputs.writers import (
 )
 from maskbatch.photos import decoding, pixels, reading
 
+NON_FINITE = "the model gave a P(mask) that is not a finite number (NaN or infinity) for a face"
+
 # --------------------------------------------------------------------------- extraction
 
 
@@ -151,6 +153,8 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
                               classifier.input_size) for x1, y1, x2, y2, _ in found]
             del image, photo
             probs = classifier.mask_probability(crops)
+            if not np.isfinite(probs).all():
+                raise ImageError(NON_FINITE)
         except SkippedInput as exc:
             row.update(status="skipped", reason=str(exc))
         except ImageError as exc:

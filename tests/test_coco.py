@@ -9,11 +9,13 @@ import io
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from maskbatch.config import CLASS_NAMES, DetectorConfig
+from maskbatch.config import CLASS_NAMES, MASK, NO_MASK, DetectorConfig
 from maskbatch.datasets import DEFAULT_LABEL_MAP
+from maskbatch.evaluation import coco_ap
 from maskbatch.evaluation.coco_ap import ap_101, coco_metrics
 from maskbatch.evaluation.scoring import score_detections
 from maskbatch.evaluation.truth import boxes_from_submission, read_truth
@@ -180,3 +182,65 @@ def test_coco_files_are_streamed_in_batches(tmp_path, monkeypatch):
                               str(tmp_path / "detections.parquet"))
     with pytest.raises(MaskbatchError, match="order"):
         write_coco(str(tmp_path))
+
+
+def _crowd(names_and_offsets: list[tuple[str, int]], faces: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Truth and predictions: per (image, x offset), a grid of `faces` 20 px faces, found with
+    jitter and made-up scores, with a few misses and false positives (a real curve, not AP 1)."""
+    truth, preds = [], []
+    rng = np.random.default_rng(7)
+    for name, dx in names_and_offsets:
+        for k in range(faces):
+            x, y = dx + 30 * (k % 10), 30 * (k // 10)
+            cls = MASK if k % 3 else NO_MASK
+            truth.append((name, x, y, x + 20, y + 20, cls))
+            if k % 7 == 0:
+                continue  # a miss
+            j = rng.integers(-4, 5, size=2)
+            preds.append((name, x + j[0], y + j[1], x + 20 + j[0], y + 20 + j[1], cls,
+                          float(rng.uniform(0.3, 1.0)), 0.9 if cls == MASK else 0.1))
+        for k in range(faces // 10):  # false positives between the faces
+            x = dx + 30 * (k % 10) + 21
+            preds.append((name, x, 5, x + 8, 15, MASK, float(rng.uniform(0.3, 1.0)), 0.9))
+    truth_df = pd.DataFrame(truth, columns=["name", "x1", "y1", "x2", "y2", "classname"])
+    pred_df = pd.DataFrame(preds, columns=["name", "x1", "y1", "x2", "y2", "classname", "score",
+                                           "mask_prob"])
+    return truth_df, pred_df
+
+
+def test_coco_ap_on_a_photo_with_over_100_detections():
+    """maxDets [1, 10, N] made pycocotools' AP@[.5:.95] (which asks for maxDets 100) -1.
+
+    The crowded photo holds two far-apart halves of 140 faces each (over 200 detections);
+    COCO matches per photo, so the same halves as two photos give the same curve, and there
+    pycocotools' own summarize() (standard maxDets [1, 10, 100]) gives the reference numbers."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    truth, preds = _crowd([("crowd.jpg", 0), ("crowd.jpg", 1000)], 140)
+    ours = coco_metrics(truth, preds, ["crowd.jpg"])
+    assert ours["max_detections_per_image"] > 100
+    assert ours["ap"] != -1 and 0 < ours["ap"] < ours["ap50"] <= 1
+
+    split_truth, split_preds = _crowd([("left.jpg", 0), ("right.jpg", 1000)], 140)
+    names = ["left.jpg", "right.jpg"]
+    for per_class in (MASK, NO_MASK):  # each photo and class stays within maxDets 100
+        assert (split_preds[split_preds.classname == per_class].groupby("name").size() <= 100).all()
+    ids = {n: i + 1 for i, n in enumerate(names)}
+    gt_dict = coco_ap._truth_dataset(split_truth, names, DEFAULT_LABEL_MAP)
+    dets = [{"image_id": ids[r.name], "category_id": CATEGORY_IDS[r.classname],
+             "bbox": [float(r.x1), float(r.y1), float(r.x2 - r.x1), float(r.y2 - r.y1)],
+             "score": float(s)}
+            for r, s in zip(split_preds.itertuples(), coco.class_score(
+                split_preds.classname, split_preds.score, split_preds.mask_prob))]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dict
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")  # the standard maxDets [1, 10, 100]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ours["ap"] == pytest.approx(ev.stats[0], abs=1e-12)
+    assert ours["ap50"] == pytest.approx(ev.stats[1], abs=1e-12)
+    assert ours["ap75"] == pytest.approx(ev.stats[2], abs=1e-12)

@@ -4,27 +4,35 @@ through the CLI on a real local cluster, and the user-facing edges around it."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 from hostile import build_corpus
+from onnx import TensorProto, helper
+from PIL import Image
+from test_cluster import DASK, _free_port, _wait_for_parts
 
 from maskbatch import cli, files
-from maskbatch.config import ClusterConfig, DetectorConfig
-from maskbatch.errors import MaskbatchError
+from maskbatch.config import MAX_JPEG_SCANS, ClusterConfig, DetectorConfig, InputLimits
+from maskbatch.errors import ImageError, MaskbatchError
 from maskbatch.jobs.console import predict_table
 from maskbatch.jobs.predict import PredictResult, list_inputs, predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model, sha256_bytes
 from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
-from maskbatch.photos import inputs
-from maskbatch.pipeline import keep_faces, predict_partition
+from maskbatch.photos import decoding, inputs, reading
+from maskbatch.pipeline import NON_FINITE, keep_faces, predict_partition
 from maskbatch.runtime.cluster import dask_client, workers_lost
 
 BOX_COLUMNS = ["x1", "x2", "y1", "y2", "classname", "score", "mask_prob"]
@@ -268,3 +276,344 @@ def test_ctrl_c_is_one_line(data, tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["maskbatch predict: interrupted; finished partitions are "
                                         "kept (run again with --resume)"], err
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maskbatch.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def assert_one_line(proc: subprocess.CompletedProcess, words: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr[-3000:]
+
+
+def test_out_equal_to_the_images_folder_is_refused(one_photo):
+    """`--overwrite --out IMAGES`, IMAGES holding a two-field run.json, deleted every photo."""
+    (one_photo / "run.json").write_text(json.dumps({"command": "predict", "version": "0"}))
+    (one_photo / "notes.txt").write_text("my notes\n")
+    before = snapshot(one_photo)
+    for flag in ("--overwrite", "--resume"):
+        proc = run_cli("predict", str(one_photo), "--out", str(one_photo), flag, "--workers", "1")
+        assert_one_line(proc, "is the input")
+        assert snapshot(one_photo) == before
+
+
+def test_out_inside_the_images_folder_is_refused(one_photo):
+    """`--out IMAGES/run.jpg` was then listed by later runs as a skipped input."""
+    before = snapshot(one_photo)
+    proc = run_cli("predict", str(one_photo), "--out", str(one_photo / "run.jpg"), "--workers", "1")
+    assert_one_line(proc, "lies inside the input")
+    assert snapshot(one_photo) == before and not (one_photo / "run.jpg").exists()
+
+
+def test_images_inside_out_is_refused_and_overwrite_keeps_other_files(one_photo, tmp_path):
+    """`predict OUT/previews --out OUT --overwrite` deleted its own inputs; --overwrite deleted
+    every file of the folder, not only what maskbatch wrote."""
+    out = tmp_path / "out"
+    predict(str(one_photo), str(out), previews=1,
+            cluster_config=ClusterConfig(workers=1, progress=False))
+    assert (out / "previews" / "0001.jpg").is_file()
+    before = snapshot(out)
+    proc = run_cli("predict", str(out / "previews"), "--out", str(out), "--overwrite",
+                   "--workers", "1")
+    assert_one_line(proc, "holds the input")
+    assert snapshot(out) == before
+
+    (out / "notes.txt").write_text("keep me\n")
+    (out / "mine").mkdir()
+    (out / "mine" / "a.txt").write_text("mine too\n")
+    (out / "previews" / "stale.jpg").write_bytes(b"old preview")
+    result = predict(str(one_photo), str(out), overwrite=True,
+                     cluster_config=ClusterConfig(workers=1, progress=False))
+    assert result.counts.ok == 1
+    assert (out / "notes.txt").read_text() == "keep me\n"
+    assert (out / "mine" / "a.txt").read_text() == "mine too\n"
+    assert not (out / "previews").exists()  # maskbatch's own folder, from the earlier run
+    assert (out / "submission.csv").is_file() and (out / "report.html").is_file()
+
+
+def test_preview_names_are_unique_and_fit_the_file_system(data, tmp_path):
+    """A 250-byte photo name gave `File name too long` after all photos were done (no summary,
+    COCO files or report; --resume --previews failed again); same.jpg, same.png, same.jpeg and
+    same gave one previews/same.jpg."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    src = sorted((data / "medical-mask" / "images").iterdir())[:6]
+    long_name = "é" * 60 + "x" * 126 + ".jpg"  # 250 bytes, the OS allows up to 255
+    names = [long_name, "same.jpg", "same.png", "same.jpeg", "same", "0001.jpg"]
+    for name, photo in zip(names, src):
+        (folder / name).write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    args = ["predict", str(folder), "--out", str(out), "--previews", "10", "--workers", "1",
+            "--no-progress"]
+    for extra in ([], ["--resume"]):
+        proc = run_cli(*args, *extra)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        for written in ("summary.json", "detections.coco.json", "report.html"):
+            assert (out / written).is_file(), written
+        previews = sorted(p.name for p in (out / "previews").iterdir())
+        assert len(previews) == 6, previews
+        assert "same.jpg" in previews and "0001.jpg" in previews  # short unique names unchanged
+        assert all(len(p.encode()) <= 200 for p in previews)
+
+
+def tiny_model(folder, fill: str, side: int = 32, **card) -> str:
+    """A real ONNX classifier folder whose P(mask) is 1/0 (`inf`), 0/0 (`nan`) or 0.5 (`half`),
+    for an NHWC input of `side` pixels."""
+    zero = helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])
+    top = helper.make_tensor("top", TensorProto.FLOAT, [], [{"inf": 1.0, "nan": 0.0, "half": 0.5}[fill]])
+    mean = helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2, 3], keepdims=0)
+    times_zero = helper.make_node("Mul", ["mean", "zero"], ["naught"])  # 0 per photo, shape (n,)
+    last = (helper.make_node("Add", ["naught", "top"], ["p"]) if fill == "half"
+            else helper.make_node("Div", ["top", "naught"], ["p"]))  # 1/0 = inf, 0/0 = nan
+    graph = helper.make_graph(
+        [mean, times_zero, last],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", side, side, 3])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n"])], [zero, top])
+    data = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    data.ir_version = 8
+    raw = data.SerializeToString()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(raw)
+    (folder / "model_card.json").write_text(json.dumps(
+        {"onnx_sha256": sha256_bytes(raw), "input_size": side, "threshold": 0.5, **card}))
+    return str(folder)
+
+
+@pytest.mark.parametrize("fill", ["inf", "nan"])
+def test_a_non_finite_probability_fails_the_photo(one_photo, tmp_path, fill):
+    """A model giving inf wrote bare `inf` (not JSON) into detections.coco.json."""
+    model = tiny_model(tmp_path / "model", fill)
+    out = tmp_path / "out"
+    proc = run_cli("predict", str(one_photo), "--out", str(out), "--model", model,
+                   "--workers", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = pd.read_parquet(out / "images.parquet").iloc[0]
+    assert row["status"] == "failed" and "not a finite number" in row["reason"]
+    assert len(pd.read_parquet(out / "detections.parquet")) == 0
+    def not_json(constant: str) -> None:
+        raise AssertionError(f"{constant} written into a JSON file")
+
+    for name in ("detections.coco.json", "images.coco.json", "summary.json"):
+        json.loads((out / name).read_text(), parse_constant=not_json)
+
+
+def test_a_finite_tiny_model_runs(one_photo, tmp_path):
+    model = tiny_model(tmp_path / "model", "half")
+    det, manifest = predict_partition([("0001.jpg", str(one_photo / "0001.jpg"))], DetectorConfig(),
+                                      ModelRef(read_model(model)[1]["onnx_sha256"],
+                                               f"{model}/model.onnx"))
+    assert manifest.loc[0, "status"] == "ok" and len(det) > 0 and (det["mask_prob"] == 0.5).all()
+
+
+def write_card(folder, text: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(b"x")
+    (folder / "model_card.json").write_text(text)
+    return str(folder)
+
+
+@pytest.mark.parametrize("card, message", [
+    ({"threshold": "nan"}, "threshold must be a number from 0 to 1"),
+    ({"threshold": 1.5}, "threshold must be a number from 0 to 1"),
+    ({"threshold": -0.1}, "threshold must be a number from 0 to 1"),
+    ({"input_size": 64}, "does not fit its card"),  # the graph takes 32 x 32
+    ({"input_size": 0}, "input_size must be"),
+    ("list", "a JSON object, not a list"),
+    ("deep", "nested too deep"),
+])
+def test_bad_cards_and_models_that_do_not_fit_them(one_photo, tmp_path, card, message):
+    """A card threshold of "nan", a list card, a card nested 100,000 deep, a model whose input
+    is not the card's size: tracebacks (exit 1) or a run with every face labelled no mask."""
+    if card == "list":
+        model = write_card(tmp_path / "model", "[1, 2]")
+    elif card == "deep":
+        model = write_card(tmp_path / "model", "[" * 100_000 + "]" * 100_000)
+    else:
+        model = tiny_model(tmp_path / "model", "half")
+        written = json.loads((tmp_path / "model" / "model_card.json").read_text())
+        (tmp_path / "model" / "model_card.json").write_text(json.dumps({**written, **card}))
+    out = tmp_path / "out"
+    proc = run_cli("predict", str(one_photo), "--out", str(out), "--model", model, "--workers", "1")
+    assert_one_line(proc, message)
+    assert not out.exists()
+
+
+def test_the_local_dashboard_listens_on_this_machine_only():
+    """dashboard_address=":0" served the dashboard (file names, no login) on every interface."""
+    with dask_client(ClusterConfig(workers=1, progress=False)) as client:
+        server = client.cluster.scheduler.http_server
+        hosts = {sock.getsockname()[0] for sock in server._sockets.values()}
+        assert hosts == {"127.0.0.1"}, hosts
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def test_out_that_cannot_be_written_is_one_line(one_photo, tmp_path):
+    """A dangling-symlink --out, an --out under a file or on a read-only file system (/proc:
+    root ignores permissions) gave a traceback, exit 1."""
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for out, words in ((dangling, "broken symbolic link"), (a_file / "out", "Not a directory"),
+                       ("/proc/maskbatch-out", "cannot write into --out")):
+        proc = run_cli("predict", str(one_photo), "--out", str(out), "--workers", "1")
+        assert_one_line(proc, words)
+    assert dangling.is_symlink() and not (tmp_path / "gone").exists()
+    assert a_file.read_text() == "x"
+
+
+def test_a_template_field_over_the_csv_limit_is_one_line(one_photo, tmp_path):
+    template = tmp_path / "submission.csv"
+    template.write_text("name,x1,x2,y1,y2,classname\n0001.jpg,,,,,\n" + "a" * 131_073 + ",,,,,\n")
+    proc = run_cli("predict", str(template), "--images-dir", str(one_photo), "--out",
+                   str(tmp_path / "out"), "--workers", "1")
+    assert_one_line(proc, "not a readable template CSV (field larger than field limit")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_lost_scheduler_is_one_line(data, tmp_path):
+    """SIGKILL on the scheduler mid-run showed a FutureCancelledError traceback, exit 1."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted((data / "medical-mask" / "images").iterdir())[:60]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
+                                  address.rsplit(":", 1)[1], "--no-dashboard"], **quiet)
+    worker = subprocess.Popen([DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                               "--no-nanny", "--no-dashboard"], **quiet,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "maskbatch.cli", "predict", str(folder),
+                                 "--out", str(out), "--scheduler", address, "--partition-size", "2",
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        _wait_for_parts(out, 1, timeout=180)
+        scheduler.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        for p in (worker, scheduler):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    assert proc.returncode == 2, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "lost the Dask scheduler" in lines[0] and "--resume" in lines[0], err
+
+
+def _best_iou(box: np.ndarray, others: np.ndarray) -> float:
+    if not len(others):
+        return 0.0
+    x1 = np.maximum(box[0], others[:, 0])
+    y1 = np.maximum(box[1], others[:, 1])
+    x2 = np.minimum(box[2], others[:, 2])
+    y2 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return float((inter / (area + areas - inter)).max())
+
+
+def test_exif_orientation_gives_the_faces_a_viewer_shows(data, tmp_path, model_ref):
+    """Photos from phones store the pixels turned and an EXIF orientation (3, 6, 8); the boxes
+    are in the frame a viewer shows, the same faces as in the upright copy."""
+    # EXIF orientation -> how the stored pixels are turned from upright (the viewer undoes it)
+    stored = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90,
+              8: Image.Transpose.ROTATE_270}
+    sources = sorted((data / "medical-mask" / "images").iterdir())[:4]
+    items = {o: [] for o in (1, *stored)}
+    for src in sources:
+        with Image.open(src) as img:
+            upright = img.convert("RGB")
+        path = tmp_path / f"1-{src.stem}.jpg"
+        upright.save(path, quality=95)
+        items[1].append((src.name, str(path)))
+        for orientation, turn in stored.items():
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            path = tmp_path / f"{orientation}-{src.stem}.jpg"
+            upright.transpose(turn).save(path, quality=95, exif=exif)
+            items[orientation].append((src.name, str(path)))
+    results = {o: predict_partition(pairs, DetectorConfig(), model_ref) for o, pairs in items.items()}
+    upright_det, upright_manifest = results[1]
+    assert len(upright_det) >= 8
+    for orientation in stored:
+        det, manifest = results[orientation]
+        assert (manifest["status"] == "ok").all()
+        assert manifest[["width", "height"]].values.tolist() == \
+            upright_manifest[["width", "height"]].values.tolist(), orientation
+        matched = 0
+        for name in upright_det["name"].unique():
+            ltrb = ["x1", "x2", "y1", "y2"]  # left, top, right, bottom (the submission's header)
+            want = upright_det[upright_det.name == name][ltrb].to_numpy(float)
+            got = det[det.name == name][ltrb].to_numpy(float)
+            matched += sum(_best_iou(b, got) >= 0.5 for b in want)
+        assert matched >= 0.9 * len(upright_det), (orientation, matched, len(upright_det))
+        assert abs(len(det) - len(upright_det)) <= max(1, len(upright_det) // 10), orientation
+
+
+def repeated_scan_jpeg(photo, copies: int = 1000) -> bytes:
+    """A progressive JPEG of a real photo with its smallest refinement scan repeated `copies`
+    times: about 100 KB, and every copy decodes the whole picture's coefficients again."""
+    buf = io.BytesIO()
+    with Image.open(photo) as img:
+        img.convert("RGB").resize((1600, 1200)).save(buf, "JPEG", progressive=True, quality=50)
+    data = buf.getvalue()
+    starts = [m.start() for m in re.finditer(b"\xff\xda", data)]
+    ends = [*starts[1:], data.rfind(b"\xff\xd9")]
+    start, end = min(zip(starts[1:], ends[1:]), key=lambda se: se[1] - se[0])
+    return data[:end] + data[start:end] * copies + data[end:]
+
+
+def test_a_jpeg_with_a_thousand_scans_fails_at_once(data, tmp_path):
+    """A 76 KB progressive JPEG repeating a refinement scan decoded for seconds, and the abandoned
+    decoding thread kept burning CPU after --read-timeout."""
+    src = data / "medical-mask" / "images" / "0001.jpg"
+    bomb = tmp_path / "scans.jpg"
+    bomb.write_bytes(repeated_scan_jpeg(src))
+    assert decoding.jpeg_scan_count(bomb.read_bytes()) > 1000
+    threads = threading.active_count()
+    started, cpu = time.perf_counter(), time.process_time()
+    with pytest.raises(ImageError, match=f"over {MAX_JPEG_SCANS} scans"):
+        reading.load_photo(str(bomb), InputLimits(read_timeout=0.5))
+    assert time.perf_counter() - started < 0.4  # refused before decoding, not timed out
+    time.sleep(1.0)
+    assert time.process_time() - cpu < 0.5  # no thread left decoding
+    assert threading.active_count() <= threads + 1  # at most the reused helper thread
+
+    # real photos: baseline 1 scan, progressive about 10, all well within the limit
+    ordinary = repeated_scan_jpeg(src, copies=0)
+    assert 5 <= decoding.jpeg_scan_count(ordinary) <= 20
+    assert decoding.decode_image(ordinary).shape == (1200, 1600, 3)
+    for photo in sorted((data / "medical-mask" / "images").iterdir())[:50]:
+        head = photo.read_bytes()
+        if head[:2] == b"\xff\xd8":
+            assert 1 <= decoding.jpeg_scan_count(head) <= 20, photo.name
+    assert decoding.jpeg_scan_count((data / "messy" / "large-3mp.jpg").read_bytes()) == 7
+
+
+def test_the_readme_lists_the_new_refusals_and_the_spreadsheet_note():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### What you see for a bad file"):readme.index("## Running on")]
+    for words in (NON_FINITE, f"JPEG with over {MAX_JPEG_SCANS} scans", "lies inside the inputs",
+                  "broken symbolic link", "131,072 characters", "does not fit its card",
+                  "lost the Dask scheduler", "a short hash of the whole name",
+                  "a name beginning with `=`", "Open it as text"):
+        assert " ".join(words.split()) in " ".join(section.split()), words
+
+
+def test_extract_out_inside_its_dataset_is_refused(data, tmp_path):
+    dataset = data / "voc-masks"
+    proc = run_cli("extract", str(dataset), "--out", str(dataset / "crops-out"))
+    assert_one_line(proc, "lies inside the input")
+    assert not (dataset / "crops-out").exists()

@@ -29,6 +29,18 @@ def ap_101(recall: np.ndarray, precision: np.ndarray) -> float:
                           0.0).mean())
 
 
+def summary_ap(precision: np.ndarray, iou_thresholds: np.ndarray | None = None,
+               iou: float | None = None) -> float:
+    """pycocotools' summarized AP (COCOeval.summarize's first three numbers) of an accumulated
+    precision array [iou threshold, recall point, class, area, max dets], for all areas and the
+    last max-detections setting: the mean over the entries that exist (-1 marks a missing one)."""
+    s = precision[:, :, :, 0, -1]
+    if iou is not None:
+        s = s[np.where(np.isclose(iou_thresholds, iou))[0]]
+    s = s[s > -1]
+    return float(s.mean()) if s.size else -1.0
+
+
 def _truth_dataset(truth: pd.DataFrame, names: list[str], label_map: dict[str, str]) -> dict:
     """A COCO ground-truth dict: faces of the two classes, ignore regions as crowd boxes."""
     ids = {n: k + 1 for k, n in enumerate(names)}
@@ -88,8 +100,9 @@ def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str
         ev.params.maxDets = [1, 10, max_dets]
         ev.evaluate()
         ev.accumulate()
-        ev.summarize()
+    # not ev.summarize(): its AP@[.5:.95] asks for maxDets 100 and is -1 when the last one is not
     precision = ev.eval["precision"]  # [iou threshold, recall point, class, area, max dets]
+    iou_thresholds = ev.params.iouThrs
     classes = {}
     for k, name in enumerate(CLASS_NAMES):
         q = precision[0, :, k, 0, -1]
@@ -97,7 +110,8 @@ def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str
     return {
         "available": True,
         "tool": f"pycocotools {metadata.version('pycocotools')}",
-        "ap": float(ev.stats[0]), "ap50": float(ev.stats[1]), "ap75": float(ev.stats[2]),
+        "ap": summary_ap(precision), "ap50": summary_ap(precision, iou_thresholds, 0.5),
+        "ap75": summary_ap(precision, iou_thresholds, 0.75),
         "classes": classes,
         "interpolation": "101 recall points (COCO); maskbatch's own AP is all-point (VOC)",
         "max_detections_per_image": max_dets,

@@ -47,7 +47,7 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
     if not records:
         raise MaskbatchError(f"no annotated images found in {dataset}"
                              + (f" in the {split} split" if split else ""))
-    prepare_out_dir(out_dir, overwrite)
+    prepare_out_dir(out_dir, overwrite, inputs=[dataset])
     writers.write_json_atomic({"command": "extract", "dataset": dataset, "version": __version__,
                               "crop_size": crop_size, "label_map": mapping, "split": split},
                              files.join(out_dir, "run.json"))

@@ -11,16 +11,17 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from maskbatch import files, storage
 from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig, InputLimits, __version__
 from maskbatch.errors import MaskbatchError
-from maskbatch.jobs.outdir import check_resumable, prepare_out_dir
+from maskbatch.jobs.outdir import check_apart_from_inputs, check_resumable, prepare_out_dir
 from maskbatch.models import detect
-from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, read_model
+from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, preprocess, read_model
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
-from maskbatch.outputs.draw import preview_jpeg
+from maskbatch.outputs.draw import preview_jpeg, preview_names
 from maskbatch.photos import inputs
 from maskbatch.runtime import cluster, window
 from maskbatch.tasks import predict_and_commit, predict_poisoned
@@ -74,6 +75,13 @@ def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[st
     return inputs.folder_inputs(images_arg)
 
 
+def input_places(images_arg: str, images_dir: str | None = None) -> list[str]:
+    """The folders and files a run reads from, that its --out must keep apart from."""
+    if not images_arg.lower().endswith(".csv"):
+        return [images_arg]
+    return [images_arg, images_dir or inputs.template_folder(images_arg)]
+
+
 def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig,
                 partition_size: int | str) -> dict:
     return {"command": "predict", "version": __version__, "model_sha256": model.sha256,
@@ -100,6 +108,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     called = time.perf_counter()
     detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
     inputs = list_inputs(images_arg, images_dir)
+    check_apart_from_inputs(out_dir, input_places(images_arg, images_dir))
     onnx_bytes, card = read_model(model)
     check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
     model_dir = Path(model) if model else default_model_dir()
@@ -108,7 +117,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto")
     if resume:
         check_resumable(out_dir, record)
-    prepare_out_dir(out_dir, overwrite, resume)
+    prepare_out_dir(out_dir, overwrite, resume, input_places(images_arg, images_dir))
     storage.remove_temporaries(out_dir)  # an interrupted run's half-renamed objects
     for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json",
                   "detections.coco.json", "images.coco.json", "report.html"):
@@ -192,27 +201,40 @@ def check_model_loads(onnx_bytes: bytes, card: dict, where: str) -> None:
     """Load the model once here, so that a file that matches its card but is no ONNX model stops
     the job with one line before anything is written (not in every worker with a traceback)."""
     try:
-        Classifier(onnx_bytes, card)
+        classifier = Classifier(onnx_bytes, card)
     except MaskbatchError:
         raise
     except Exception as exc:
-        lines = str(exc).strip().splitlines()
-        detail = lines[0][:200] if lines else type(exc).__name__
-        raise MaskbatchError(f"model {where} does not load: {detail}") from None
+        raise MaskbatchError(f"model {where} does not load: {_first_line(exc)}") from None
+    try:  # two blank crops of the card's input size: a model that does not fit its card fails here
+        probs = classifier.predict_batch(preprocess(
+            [np.zeros((classifier.input_size,) * 2 + (3,), np.uint8)] * 2, classifier.input_size))
+    except Exception as exc:
+        raise MaskbatchError(f"model {where} does not fit its card (input_size "
+                             f"{classifier.input_size}, one P(mask) per face): {_first_line(exc)}"
+                             ) from None
+    if probs.shape != (2,):
+        raise MaskbatchError(f"model {where} does not fit its card: it gave {probs.shape} values "
+                             "for 2 faces")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _write_previews(client: object, out_dir: str, chosen: list[tuple[str, str, list]]) -> None:
 
     futures = [(name, client.submit(preview_jpeg, path, boxes, pure=False))
                for name, path, boxes in chosen]
-    for name, future in futures:
+    names = preview_names(name for name, _ in futures)
+    for (_, future), file_name in zip(futures, names):
         try:
             data = future.result()
         except MaskbatchError:  # the photo changed or went away since it was read: no preview
             continue
         if data:
-            stem = Path(name).stem
-            writers.write_bytes_atomic(files.join(out_dir, "previews", f"{stem}.jpg"), data)
+            writers.write_bytes_atomic(files.join(out_dir, "previews", file_name), data)
 
 
 def summary(result: PredictResult) -> dict:

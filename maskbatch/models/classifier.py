@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,9 +84,34 @@ def read_model(model_dir: str | Path | None = None) -> tuple[bytes, dict]:
         card = json.loads(card_path.read_text())
     except json.JSONDecodeError as exc:
         raise MaskbatchError(f"model card {card_path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MaskbatchError(f"model card {card_path} is nested too deep to be a model card") from None
+    check_card(card, str(card_path))
     data = onnx_path.read_bytes()
     verify_model(data, card, str(onnx_path))
     return data, card
+
+
+MAX_INPUT_SIZE = 4096  # a classifier input side above this is no card maskbatch wrote
+
+
+def check_card(card: object, where: str = "model card") -> None:
+    """Raise unless the card is a JSON object with a usable input_size and threshold."""
+    if not isinstance(card, dict):
+        raise MaskbatchError(f"{where}: a model card is a JSON object, not a {type(card).__name__}")
+    size = card.get("input_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_INPUT_SIZE:
+        raise MaskbatchError(f"{where}: input_size must be a whole number of pixels from 1 to "
+                             f"{MAX_INPUT_SIZE}, got {size!r}")
+    threshold = card.get("threshold", 0.5)
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(threshold, bool) or not (math.isfinite(value) and 0 <= value <= 1):
+        raise MaskbatchError(f"{where}: threshold must be a number from 0 to 1, got {threshold!r}")
+    if "output_name" in card and not isinstance(card["output_name"], str):
+        raise MaskbatchError(f"{where}: output_name must be a string")
 
 
 def verify_model(onnx_bytes: bytes, card: dict, where: str = "model") -> None:
@@ -106,6 +132,7 @@ class Classifier:
 
     def __init__(self, onnx_bytes: bytes, card: dict, threads: int = 1) -> None:
 
+        check_card(card)
         verify_model(onnx_bytes, card)
         self.card = card
         self.sha256 = card["onnx_sha256"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
+from collections.abc import Iterable
+
 import cv2
 import numpy as np
 
@@ -9,6 +13,28 @@ from maskbatch.config import MASK
 from maskbatch.photos import reading
 
 COLOURS = {MASK: (60, 180, 60), "face_no_mask": (40, 40, 230)}  # BGR
+# A preview's stem, in UTF-8 bytes: with "-" + 10 hex digits, ".jpg" and the atomic writer's
+# ".tmp-XXXXXXXX" it stays far below the 255 bytes most file systems allow in a name.
+PREVIEW_STEM_BYTES = 150
+
+
+def preview_names(names: Iterable[str]) -> list[str]:
+    """A file name under previews/ for each photo name, in order: its stem + ".jpg" where that is
+    short and not taken yet, else the stem cut to PREVIEW_STEM_BYTES + "-" + a hash of the whole
+    name (so `same.jpg`, `same.png` and `same` get three previews, a 300-byte name a file)."""
+    taken: set[str] = set()
+    out = []
+    for name in names:
+        stem = posixpath.splitext(posixpath.basename(name))[0] or "photo"
+        raw = stem.encode("utf-8", "surrogateescape")
+        chosen = f"{stem}.jpg"
+        if len(raw) > PREVIEW_STEM_BYTES or chosen in taken or stem.startswith("."):
+            cut = raw[:PREVIEW_STEM_BYTES].decode("utf-8", "ignore").lstrip(".")
+            digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+            chosen = f"{cut}-{digest}.jpg"
+        taken.add(chosen)
+        out.append(chosen)
+    return out
 
 
 def label_text(classname: str, mask_prob: float) -> str:

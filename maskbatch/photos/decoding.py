@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from maskbatch.config import MAX_PIXELS
+from maskbatch.config import MAX_JPEG_SCANS, MAX_PIXELS
 from maskbatch.errors import ImageError, SkippedInput
 
 # Formats OpenCV decodes, recognised from the file's first bytes (a photo's name may lie).
@@ -93,6 +93,9 @@ def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS) -> Photo:
     kind = sniff_format(data)
     if kind == "jpeg" and _jpeg_is_truncated(data):
         raise ImageError("truncated JPEG (no end-of-image marker after the scan data)")
+    if kind == "jpeg" and jpeg_scan_count(data, MAX_JPEG_SCANS + 1) > MAX_JPEG_SCANS:
+        raise ImageError(f"JPEG with over {MAX_JPEG_SCANS} scans (a decoding bomb: each repeated "
+                         "scan decodes the whole picture again); not decoded")
     header = _header(data, kind)
     if header is not None:
         width, height, _ = header
@@ -165,6 +168,51 @@ def plain_cv_error(exc: BaseException) -> str:
     detail = match.group(1) if match else (text.strip().splitlines() or [""])[-1]
     detail = _BUILD_PATH.sub("", re.sub(r"OpenCV\([^)]*\)\s*", "", detail)).strip(" :")
     return f"the decoder refused it ({detail[:100]})" if detail else "the decoder refused it"
+
+
+_NO_LENGTH = frozenset([0x01, *range(0xD0, 0xDA)])  # TEM, RST0-7, SOI, EOI: markers alone
+
+
+def jpeg_scan_count(data: bytes, stop_at: int | None = None) -> int:
+    """Start-of-scan markers (0xFFDA) of a JPEG's first picture, counted by walking its segments
+    (lengths skipped, entropy-coded data scanned to its next marker), never inside the data; stops
+    at the end-of-image marker, at the end of the bytes, or once `stop_at` scans are found."""
+    scans, pos, n = 0, 2, len(data)
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                break
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker in _NO_LENGTH or marker == 0x00:
+            pos += 2
+            continue
+        if pos + 3 >= n:
+            break
+        end = pos + 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker != 0xDA:
+            pos = end
+            continue
+        scans += 1
+        if stop_at is not None and scans >= stop_at:
+            break
+        pos = end  # entropy-coded data: up to the next 0xFF that is neither stuffed nor RSTn
+        while True:
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= n:
+                return scans
+            following = data[pos + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                pos += 1 if following == 0xFF else 2
+                continue
+            break
+    return scans
 
 
 def _jpeg_is_truncated(data: bytes) -> bool:

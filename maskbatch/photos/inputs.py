@@ -79,6 +79,11 @@ def _unique(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return out
 
 
+def template_folder(template: str) -> str:
+    """Where a template's photos are when --images-dir is not given: `images/` beside it."""
+    return files.join(template.rsplit("/", 1)[0] if "/" in template else ".", "images")
+
+
 def template_inputs(template: str, images_dir: str | None = None) -> list[tuple[str, str]]:
     """The photos a submission template CSV names (its `name` column), in its order, once each."""
     fs, path = files.filesystem(template)
@@ -87,11 +92,13 @@ def template_inputs(template: str, images_dir: str | None = None) -> list[tuple[
     with fs.open(path, "rb") as f:
         text = f.read().decode("utf-8-sig", "surrogateescape")
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    if "name" not in (reader.fieldnames or []):
-        raise MaskbatchError(f"{template}: template CSV needs a `name` column")
-    names = list(dict.fromkeys(files.text_name(row["name"]) for row in reader if row["name"]))
-    folder = images_dir or files.join(template.rsplit("/", 1)[0] if "/" in template else ".",
-                                      "images")
+    try:
+        if "name" not in (reader.fieldnames or []):
+            raise MaskbatchError(f"{template}: template CSV needs a `name` column")
+        names = list(dict.fromkeys(files.text_name(row["name"]) for row in reader if row["name"]))
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit() (131,072 characters)
+        raise MaskbatchError(f"{template}: not a readable template CSV ({exc})") from None
+    folder = images_dir or template_folder(template)
     if not files.is_dir(folder):
         raise MaskbatchError(f"images folder for the template not found: {folder} "
                              "(give it with --images-dir)")

@@ -107,6 +107,10 @@ def dask_setup(worker: Any = None) -> None:
 # (Dask's default: 3). One retry survives a worker lost for another reason; a photo that kills
 # its worker is then narrowed down quickly (run_partitions). A remote scheduler keeps its own.
 LOCAL_ALLOWED_FAILURES = 1
+# The local cluster's dashboard listens on this machine only (any free port): it shows file names
+# and runs no authentication. To share it, tunnel it (ssh -L) or run your own scheduler with
+# `dask scheduler --dashboard-address 0.0.0.0:8787` and pass --scheduler (README).
+DASHBOARD_ADDRESS = "127.0.0.1:0"
 
 
 def scheduler_address(config: ClusterConfig) -> str | None:
@@ -129,7 +133,15 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         except (OSError, TimeoutError) as exc:
             raise MaskbatchError(f"cannot reach Dask scheduler at {address}: {exc}") from None
         with client:
-            yield client
+            try:
+                yield client
+            except Exception as exc:
+                if isinstance(exc, MaskbatchError) or not _scheduler_lost(client, exc):
+                    raise
+                _silence_dask_logs()  # the client's reconnect attempts while it closes
+                raise MaskbatchError(f"lost the Dask scheduler at {address} mid-run "
+                                     f"({type(exc).__name__}); finished partitions are kept: run "
+                                     "again with --resume once it is back") from None
         return
     workers = config.workers or max(1, (os.cpu_count() or 1) // max(config.threads_per_worker, 1))
     extra: dict[str, Any] = {}
@@ -146,7 +158,7 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         try:
             cluster = LocalCluster(
                 n_workers=workers, threads_per_worker=config.threads_per_worker,
-                processes=config.processes, dashboard_address=":0", silence_logs=logging.ERROR,
+                processes=config.processes, dashboard_address=DASHBOARD_ADDRESS, silence_logs=logging.ERROR,
                 **extra,
             )
         except KeyboardInterrupt:
@@ -159,6 +171,22 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}), cluster, \
             Client(cluster) as client:
         yield client
+
+
+def _silence_dask_logs() -> None:
+    for name in [*logging.root.manager.loggerDict, "distributed", "tornado", "asyncio"]:
+        if name.split(".")[0] in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+
+
+def _scheduler_lost(client: Client, exc: BaseException) -> bool:
+    """Whether `exc` came from losing the scheduler's connection (its futures cancelled, its comm
+    closed) rather than from the job itself."""
+    if "scheduler-connection-lost" in str(exc) or "scheduler connection" in str(exc).lower():
+        return True
+    with contextlib.suppress(Exception):
+        return client.status != "running"
+    return True
 
 
 def tls_security(ca_file: str, cert: str, key: str) -> Security:
