@@ -2,6 +2,7 @@
 
     python benchmarks/bench_predict.py                       # speed table on medical-mask photos
     python benchmarks/bench_predict.py --notebook MODEL.keras # + the notebook loop (needs TensorFlow)
+    python benchmarks/bench_predict.py --partitions 64 1024   # worker memory by partition size
     python benchmarks/bench_predict.py --memory              # peak worker memory: 1x (3 runs) vs 10x,
                                                              # tcmalloc (when installed) and system malloc
 
@@ -125,7 +126,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def worker_peak_rss(folder: str, workers: int, out: str
+def worker_peak_rss(folder: str, workers: int, out: str, partition_size: int = 16
                     ) -> tuple[list[float], float, int, list[tuple[int, float]]]:
     """Peak resident MB of each worker process after a full run, seconds, images processed, and
     the highest worker peak sampled every few seconds as (images committed, MB) along the run."""
@@ -140,20 +141,37 @@ def worker_peak_rss(folder: str, workers: int, out: str
         def sample() -> None:
             while not done.wait(3.0):
                 parts = Path(out, "parts")
-                committed = 16 * len(list(parts.glob("*.images.parquet"))) if parts.is_dir() else 0
+                committed = (partition_size * len(list(parts.glob("*.images.parquet")))
+                             if parts.is_dir() else 0)
                 samples.append((committed, max(client.run(_peak_mb).values())))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
             result = predict(folder, out, cluster_config=ClusterConfig(
-                scheduler=client.scheduler.address, partition_size=16, progress=False),
+                scheduler=client.scheduler.address, partition_size=partition_size, progress=False),
                 overwrite=True)
         finally:
             done.set()
             sampler.join()
         peaks = client.run(_peak_mb)
     return sorted(peaks.values()), result.seconds, len(result.manifest), samples
+
+
+def partition_table(folder: Path, sizes: list[int], copies: int, tmp: Path) -> None:
+    """Peak worker memory and images/s by partition size, on `copies` x the photos (2 workers)."""
+    many = tmp / "many"
+    many.mkdir()
+    for k in range(copies):
+        for p in sorted(folder.iterdir()):
+            os.symlink(p.resolve(), many / f"{k}-{p.name}")
+    rows = []
+    for size in sizes:
+        peaks, seconds, n, _ = worker_peak_rss(str(many), 2, str(tmp / f"p{size}"), size)
+        rows.append([size, n, f"{seconds:.1f}", f"{n / seconds:.1f}",
+                     " / ".join(f"{p:.0f}" for p in peaks)])
+    print(table(["partition size", "images", "seconds", "images/s", "peak RSS per worker (MB)"],
+                rows))
 
 
 def memory_tables(folder: Path, inputs: list[tuple[str, str]], tmp: Path) -> None:
@@ -223,6 +241,10 @@ def main() -> None:
                         help="also time the notebook loop with this Keras model, and score mAP")
     parser.add_argument("--memory", action="store_true", help="peak worker memory, 1x vs 10x")
     parser.add_argument("--mode", default="seed", help="detector mode for the pipeline rows")
+    parser.add_argument("--partitions", type=int, nargs="+", metavar="SIZE",
+                        help="peak worker memory and images/s at these partition sizes, on "
+                             "--copies x the photos (2 workers, tuned mode)")
+    parser.add_argument("--copies", type=int, default=3)
     args = parser.parse_args()
     data = data_dir()
     folder = Path(args.images or data / "medical-mask" / "images")
@@ -239,6 +261,9 @@ def main() -> None:
 
     if args.memory:
         memory_tables(folder, inputs, tmp)
+        return
+    if args.partitions:
+        partition_table(folder, args.partitions, args.copies, tmp)
         return
 
     paths = [p for _, p in inputs]
