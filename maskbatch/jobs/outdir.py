@@ -100,27 +100,30 @@ def prepare_out_dir(out_dir: str, overwrite: bool, resume: bool = False,
     _check_writable(out_dir, fs, path)
 
 
-def is_maskbatch_output(out_dir: str) -> bool:
-    """True when the folder's run.json was written by maskbatch (extract or predict)."""
-
+def read_run_record(out_dir: str) -> dict | None:
+    """The folder's run.json when maskbatch wrote it (an extract or predict run), else None."""
     fs, path = files.filesystem(files.join(out_dir, "run.json"))
     try:
         with fs.open(path, "rb") as f:
             record = json.loads(f.read())
     except (OSError, ValueError):
-        return False
-    return (isinstance(record, dict) and record.get("command") in ("extract", "predict")
-            and "version" in record)
+        return None
+    if (isinstance(record, dict) and record.get("command") in ("extract", "predict")
+            and "version" in record):
+        return record
+    return None
+
+
+def is_maskbatch_output(out_dir: str) -> bool:
+    """True when the folder's run.json was written by maskbatch (extract or predict)."""
+    return read_run_record(out_dir) is not None
 
 
 def check_resumable(out_dir: str, record: dict) -> None:
-    run_json = files.join(out_dir, "run.json")
-    fs, path = files.filesystem(run_json)
-    if not fs.exists(path) or not is_maskbatch_output(out_dir):
+    """Refuse to --resume a run of another command, model, detector setting or input list."""
+    old = read_run_record(out_dir)
+    if old is None:
         return  # nothing to resume; prepare_out_dir refuses a folder that is not maskbatch's
-
-    with fs.open(path, "rb") as f:
-        old = json.loads(f.read())
     if old.get("command") != "predict":
         raise MaskbatchError(f"cannot --resume {out_dir}: it holds a maskbatch "
                              f"{old.get('command')} run, not a predict run")
@@ -128,4 +131,3 @@ def check_resumable(out_dir: str, record: dict) -> None:
         if old.get(key) != record.get(key):
             raise MaskbatchError(f"cannot --resume {out_dir}: its run used a different {key} "
                                  "(use --overwrite to start again)")
-
