@@ -35,27 +35,23 @@ import pyarrow as pa
 
 from maskbatch.config import DetectorConfig, InputLimits
 from maskbatch.errors import MaskbatchError
-from maskbatch.models import detect
-from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
+from maskbatch.models import classifier, detect
+from maskbatch.models.classifier import ModelRef, read_model
 from maskbatch.outputs.writers import DETECTION_SCHEMA, MANIFEST_SCHEMA
 from maskbatch.pipeline import predict_partition
+from maskbatch.runtime import cluster
 from maskbatch.tasks import in_output_order
 
 
 def model_ref(model: str | None = None) -> ModelRef:
     """The picklable handle of a classifier folder (default: $MASKBATCH_MODEL or the bundled one),
     checksum-verified here; workers load the model from its path once per process."""
-    folder = Path(model) if model else default_model_dir()
-    _, card = read_model(folder)
-    onnx_path = folder if folder.suffix == ".onnx" else folder / "model.onnx"
-    return ModelRef(card["onnx_sha256"], str(onnx_path))
+    return classifier.model_ref(model, read_model(model)[1])
 
 
 def register_model(client: Any, model: str | None = None) -> None:
     """Send the classifier to every worker of `client` (now and later ones) with the job's worker
     plugin, for clusters whose workers cannot read the model's path: each loads it once."""
-    from maskbatch.runtime import cluster
-
     onnx_bytes, card = read_model(model)
     cluster.install_plugin(client, cluster.MaskbatchSetup(onnx_bytes, card))
 

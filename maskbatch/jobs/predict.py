@@ -9,7 +9,6 @@ import functools
 import hashlib
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,7 +18,14 @@ from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig, Input
 from maskbatch.errors import MaskbatchError
 from maskbatch.jobs.outdir import check_apart_from_inputs, check_resumable, prepare_out_dir
 from maskbatch.models import detect
-from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, preprocess, read_model
+from maskbatch.models.classifier import (
+    Classifier,
+    ModelRef,
+    default_model_dir,
+    model_ref,
+    preprocess,
+    read_model,
+)
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
 from maskbatch.outputs.draw import preview_jpeg, preview_names
 from maskbatch.photos import inputs
@@ -111,9 +117,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     check_apart_from_inputs(out_dir, input_places(images_arg, images_dir))
     onnx_bytes, card = read_model(model)
     check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
-    model_dir = Path(model) if model else default_model_dir()
-    onnx_path = model_dir if model_dir.suffix == ".onnx" else model_dir / "model.onnx"
-    ref = ModelRef(card["onnx_sha256"], str(onnx_path))
+    ref = model_ref(model, card)
     record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto")
     if resume:
         check_resumable(out_dir, record)

@@ -69,13 +69,25 @@ class ModelRef:
     card_path: str | None = None
 
 
+def model_files(model_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(model.onnx, model_card.json) of a model folder or of its model.onnx (default:
+    $MASKBATCH_MODEL or the bundled model)."""
+    folder = Path(model_dir) if model_dir else default_model_dir()
+    if folder.is_file() and folder.suffix == ".onnx":
+        return folder, folder.with_name("model_card.json")
+    return folder / "model.onnx", folder / "model_card.json"
+
+
+def model_ref(model_dir: str | Path | None, card: dict) -> ModelRef:
+    """The picklable handle of a model folder whose card is `card` (read_model checked it)."""
+    return ModelRef(card["onnx_sha256"], str(model_files(model_dir)[0]))
+
+
 def read_model(model_dir: str | Path | None = None) -> tuple[bytes, dict]:
     """ONNX bytes and card of a model folder (default: $MASKBATCH_MODEL or the bundled model),
     checksum-verified."""
     folder = Path(model_dir) if model_dir else default_model_dir()
-    onnx_path, card_path = folder / "model.onnx", folder / "model_card.json"
-    if folder.is_file() and folder.suffix == ".onnx":
-        onnx_path, card_path = folder, folder.with_name("model_card.json")
+    onnx_path, card_path = model_files(folder)
     if not onnx_path.is_file():
         raise MaskbatchError(f"no model.onnx in {folder} (train one with `maskbatch train`)")
     if not card_path.is_file():
