@@ -36,6 +36,12 @@ MAX_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 100_000_000  # 300 MB once decoded to 8-bit BGR
 READ_TIMEOUT = 60.0
 
+# Videos: frames sampled per second of video (--fps), and the length of the time segments a video
+# is cut into, one partition item each, so that a long file is spread over the workers (and
+# --resume redoes at most one segment of it).
+VIDEO_FPS = 1.0
+VIDEO_SEGMENT_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class InputLimits:

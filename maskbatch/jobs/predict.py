@@ -14,14 +14,23 @@ from pathlib import Path
 import pandas as pd
 
 from maskbatch import files, storage
-from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig, InputLimits, __version__
+from maskbatch.config import (
+    MASK,
+    NO_MASK,
+    VIDEO_FPS,
+    VIDEO_SEGMENT_SECONDS,
+    ClusterConfig,
+    DetectorConfig,
+    InputLimits,
+    __version__,
+)
 from maskbatch.errors import MaskbatchError
 from maskbatch.jobs.outdir import check_resumable, prepare_out_dir
 from maskbatch.models import detect
 from maskbatch.models.classifier import Classifier, ModelRef, default_model_dir, read_model
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
 from maskbatch.outputs.draw import preview_jpeg
-from maskbatch.photos import inputs
+from maskbatch.photos import inputs, video
 from maskbatch.runtime import cluster, window
 from maskbatch.tasks import predict_and_commit, predict_poisoned
 
@@ -75,19 +84,29 @@ def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[st
 
 
 def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig,
-                partition_size: int | str) -> dict:
-    return {"command": "predict", "version": __version__, "model_sha256": model.sha256,
-            "detector": detector.as_dict(), "partition_size": partition_size,
-            "inputs": len(inputs),
-            "inputs_sha1": hashlib.sha1("\n".join(n for n, _ in inputs).encode()).hexdigest()}
+                partition_size: int | str, fps: float = VIDEO_FPS,
+                segment_seconds: float = VIDEO_SEGMENT_SECONDS) -> dict:
+    record = {"command": "predict", "version": __version__, "model_sha256": model.sha256,
+              "detector": detector.as_dict(), "partition_size": partition_size,
+              "inputs": len(inputs),
+              "inputs_sha1": hashlib.sha1("\n".join(n for n, _ in inputs).encode()).hexdigest()}
+    if any(isinstance(path, video.Segment) for _, path in inputs):
+        record["video"] = {"fps": fps, "segment_seconds": segment_seconds}
+    return record
 
 
 def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             model: str | None = None, detector: DetectorConfig = DetectorConfig(),
             cluster_config: ClusterConfig = ClusterConfig(), previews: int = 0,
             resume: bool = False, overwrite: bool = False,
-            limits: InputLimits = InputLimits()) -> PredictResult:
-    """Detect and classify every face in a folder of photos; write detections, submission, manifest.
+            limits: InputLimits = InputLimits(), fps: float = VIDEO_FPS,
+            segment_seconds: float = VIDEO_SEGMENT_SECONDS) -> PredictResult:
+    """Detect and classify every face in a folder of photos and videos; write detections,
+    submission, manifest.
+
+    Each video is probed here once and cut into items of `segment_seconds` (one row each in
+    images.parquet, named ``clip.mp4@0000.000-0060.000``); the frames at t = 0, 1/fps, 2/fps ...
+    go through the same detection as photos, their faces named ``clip.mp4#t=12.000``.
 
     Workers commit each partition under OUT_DIR/parts and the driver logs it (so --resume skips
     finished work); at the end the committed parts are streamed, in input order, into
@@ -97,20 +116,26 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     if resume and overwrite:
         raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
     check_predict_arguments(detector, previews, limits)
+    if not (math.isfinite(fps) and fps > 0):
+        raise MaskbatchError(f"fps must be a finite number above 0, got {fps}")
+    if not (math.isfinite(segment_seconds) and segment_seconds > 0):
+        raise MaskbatchError(f"segment_seconds must be above 0, got {segment_seconds}")
     called = time.perf_counter()
     detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
-    inputs = list_inputs(images_arg, images_dir)
+    inputs = video.expand_videos(list_inputs(images_arg, images_dir), fps, segment_seconds, limits)
     onnx_bytes, card = read_model(model)
     check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
     model_dir = Path(model) if model else default_model_dir()
     onnx_path = model_dir if model_dir.suffix == ".onnx" else model_dir / "model.onnx"
     ref = ModelRef(card["onnx_sha256"], str(onnx_path))
-    record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto")
+    record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto", fps,
+                         segment_seconds)
     if resume:
         check_resumable(out_dir, record)
     prepare_out_dir(out_dir, overwrite, resume)
     storage.remove_temporaries(out_dir)  # an interrupted run's half-renamed objects
-    for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json",
+    for stale in ("detections.parquet", "submission.csv", "images.parquet", "frames.parquet",
+                  "summary.json",
                   "detections.coco.json", "images.coco.json", "report.html"):
         fs, p = files.filesystem(files.join(out_dir, stale))
         if fs.exists(p):
