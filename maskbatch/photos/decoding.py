@@ -112,8 +112,8 @@ def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS) -> Photo:
         raise ImageError("empty file")
     kind = sniff_format(data)
     if kind in VIDEO_KINDS:
-        raise ImageError(f"a video ({kind}), not a photo: give it to `maskbatch predict` in a "
-                         "folder or a template, which reads videos frame by frame")
+        raise ImageError(f"a video ({kind}) where a photo was expected (`maskbatch predict` on "
+                         "a folder reads videos frame by frame)")
     if kind == "jpeg" and _jpeg_is_truncated(data):
         raise ImageError("truncated JPEG (no end-of-image marker after the scan data)")
     header = _header(data, kind)

@@ -29,6 +29,8 @@ from maskbatch.errors import ImageError
 from maskbatch.photos import decoding, reading
 
 SNIFF_BYTES = 32
+NOT_A_VIDEO = "not a video (unrecognised file signature)"
+REMOTE = "a video in object storage: videos are read from local paths only (not opened)"
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,12 @@ def sampled_frames(segment: Segment) -> list[int]:
 
 def looks_like_video(path: str) -> str | None:
     """The video format of a local regular file (from its first bytes), else None; a file whose
-    name says video but whose content does not gives "": the caller makes a failed row of it."""
-    if files.is_url(path) or reading.refused_reason(path) is not None:
+    name says video but whose content does not gives "", a video in object storage "remote": the
+    caller makes a failed row of those."""
+    if reading.refused_reason(path) is not None:
         return None
+    if files.is_url(path):
+        return "remote" if path.lower().endswith(decoding.VIDEO_EXTENSIONS) else None
     local = files.os_path(path)
     try:
         if not stat.S_ISREG(os.stat(local).st_mode):
@@ -161,9 +166,8 @@ def expand_videos(inputs: list[tuple[str, str]], fps: float = VIDEO_FPS,
         if kind is None:
             items.append((name, path))
             continue
-        if kind == "":
-            items.append((name, reading.refused_path(
-                "failed", "not a video (unrecognised file signature)")))
+        if kind in ("", "remote"):
+            items.append((name, reading.refused_path("failed", REMOTE if kind else NOT_A_VIDEO)))
             continue
         try:
             info = probe(path, limits.read_timeout)
