@@ -21,9 +21,11 @@ from maskbatch.config import ClusterConfig, DetectorConfig, InputLimits
 from maskbatch.jobs.predict import predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
 from maskbatch.outputs.parts import CommitLog
+from maskbatch.outputs.run_digest import Digest, gallery_jobs
 from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
 from maskbatch.photos import decoding, video
 from maskbatch.pipeline import predict_partition
+from maskbatch.tasks import predict_poisoned
 
 FPS_VIDEO = 5.0
 SIZE = (640, 480)
@@ -313,3 +315,25 @@ def test_resume_after_a_killed_run_finishes_the_other_segments(videos, runs, tmp
     # the same faces as the run cut into 2.5 s segments
     det = pd.read_parquet(out / "detections.parquet")
     pd.testing.assert_frame_equal(det, pd.read_parquet(runs["intact"] / "detections.parquet"))
+
+
+def test_report_plots_faces_over_time_and_draws_frame_faces(videos, runs):
+    page = (runs["intact"] / "report.html").read_text()
+    assert "Videos: faces over time (2)" in page
+    digest = Digest.of_out_dir(str(runs["intact"]))
+    assert digest.first.empty and digest.crowded.empty  # segments are no pictures to show
+    framed = digest.uncertain[digest.uncertain["frame"].notna()]
+    assert len(framed) and set(framed["path"]) <= {str(runs["intact"].parent / "intact" / n)
+                                                   for n in ("clip.mp4", "walk.avi")}
+    jobs = gallery_jobs(digest)[1]
+    pictures = [fn(*args) for fn, args in jobs]
+    assert all(p[:2] == b"\xff\xd8" for p in pictures)  # every face drawn from its frame
+
+
+def test_a_segment_that_kills_its_workers_becomes_a_failed_row(videos, tmp_path):
+    (name, segment), = video.expand_videos([("clip.mp4", str(videos["clip"]))], 1.0, 60.0)
+    entry = predict_poisoned(str(tmp_path), [(0, (name, segment))], 2)
+    manifest = pd.read_parquet(tmp_path / "parts" / f"{entry['part']}.images.parquet")
+    assert manifest.iloc[0][["name", "path", "status", "frames", "duration_s"]].tolist() == [
+        name, str(videos["clip"]), "failed", 0, 6.0]
+    assert manifest.iloc[0]["reason"] == "the worker died while reading it (2 attempts)"

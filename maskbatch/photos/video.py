@@ -251,6 +251,20 @@ def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
         stop.set()
 
 
+def read_frame(path: str, index: int) -> np.ndarray:
+    """One frame of a local video (for the report's gallery); ImageError when it cannot be read."""
+    capture = _open(path)
+    try:
+        if index:
+            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, image = capture.read() if capture.isOpened() else (False, None)
+    finally:
+        capture.release()
+    if not ok or image is None:
+        raise ImageError(f"cannot read frame {index} of the video")
+    return image
+
+
 def _where(result: SegmentRead, segment: Segment) -> str:
     at = f"t={result.last_time:.3f} s" if result.last_time is not None else \
         f"none from t={segment.start:.3f} s"
@@ -311,4 +325,4 @@ def _decode(path: str, wanted: list[int], inbox: queue.Queue, stop: threading.Ev
 
 
 __all__ = ["Segment", "SegmentRead", "VideoInfo", "expand_videos", "frame_name", "looks_like_video",
-           "probe", "read_segment", "sampled_frames", "segment_name", "video_of"]
+           "probe", "read_frame", "read_segment", "sampled_frames", "segment_name", "video_of"]
