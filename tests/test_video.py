@@ -18,13 +18,14 @@ import pandas as pd
 import pytest
 
 from maskbatch.config import ClusterConfig, DetectorConfig, InputLimits
-from maskbatch.jobs.predict import predict
+from maskbatch.jobs.predict import _weight, predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
 from maskbatch.outputs.parts import CommitLog
 from maskbatch.outputs.run_digest import Digest, gallery_jobs
 from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
 from maskbatch.photos import decoding, video
 from maskbatch.pipeline import predict_partition
+from maskbatch.runtime.window import contiguous_partitions
 from maskbatch.tasks import predict_poisoned
 
 FPS_VIDEO = 5.0
@@ -337,3 +338,17 @@ def test_a_segment_that_kills_its_workers_becomes_a_failed_row(videos, tmp_path)
     assert manifest.iloc[0][["name", "path", "status", "frames", "duration_s"]].tolist() == [
         name, str(videos["clip"]), "failed", 0, 6.0]
     assert manifest.iloc[0]["reason"] == "the worker died while reading it (2 attempts)"
+
+
+def test_a_segment_weighs_the_frames_it_samples_when_partitions_are_cut(videos):
+    """The default partition size counts photos; a 60 s segment at 1 frame/s counts 60, so a
+    long video's segments land in different tasks instead of one task of 16 segments."""
+    photos = [(f"p{i}.jpg", f"/x/p{i}.jpg") for i in range(3)]
+    (name, segment), = video.expand_videos([("clip.mp4", str(videos["clip"]))], 5.0, 60.0)
+    assert _weight(segment) == 30 and _weight("/x/p.jpg") == 1
+    items = list(enumerate(photos + [(name, segment)] * 3 + photos))
+    cut = contiguous_partitions(items, 32, weight=lambda item: _weight(item[1]))
+    assert [[i for i, _ in part] for part in cut] == [[0, 1, 2], [3], [4], [5, 6, 7], [8]]
+    # photos alone: as before
+    assert [len(p) for p in contiguous_partitions(list(enumerate(photos * 3)), 4,
+                                                  weight=lambda item: _weight(item[1]))] == [4, 4, 1]

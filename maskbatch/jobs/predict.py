@@ -151,8 +151,12 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         if dash and cluster_config.progress:
             print(f"Dask dashboard: {dash}", flush=True)
         cluster.install_plugin(client, cluster.MaskbatchSetup(onnx_bytes, card))
+        # a video segment counts as the frames it samples: a task holds about as many frames
+        # as it would hold photos, and a long video's segments spread over the workers
+        weights = [_weight(path) for _, path in inputs]
+        work = sum(weights[i] for i in parts.not_done(len(inputs), done))
         size = cluster_config.partition_size or window.choose_partition_size(
-            todo, window.total_threads(client))
+            work, window.total_threads(client))
         started = time.perf_counter()
         timeline = run_digest.Timeline()  # photos committed over time, for report.html
 
@@ -163,7 +167,8 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         try:
             stats = window.run_partitions(
                 client, window.contiguous_partitions(
-                    ((i, inputs[i]) for i in parts.not_done(len(inputs), done)), size),
+                    ((i, inputs[i]) for i in parts.not_done(len(inputs), done)), size,
+                    weight=lambda item: _weight(item[1])),
                 predict_and_commit, commit,
                 on_poison=functools.partial(predict_poisoned, out_dir), total_items=todo,
                 progress=cluster_config.progress, label="predict", out_dir=out_dir,
@@ -195,6 +200,11 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
                                 digest=digest)
     storage.remove_temporaries(out_dir)  # e.g. a part written twice by a retried task
     return result
+
+
+def _weight(path: object) -> int:
+    """Units of work of one item: 1 for a photo, the frames it samples for a video segment."""
+    return len(video.sampled_frames(path)) if isinstance(path, video.Segment) else 1
 
 
 def check_predict_arguments(detector: DetectorConfig, previews: int, limits: InputLimits) -> None:
