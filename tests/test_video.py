@@ -275,6 +275,13 @@ def test_broken_videos_beside_intact_ones(runs):
     assert stopped.iloc[0]["reason"].startswith("video ends early: read frames up to t=")
     assert stopped.iloc[0]["reason"].endswith(" s of 6.000 s")
     assert "Traceback" not in " ".join(mixed["reason"])
+    summary = json.loads((runs["mixed"] / "summary.json").read_text())
+    # read in part: ok with the reason; a later segment with no frame at all: failed
+    part = stopped[stopped["status"] == "ok"]
+    assert len(part) == 1 and summary["video_notes"] == dict(part["reason"].items())
+    assert all(summary["failures"][n].startswith("video ends early: no frame read from t=")
+               for n in stopped.index.difference(part.index))
+    assert summary["video_frames"] == mixed["frames"].sum()
     # the intact videos' rows are the same as in a run without the broken files
     intact = pd.read_parquet(runs["intact"] / "detections.parquet")
     det = pd.read_parquet(runs["mixed"] / "detections.parquet")

@@ -257,6 +257,8 @@ def summary(result: PredictResult) -> dict:
         "ok": c.ok, "failed": c.failed, "skipped": c.skipped,
         "failures": c.failures,  # the first parts.FAILURES_LISTED; images.parquet has them all
         "skipped_entries": c.skipped_entries,  # the first parts.FAILURES_LISTED too
+        "video_frames": c.frames,  # sampled video frames read
+        "video_notes": c.video_notes,  # segments read in part (ends early...), the first 1000
         "worker_restarts": result.worker_restarts,
         "faces": c.faces, "faces_per_class": {k: c.faces_per_class.get(k, 0) for k in (MASK, NO_MASK)},
         "seconds": round(result.seconds, 2), "wall_seconds": round(result.wall_seconds, 2),

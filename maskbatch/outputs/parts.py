@@ -166,6 +166,8 @@ class Compacted:
     failures: dict[str, str] = field(default_factory=dict)  # the first FAILURES_LISTED
     skipped_entries: dict[str, str] = field(default_factory=dict)  # the first FAILURES_LISTED
     previews: list[tuple[str, str, list]] = field(default_factory=list)  # (name, path, boxes)
+    frames: int = 0  # sampled video frames read
+    video_notes: dict[str, str] = field(default_factory=dict)  # segments read in part (FAILURES_LISTED)
     seconds: float = 0.0
 
 
@@ -264,6 +266,14 @@ def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews:
     stats.faces += detections.num_rows
     for name in detections.column("classname").to_pylist():
         stats.faces_per_class[name] = stats.faces_per_class.get(name, 0) + 1
+    frames = manifest.column("frames").to_pylist()
+    if any(f is not None for f in frames):
+        stats.frames += sum(f for f in frames if f is not None)
+        for name, state, reason, f in zip(manifest.column("name").to_pylist(), status,
+                                          manifest.column("reason").to_pylist(), frames):
+            if f is not None and state == "ok" and reason and \
+                    len(stats.video_notes) < FAILURES_LISTED:
+                stats.video_notes[name] = reason
     if ok < len(status):
         reasons = manifest.column("reason").to_pylist()
         for name, state, reason in zip(manifest.column("name").to_pylist(), status, reasons):
