@@ -24,6 +24,8 @@ from maskbatch.config import (  # noqa: E402
     CROP_SIZE,
     MIN_RESAMPLES,
     RESAMPLES,
+    VIDEO_FPS,
+    VIDEO_SEGMENT_SECONDS,
     ClusterConfig,
     DetectorConfig,
     InputLimits,
@@ -234,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--read-timeout", type=_positive_float, default=InputLimits.read_timeout,
                    metavar="S", help="seconds to read and decode one photo (default: "
                    f"{InputLimits.read_timeout:g})")
+    p.add_argument("--fps", type=_positive_float, default=VIDEO_FPS, metavar="F",
+                   help="video frames sampled per second, at t = 0, 1/F, 2/F ... (default: "
+                        f"{VIDEO_FPS:g})")
+    p.add_argument("--segment-seconds", type=_positive_float, default=VIDEO_SEGMENT_SECONDS,
+                   metavar="S", help="videos are cut into items of S seconds, spread over the "
+                   f"workers and resumed one by one (default: {VIDEO_SEGMENT_SECONDS:g})")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     _add_cluster_args(p, partition_default=None)
@@ -291,7 +299,8 @@ def _run(args: argparse.Namespace) -> None:
         result = predict(args.images, args.out, images_dir=args.images_dir, model=args.model,
                          detector=detector, cluster_config=_cluster_config(args),
                          previews=args.previews, resume=args.resume, overwrite=args.overwrite,
-                         limits=limits)
+                         limits=limits, fps=args.fps,
+                         segment_seconds=args.segment_seconds)
         print(predict_table(result))
     elif args.command == "train":
 

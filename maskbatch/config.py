@@ -41,6 +41,12 @@ READ_TIMEOUT = 60.0
 # cannot stop (libjpeg-turbo's djpeg/jpegtran refuse such files past -maxscan). 100: headroom.
 MAX_JPEG_SCANS = 100
 
+# Videos: frames sampled per second of video (--fps), and the length of the time segments a video
+# is cut into, one partition item each, so that a long file is spread over the workers (and
+# --resume redoes at most one segment of it).
+VIDEO_FPS = 1.0
+VIDEO_SEGMENT_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class InputLimits:

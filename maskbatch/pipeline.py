@@ -13,18 +13,19 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import CROP_SIZE, DetectorConfig, InputLimits
+from maskbatch.config import CROP_SIZE, MASK, NO_MASK, DetectorConfig, InputLimits
 from maskbatch.datasets import FaceBox, ImageRecord
 from maskbatch.errors import ImageError, SkippedInput
 from maskbatch.models import detect
-from maskbatch.models.classifier import ModelRef, fit_crop, get_classifier
+from maskbatch.models.classifier import Classifier, ModelRef, fit_crop, get_classifier
 from maskbatch.outputs.writers import (
     CROP_COLUMNS,
     DETECTION_COLUMNS,
     EXTRACT_MANIFEST_COLUMNS,
+    FRAME_COLUMNS,
     PREDICT_MANIFEST_COLUMNS,
 )
-from maskbatch.photos import decoding, pixels, reading
+from maskbatch.photos import decoding, pixels, reading, video
 
 NON_FINITE = "the model gave a P(mask) that is not a finite number (NaN or infinity) for a face"
 
@@ -124,37 +125,53 @@ def decode_crop(png: bytes) -> np.ndarray:
 # --------------------------------------------------------------------------- prediction
 
 
-def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, model: ModelRef,
-                      limits: InputLimits = InputLimits()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Detect and classify the faces of a list of (name, path) photos.
+def predict_partition(items: list[tuple[str, str | video.Segment]], detector: DetectorConfig,
+                      model: ModelRef, limits: InputLimits = InputLimits()
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Detect and classify the faces of a list of (name, path) photos and video segments.
 
     Each photo is decoded once, within the per-photo budget `limits` (a photo over it fails alone);
     faces are found on the gamma-corrected copy, faces under ``detector.min_face`` px dropped,
     cropped from the original, resized to the classifier's input and classified before the next
     photo is decoded, in onnxruntime calls of at most CLASSIFY_BATCH crops: a worker holds one
-    photo and its crops at a time, whatever the partition's size. Whatever goes wrong with one
-    photo becomes its row (status failed or skipped, and the reason); the others go on. Returns
-    (detections, manifest) in input order.
+    photo and its crops at a time, whatever the partition's size. An item whose path is a
+    video.Segment has each sampled frame go through the same steps (image_faces), one frame at a
+    time. Whatever goes wrong with one item becomes its row (status failed or skipped, and the
+    reason); the others go on. Returns (detections, manifest) in input order.
     """
+    return _predict(items, detector, model, limits)[:2]
+
+
+def predict_partition_frames(items: list[tuple[str, str | video.Segment]], detector: DetectorConfig,
+                             model: ModelRef, limits: InputLimits = InputLimits()
+                             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """predict_partition, plus the table of sampled video frames (FRAME_COLUMNS)."""
+    return _predict(items, detector, model, limits)
+
+
+def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorConfig,
+             model: ModelRef, limits: InputLimits
+             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     classifier = get_classifier(model)
     detect.load_mode(detector.mode)
-    manifest, rows = [], []
+    manifest: list[dict] = []
+    rows: list[tuple] = []
+    frames: list[tuple] = []
     for name, path in items:
         started = time.perf_counter()
+        if isinstance(path, video.Segment):
+            row = _predict_segment(name, path, detector, classifier, limits, rows, frames)
+            manifest.append(_finish(row, started))
+            continue
         row = {"name": name, "path": "" if reading.refused_reason(path) else path, "status": "ok",
-               "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0}
+               "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0,
+               "frames": None, "duration_s": None}
         found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
         try:
             photo = reading.load_photo(path, limits)
-            image = photo.image
-            row.update(height=image.shape[0], width=image.shape[1], reason=photo.note)
-            found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
-            crops = [fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
-                              classifier.input_size) for x1, y1, x2, y2, _ in found]
-            del image, photo
-            probs = classifier.mask_probability(crops)
-            if not np.isfinite(probs).all():
-                raise ImageError(NON_FINITE)
+            row.update(height=photo.image.shape[0], width=photo.image.shape[1], reason=photo.note)
+            found, probs = image_faces(photo.image, detector, classifier)
+            del photo
         except SkippedInput as exc:
             row.update(status="skipped", reason=str(exc))
         except ImageError as exc:
@@ -164,13 +181,76 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
         if row["status"] != "ok":
             found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
         row["n_faces"] = len(found)
-        # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
-        rows.extend((name, int(x1), int(y1), int(x2), int(y2), label, float(score), float(p),
-                     row["width"], row["height"], classifier.sha256)
-                    for (x1, y1, x2, y2, score), p, label in zip(found, probs, classifier.label(probs)))
+        rows.extend(face_rows(name, found, probs, classifier, row["width"], row["height"]))
         manifest.append(_finish(row, started))
     detections = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
-    return detections, pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
+    detections["frame"] = detections["frame"].astype("Int64")
+    detections["time_s"] = detections["time_s"].astype("float64")
+    manifest_frame = pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
+    manifest_frame["frames"] = manifest_frame["frames"].astype("Int64")
+    manifest_frame["duration_s"] = manifest_frame["duration_s"].astype("float64")
+    frame_table = pd.DataFrame(frames, columns=FRAME_COLUMNS)
+    return detections, manifest_frame, frame_table
+
+
+def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classifier
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """One decoded image (a photo or a video frame) -> its faces (x1, y1, x2, y2, score) and
+    P(mask) of each: detect, drop faces under ``detector.min_face``, crop, classify. A P(mask)
+    that is not a finite number fails the image (ImageError NON_FINITE)."""
+    found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
+    crops = [fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
+                      classifier.input_size) for x1, y1, x2, y2, _ in found]
+    probs = classifier.mask_probability(crops)
+    if not np.isfinite(probs).all():
+        raise ImageError(NON_FINITE)
+    return found, probs
+
+
+def face_rows(name: str, found: np.ndarray, probs: np.ndarray, classifier: Classifier,
+              width: int, height: int, frame: int | None = None, time_s: float | None = None
+              ) -> list[tuple]:
+    """Detection rows (DETECTION_COLUMNS) of one image's faces."""
+    # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
+    return [(name, int(x1), int(y1), int(x2), int(y2), label, float(score), float(p),
+             width, height, classifier.sha256, frame, time_s)
+            for (x1, y1, x2, y2, score), p, label in zip(found, probs, classifier.label(probs))]
+
+
+def _predict_segment(name: str, segment: video.Segment, detector: DetectorConfig,
+                     classifier: Classifier, limits: InputLimits, rows: list[tuple],
+                     frames: list[tuple]) -> dict:
+    """One video segment: every sampled frame through image_faces; its manifest row."""
+    info = segment.info
+    row = {"name": name, "path": segment.path, "status": "ok", "reason": "", "n_faces": 0,
+           "width": info.width, "height": info.height, "seconds": 0.0, "frames": 0,
+           "duration_s": round(segment.stop - segment.start, 3)}
+    read = video.SegmentRead()
+    own_rows: list[tuple] = []
+    own_frames: list[tuple] = []
+    try:
+        for index, time_s, image in video.read_segment(segment, limits, read):
+            found, probs = image_faces(image, detector, classifier)
+            height, width = image.shape[:2]
+            labels = classifier.label(probs)
+            own_rows.extend(face_rows(video.frame_name(video.video_of(name), time_s), found, probs,
+                                      classifier, width, height, index, round(time_s, 6)))
+            own_frames.append((video.video_of(name), name, index, round(time_s, 6),
+                               labels.count(MASK), labels.count(NO_MASK)))
+    except ImageError as exc:
+        row["reason"] = str(exc)
+        row["status"] = "failed" if not read.frames else "ok"
+    except Exception as exc:  # a detector's surprise on one frame ends this segment alone
+        row["reason"] = unexpected_reason(exc)
+        row["status"] = "failed" if not read.frames else "ok"
+    if read.problem:
+        row["reason"] = read.problem
+        if not read.frames:
+            row["status"] = "failed"
+    row.update(frames=read.frames, n_faces=len(own_rows))
+    rows.extend(own_rows)
+    frames.extend(own_frames)
+    return row
 
 
 def keep_faces(found: np.ndarray, min_face: int) -> np.ndarray:
@@ -189,5 +269,5 @@ def unexpected_reason(exc: BaseException) -> str:
     return f"could not be processed ({type(exc).__name__}: {text})"
 
 
-__all__ = ["decode_crop", "extract_partition", "extract_record", "keep_faces", "predict_partition",
-           "unexpected_reason"]
+__all__ = ["decode_crop", "extract_partition", "extract_record", "face_rows", "image_faces",
+           "keep_faces", "predict_partition", "predict_partition_frames", "unexpected_reason"]

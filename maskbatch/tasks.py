@@ -13,7 +13,7 @@ from maskbatch import files
 from maskbatch.config import DetectorConfig, InputLimits
 from maskbatch.models.classifier import ModelRef
 from maskbatch.outputs import parts, writers
-from maskbatch.pipeline import extract_partition, predict_partition
+from maskbatch.pipeline import extract_partition, predict_partition_frames
 
 
 def part_name(names: list[str]) -> str:
@@ -41,18 +41,22 @@ def extract_poisoned(pairs: list, attempts: int) -> pd.DataFrame:
     return pd.DataFrame([row], columns=writers.EXTRACT_MANIFEST_COLUMNS)
 
 
-def predict_and_commit(pairs: list[tuple[int, tuple[str, str]]], out_dir: str,
+def predict_and_commit(pairs: list[tuple[int, tuple[str, object]]], out_dir: str,
                         detector: DetectorConfig, model: ModelRef,
                         limits: InputLimits = InputLimits()) -> dict:
-    """Worker side: one contiguous run of inputs -> its part files; returns the small summary."""
-    detections, manifest = predict_partition([item for _, item in pairs], detector, model, limits)
-    return parts.write_part(out_dir, pairs[0][0], in_output_order(detections, manifest), manifest)
+    """Worker side: one contiguous run of inputs (photos, video segments) -> its part files;
+    returns the small summary."""
+    detections, manifest, frames = predict_partition_frames([item for _, item in pairs], detector,
+                                                            model, limits)
+    return parts.write_part(out_dir, pairs[0][0], in_output_order(detections, manifest), manifest,
+                            frames)
 
 
 def in_output_order(detections: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
-    """Detections in detections.parquet's order: by input (the manifest's order), then by score,
-    highest first."""
-    rank = {name: i for i, name in enumerate(manifest["name"])}
+    """Detections in detections.parquet's order: by input (the manifest's order; a video's frames
+    in time order), then by score, highest first. predict_partition gives each image's rows
+    together, in input order: the order a name first appears is its place."""
+    rank = {name: i for i, name in enumerate(pd.unique(detections["name"]))}
     detections = detections.assign(_rank=detections["name"].map(rank), _neg=-detections["score"])
     return detections.sort_values(["_rank", "_neg"], kind="stable", ignore_index=True
                                   ).drop(columns=["_rank", "_neg"])
@@ -61,12 +65,16 @@ def in_output_order(detections: pd.DataFrame, manifest: pd.DataFrame) -> pd.Data
 POISON_REASON = "the worker died while reading it ({attempts} attempts)"
 
 
-def predict_poisoned(out_dir: str, pairs: list[tuple[int, tuple[str, str]]], attempts: int) -> dict:
-    """Driver side: a photo whose workers kept dying gets a failed row of its own."""
+def predict_poisoned(out_dir: str, pairs: list[tuple[int, tuple[str, object]]], attempts: int
+                     ) -> dict:
+    """Driver side: a photo (or video segment) whose workers kept dying gets a failed row."""
     (index, (name, path)), = pairs
-    manifest = pd.DataFrame([{"name": name, "path": path, "status": "failed",
+    segment = getattr(path, "info", None)
+    manifest = pd.DataFrame([{"name": name, "path": str(path), "status": "failed",
                               "reason": POISON_REASON.format(attempts=attempts), "n_faces": 0,
-                              "width": 0, "height": 0, "seconds": 0.0}],
+                              "width": 0, "height": 0, "seconds": 0.0,
+                              "frames": 0 if segment else None,
+                              "duration_s": round(path.stop - path.start, 3) if segment else None}],
                             columns=writers.PREDICT_MANIFEST_COLUMNS)
     detections = pd.DataFrame(columns=writers.DETECTION_COLUMNS)
     return parts.write_part(out_dir, index, detections, manifest)

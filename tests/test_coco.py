@@ -161,7 +161,7 @@ def test_coco_files_are_streamed_in_batches(tmp_path, monkeypatch):
     status = ["failed" if i % 9 == 4 else "ok" for i in range(40)]
     manifest = pd.DataFrame({"name": names, "path": "", "status": status, "reason": "",
                              "n_faces": 0, "width": 64, "height": 48, "seconds": 0.0})
-    rows = [(n, 1 + k, 2, 11 + k, 12, CLASS_NAMES[k % 2], 0.9, 0.3, 64, 48, "sha")
+    rows = [(n, 1 + k, 2, 11 + k, 12, CLASS_NAMES[k % 2], 0.9, 0.3, 64, 48, "sha", None, None)
             for i, n in enumerate(names) if status[i] == "ok" for k in range(i % 3)]
     detections = pd.DataFrame(rows, columns=writers.DETECTION_COLUMNS)
     writers.write_table_atomic(detections, writers.DETECTION_SCHEMA,

@@ -224,7 +224,7 @@ def test_atomic_writers_leave_only_the_finished_file(tmp_path: Path):
 
 
 def test_submission_frame_keeps_the_quirk_order_and_integer_pixels():
-    det = pd.DataFrame([("a.jpg", 10.0, 20.0, 30.0, 40.0, MASK, 0.9, 0.8, 100, 80, "s")],
+    det = pd.DataFrame([("a.jpg", 10.0, 20.0, 30.0, 40.0, MASK, 0.9, 0.8, 100, 80, "s", None, None)],
                        columns=DETECTION_COLUMNS)
     sub = writers.submission_frame(det)
     assert list(sub.columns) == SUBMISSION_COLUMNS

@@ -17,7 +17,7 @@ def _part(out: str, names: list[str], first: int, faces: dict[str, int]) -> dict
                               "n_faces": faces.get(n, 0), "width": 10, "height": 10,
                               "seconds": 0.1} for n in names[first:first + 3]],
                             columns=PREDICT_MANIFEST_COLUMNS)
-    rows = [(n, 1, 1, 5, 5, "face_with_mask", 0.9 - k / 10, 0.8, 10, 10, "sha")
+    rows = [(n, 1, 1, 5, 5, "face_with_mask", 0.9 - k / 10, 0.8, 10, 10, "sha", None, None)
             for n in manifest["name"] for k in range(faces.get(n, 0))]
     return parts.write_part(out, first, pd.DataFrame(rows, columns=DETECTION_COLUMNS), manifest)
 

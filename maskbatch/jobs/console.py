@@ -42,6 +42,12 @@ def predict_table(result: PredictResult) -> str:
         f"{s['faces_per_class'][NO_MASK]} {NO_MASK})",
         f"speed         {s['images_per_second']} images/s ({s['seconds']} s)",
     ]
+    if s.get("video_frames"):
+        lines.append(f"video         {s['video_frames']} sampled frames read"
+                     + (f"; {len(s['video_notes'])} segment(s) read in part:"
+                        if s.get("video_notes") else ""))
+        for name, reason in list(s.get("video_notes", {}).items())[:10]:
+            lines.append(f"  {printable(name)}: {printable(reason)}")
     if s["worker_restarts"]:
         lines.append(f"workers       {s['worker_restarts']} worker process(es) died and were "
                      "restarted during the run; their photos were processed again")

@@ -127,7 +127,7 @@ def check_resumable(out_dir: str, record: dict) -> None:
     if old.get("command") != "predict":
         raise MaskbatchError(f"cannot --resume {out_dir}: it holds a maskbatch "
                              f"{old.get('command')} run, not a predict run")
-    for key in ("model_sha256", "detector", "inputs_sha1"):
+    for key in ("model_sha256", "detector", "inputs_sha1", "video"):
         if old.get(key) != record.get(key):
             raise MaskbatchError(f"cannot --resume {out_dir}: its run used a different {key} "
                                  "(use --overwrite to start again)")

@@ -14,7 +14,16 @@ import numpy as np
 import pandas as pd
 
 from maskbatch import files, storage
-from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig, InputLimits, __version__
+from maskbatch.config import (
+    MASK,
+    NO_MASK,
+    VIDEO_FPS,
+    VIDEO_SEGMENT_SECONDS,
+    ClusterConfig,
+    DetectorConfig,
+    InputLimits,
+    __version__,
+)
 from maskbatch.errors import MaskbatchError
 from maskbatch.jobs.outdir import check_apart_from_inputs, check_resumable, prepare_out_dir
 from maskbatch.models import detect
@@ -28,7 +37,7 @@ from maskbatch.models.classifier import (
 )
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
 from maskbatch.outputs.draw import preview_jpeg, preview_names
-from maskbatch.photos import inputs
+from maskbatch.photos import inputs, video
 from maskbatch.runtime import cluster, window
 from maskbatch.tasks import predict_and_commit, predict_poisoned
 
@@ -89,19 +98,29 @@ def input_places(images_arg: str, images_dir: str | None = None) -> list[str]:
 
 
 def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig,
-                partition_size: int | str) -> dict:
-    return {"command": "predict", "version": __version__, "model_sha256": model.sha256,
-            "detector": detector.as_dict(), "partition_size": partition_size,
-            "inputs": len(inputs),
-            "inputs_sha1": hashlib.sha1("\n".join(n for n, _ in inputs).encode()).hexdigest()}
+                partition_size: int | str, fps: float = VIDEO_FPS,
+                segment_seconds: float = VIDEO_SEGMENT_SECONDS) -> dict:
+    record = {"command": "predict", "version": __version__, "model_sha256": model.sha256,
+              "detector": detector.as_dict(), "partition_size": partition_size,
+              "inputs": len(inputs),
+              "inputs_sha1": hashlib.sha1("\n".join(n for n, _ in inputs).encode()).hexdigest()}
+    if any(isinstance(path, video.Segment) for _, path in inputs):
+        record["video"] = {"fps": fps, "segment_seconds": segment_seconds}
+    return record
 
 
 def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             model: str | None = None, detector: DetectorConfig = DetectorConfig(),
             cluster_config: ClusterConfig = ClusterConfig(), previews: int = 0,
             resume: bool = False, overwrite: bool = False,
-            limits: InputLimits = InputLimits()) -> PredictResult:
-    """Detect and classify every face in a folder of photos; write detections, submission, manifest.
+            limits: InputLimits = InputLimits(), fps: float = VIDEO_FPS,
+            segment_seconds: float = VIDEO_SEGMENT_SECONDS) -> PredictResult:
+    """Detect and classify every face in a folder of photos and videos; write detections,
+    submission, manifest.
+
+    Each video is probed here once and cut into items of `segment_seconds` (one row each in
+    images.parquet, named ``clip.mp4@0000.000-0060.000``); the frames at t = 0, 1/fps, 2/fps ...
+    go through the same detection as photos, their faces named ``clip.mp4#t=12.000``.
 
     Workers commit each partition under OUT_DIR/parts and the driver logs it (so --resume skips
     finished work); at the end the committed parts are streamed, in input order, into
@@ -111,19 +130,26 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     if resume and overwrite:
         raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
     check_predict_arguments(detector, previews, limits)
+    if not (math.isfinite(fps) and fps > 0):
+        raise MaskbatchError(f"fps must be a finite number above 0, got {fps}")
+    if not (math.isfinite(segment_seconds) and segment_seconds > 0):
+        raise MaskbatchError(f"segment_seconds must be above 0, got {segment_seconds}")
     called = time.perf_counter()
     detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
-    inputs = list_inputs(images_arg, images_dir)
+    listed = list_inputs(images_arg, images_dir)
     check_apart_from_inputs(out_dir, input_places(images_arg, images_dir))
+    inputs = video.expand_videos(listed, fps, segment_seconds, limits)
     onnx_bytes, card = read_model(model)
     check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
     ref = model_ref(model, card)
-    record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto")
+    record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto", fps,
+                         segment_seconds)
     if resume:
         check_resumable(out_dir, record)
     prepare_out_dir(out_dir, overwrite, resume, input_places(images_arg, images_dir))
     storage.remove_temporaries(out_dir)  # an interrupted run's half-renamed objects
-    for stale in ("detections.parquet", "submission.csv", "images.parquet", "summary.json",
+    for stale in ("detections.parquet", "submission.csv", "images.parquet", "frames.parquet",
+                  "summary.json",
                   "detections.coco.json", "images.coco.json", "report.html"):
         fs, p = files.filesystem(files.join(out_dir, stale))
         if fs.exists(p):
@@ -139,8 +165,12 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         if dash and cluster_config.progress:
             print(f"Dask dashboard: {dash}", flush=True)
         cluster.install_plugin(client, cluster.MaskbatchSetup(onnx_bytes, card))
+        # a video segment counts as the frames it samples: a task holds about as many frames
+        # as it would hold photos, and a long video's segments spread over the workers
+        weights = [_weight(path) for _, path in inputs]
+        work = sum(weights[i] for i in parts.not_done(len(inputs), done))
         size = cluster_config.partition_size or window.choose_partition_size(
-            todo, window.total_threads(client))
+            work, window.total_threads(client))
         started = time.perf_counter()
         timeline = run_digest.Timeline()  # photos committed over time, for report.html
 
@@ -151,7 +181,8 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         try:
             stats = window.run_partitions(
                 client, window.contiguous_partitions(
-                    ((i, inputs[i]) for i in parts.not_done(len(inputs), done)), size),
+                    ((i, inputs[i]) for i in parts.not_done(len(inputs), done)), size,
+                    weight=lambda item: _weight(item[1])),
                 predict_and_commit, commit,
                 on_poison=functools.partial(predict_poisoned, out_dir), total_items=todo,
                 progress=cluster_config.progress, label="predict", out_dir=out_dir,
@@ -183,6 +214,11 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
                                 digest=digest)
     storage.remove_temporaries(out_dir)  # e.g. a part written twice by a retried task
     return result
+
+
+def _weight(path: object) -> int:
+    """Units of work of one item: 1 for a photo, the frames it samples for a video segment."""
+    return len(video.sampled_frames(path)) if isinstance(path, video.Segment) else 1
 
 
 def check_predict_arguments(detector: DetectorConfig, previews: int, limits: InputLimits) -> None:
@@ -248,6 +284,8 @@ def summary(result: PredictResult) -> dict:
         "ok": c.ok, "failed": c.failed, "skipped": c.skipped,
         "failures": c.failures,  # the first parts.FAILURES_LISTED; images.parquet has them all
         "skipped_entries": c.skipped_entries,  # the first parts.FAILURES_LISTED too
+        "video_frames": c.frames,  # sampled video frames read
+        "video_notes": c.video_notes,  # segments read in part (ends early...), the first 1000
         "worker_restarts": result.worker_restarts,
         "faces": c.faces, "faces_per_class": {k: c.faces_per_class.get(k, 0) for k in (MASK, NO_MASK)},
         "seconds": round(result.seconds, 2), "wall_seconds": round(result.wall_seconds, 2),

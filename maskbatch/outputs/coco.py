@@ -1,4 +1,5 @@
-"""A run's detections as COCO files: a results file and the image list it refers to."""
+"""A run's detections as COCO files: a results file and the image list it refers to (a photo is
+one COCO image, and so is each sampled frame of a video)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from maskbatch import files
 from maskbatch.config import CLASS_NAMES, MASK, NO_MASK
 from maskbatch.errors import MaskbatchError
 from maskbatch.outputs import writers
+from maskbatch.photos.video import frame_name, video_of
 
 CATEGORIES = [{"id": k + 1, "name": name, "supercategory": "face"}
               for k, name in enumerate(CLASS_NAMES)]
@@ -37,7 +40,8 @@ def image_entries(manifest: pd.DataFrame, first_id: int = 1) -> list[dict]:
     manifest, the first being `first_id` (1 for a whole manifest, so ids follow its order)."""
     ok = manifest["status"].to_numpy() == "ok" if "status" in manifest else np.ones(len(manifest),
                                                                                     bool)
-    ids = np.arange(first_id, first_id + len(manifest))[ok]
+    ids = (manifest["id"].to_numpy() if "id" in manifest
+           else np.arange(first_id, first_id + len(manifest)))[ok]
     rows = manifest[ok]
     return [{"id": int(i), "file_name": str(n), "width": int(w), "height": int(h)}
             for i, n, w, h in zip(ids, rows["name"], rows["width"], rows["height"])]
@@ -95,16 +99,15 @@ def write_coco(out_dir: str) -> list[str]:
     with writers.open_write_all(paths) as (results_file, dataset_file):
         head = json.dumps(DATASET_HEAD, separators=(",", ":"))[:-1]
         dataset_file.write(f'{head},"categories":{_json(CATEGORIES)},"images":['.encode())
-        first, comma = 1, ""
-        for batch in _batches(out_dir, "images.parquet", ["name", "status", "width", "height"]):
-            entries = image_entries(batch, first)
-            first += len(batch)
+        comma = ""
+        for batch in _images(out_dir):
+            entries = image_entries(batch)
             if entries:
                 dataset_file.write((comma + _json(entries)[1:-1]).encode())
                 comma = ","
         dataset_file.write(b'],"annotations":[')
         results_file.write(b"[")
-        ids = _ImageIds(_batches(out_dir, "images.parquet", ["name", "status"]))
+        ids = _ImageIds(_images(out_dir))
         n, comma = 0, ""
         for batch in _batches(out_dir, "detections.parquet",
                               ["name", "x1", "x2", "y1", "y2", "classname", "score",
@@ -118,6 +121,53 @@ def write_coco(out_dir: str) -> list[str]:
         results_file.write(b"]")
         dataset_file.write(b"]}")
     return paths
+
+
+def _images(out_dir: str) -> Iterator[pd.DataFrame]:
+    """COCO images in input order, as batches (id, name, status, width, height): one per photo
+    (a photo that was not read keeps its id, unused), one per sampled frame of a video segment,
+    named as its detections are (``clip.mp4#t=12.000``), from frames.parquet."""
+    frames_path = files.join(out_dir, "frames.parquet")
+    fs, local = files.filesystem(frames_path)
+    frames = _rows(_batches(out_dir, "frames.parquet", ["segment", "time_s"])) \
+        if fs.exists(local) else iter(())
+    pending: tuple | None = None
+    next_id = 1
+    columns = ["name", "status", "width", "height"]
+    for batch in _batches(out_dir, "images.parquet",
+                          columns + (["frames"] if _has_frames(out_dir) else [])):
+        if "frames" not in batch or batch["frames"].isna().all():
+            ids = np.arange(next_id, next_id + len(batch))
+            next_id += len(batch)
+            yield batch[columns].assign(id=ids)
+            continue
+        out = []
+        for row in batch.itertuples(index=False):
+            if pd.isna(row.frames):
+                out.append((next_id, row.name, row.status, row.width, row.height))
+                next_id += 1
+                continue
+            for _ in range(int(row.frames)):
+                pending = pending or next(frames, None)
+                if pending is None or pending[0] != row.name:
+                    raise MaskbatchError(f"frames.parquet lacks frames of {row.name!r}; cannot "
+                                         "write the COCO files")
+                name = frame_name(video_of(row.name), float(pending[1]))
+                out.append((next_id, name, "ok", row.width, row.height))
+                next_id, pending = next_id + 1, None
+        yield pd.DataFrame(out, columns=["id", "name", "status", "width", "height"])
+
+
+def _has_frames(out_dir: str) -> bool:
+    """Whether images.parquet has the `frames` column (tables written before videos had not)."""
+    fs, path = files.filesystem(files.join(out_dir, "images.parquet"))
+    with fs.open(path, "rb") as f:
+        return "frames" in pq.ParquetFile(f).schema_arrow.names
+
+
+def _rows(batches: Iterator[pd.DataFrame]) -> Iterator[tuple]:
+    for batch in batches:
+        yield from batch.itertuples(index=False, name=None)
 
 
 def _json(obj: object) -> str:
@@ -147,7 +197,8 @@ class _ImageIds:
             batch = next(self._batches, None)
             if batch is None:
                 break
-            ids = np.arange(self._next_id, self._next_id + len(batch))
+            ids = batch["id"].to_numpy() if "id" in batch else \
+                np.arange(self._next_id, self._next_id + len(batch))
             ids = np.where(batch["status"].to_numpy() == "ok", ids, 0).tolist()
             self._next_id += len(batch)
             self._window.update(zip(batch["name"], ids))  # 0: a photo that was not read

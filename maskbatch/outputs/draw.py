@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from maskbatch.config import MASK
-from maskbatch.photos import reading
+from maskbatch.photos import reading, video
 
 COLOURS = {MASK: (60, 180, 60), "face_no_mask": (40, 40, 230)}  # BGR
 # A preview's stem, in UTF-8 bytes: with "-" + 10 hex digits, ".jpg" and the atomic writer's
@@ -84,9 +84,11 @@ def preview_jpeg(path: str, detections: list[tuple], max_side: int = 1280) -> by
     return buf.tobytes() if ok else b""
 
 
-def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25) -> bytes:
-    """JPEG bytes of one face with a margin around it, scaled to `side` px (for galleries)."""
-    image = reading.load_image(path)
+def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25,
+              frame: int | None = None) -> bytes:
+    """JPEG bytes of one face with a margin around it, scaled to `side` px (for galleries);
+    `frame`: the face is on that frame of the video at `path`."""
+    image = reading.load_image(path) if frame is None else video.read_frame(path, frame)
     height, width = image.shape[:2]
     left, top, right, bottom = (float(v) for v in box[:4])
     pad = margin * max(right - left, bottom - top)

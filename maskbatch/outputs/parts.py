@@ -44,15 +44,18 @@ def part_stem(first: int, count: int) -> str:
     return f"p{first:012d}-{count:07d}"
 
 
-def write_part(out_dir: str, first: int, detections: pd.DataFrame, manifest: pd.DataFrame
-               ) -> dict:
+def write_part(out_dir: str, first: int, detections: pd.DataFrame, manifest: pd.DataFrame,
+               frames: pd.DataFrame | None = None) -> dict:
     """Commit one partition's rows (worker side); return the summary the driver logs.
 
-    The manifest file is written last: a part whose manifest exists is complete.
+    The manifest file is written last: a part whose manifest exists is complete. The sampled
+    video frames (`frames`) go to a .frames.parquet of their own when there are any.
     """
     stem = part_stem(first, len(manifest))
     base = files.join(out_dir, PARTS_DIR, stem)
     writers.write_table_atomic(detections, writers.DETECTION_SCHEMA, base + ".detections.parquet")
+    if frames is not None and len(frames):
+        writers.write_table_atomic(frames, writers.FRAME_SCHEMA, base + ".frames.parquet")
     writers.write_table_atomic(manifest, writers.MANIFEST_SCHEMA, base + ".images.parquet")
     return {"part": stem, "first": first, "count": len(manifest),
             "failed": int((manifest["status"] != "ok").sum()), "faces": len(detections)}
@@ -163,6 +166,8 @@ class Compacted:
     failures: dict[str, str] = field(default_factory=dict)  # the first FAILURES_LISTED
     skipped_entries: dict[str, str] = field(default_factory=dict)  # the first FAILURES_LISTED
     previews: list[tuple[str, str, list]] = field(default_factory=list)  # (name, path, boxes)
+    frames: int = 0  # sampled video frames read
+    video_notes: dict[str, str] = field(default_factory=dict)  # segments read in part (FAILURES_LISTED)
     seconds: float = 0.0
 
 
@@ -185,7 +190,8 @@ class _Gather:
 
 
 def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
-    """Write detections.parquet, images.parquet and submission.csv from the committed parts.
+    """Write detections.parquet, images.parquet and submission.csv (and frames.parquet, where
+    videos were read) from the committed parts.
 
     Reads each committed part once, in input order, holding one part (and one row group) at a
     time; the three files appear only when all are complete. Part files no committed entry
@@ -225,9 +231,24 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
             _count(stats, manifest, detections, previews)
         dets.flush()
         imgs.flush()
+    _compact_frames(out_dir, fs, parts_dir, chosen)
     _remove_orphans(fs, parts_dir, {e["part"] for e in chosen})
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+def _compact_frames(out_dir: str, fs: object, parts_dir: str, chosen: list[dict]) -> None:
+    """frames.parquet from the parts' .frames.parquet files, in input order (none: no file)."""
+    found = [f"{parts_dir}/{e['part']}.frames.parquet" for e in chosen]
+    found = [p for p in found if fs.exists(p)]  # type: ignore[attr-defined]
+    if not found:
+        return
+    with writers.open_write_all([files.join(out_dir, "frames.parquet")]) as (frames_file,), \
+            pq.ParquetWriter(frames_file, writers.FRAME_SCHEMA) as writer:
+        gather = _Gather(writer)
+        for path in found:
+            gather.add(_read_table(fs, path, writers.FRAME_SCHEMA))
+        gather.flush()
 
 
 def _read_table(fs: object, path: str, schema: pa.Schema) -> pa.Table:
@@ -245,6 +266,14 @@ def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews:
     stats.faces += detections.num_rows
     for name in detections.column("classname").to_pylist():
         stats.faces_per_class[name] = stats.faces_per_class.get(name, 0) + 1
+    frames = manifest.column("frames").to_pylist()
+    if any(f is not None for f in frames):
+        stats.frames += sum(f for f in frames if f is not None)
+        for name, state, reason, f in zip(manifest.column("name").to_pylist(), status,
+                                          manifest.column("reason").to_pylist(), frames):
+            if f is not None and state == "ok" and reason and \
+                    len(stats.video_notes) < FAILURES_LISTED:
+                stats.video_notes[name] = reason
     if ok < len(status):
         reasons = manifest.column("reason").to_pylist()
         for name, state, reason in zip(manifest.column("name").to_pylist(), status, reasons):
@@ -253,9 +282,10 @@ def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews:
                 listed[name] = reason
     if len(stats.previews) < previews and ok:
         rows = detections.to_pandas(use_threads=False)
-        for name, path, state in zip(manifest.column("name").to_pylist(),
-                                     manifest.column("path").to_pylist(), status):
-            if state == "ok" and len(stats.previews) < previews:
+        for name, path, state, frames in zip(manifest.column("name").to_pylist(),
+                                             manifest.column("path").to_pylist(), status,
+                                             manifest.column("frames").to_pylist()):
+            if state == "ok" and frames is None and len(stats.previews) < previews:
                 mine = rows[rows["name"] == name]
                 boxes = list(zip(mine["x1"], mine["x2"], mine["y1"], mine["y2"],
                                  mine["classname"], mine["mask_prob"]))

@@ -13,6 +13,7 @@ from maskbatch import files
 from maskbatch.config import MASK, NO_MASK
 from maskbatch.outputs import writers
 from maskbatch.outputs.draw import face_jpeg, preview_jpeg
+from maskbatch.photos.video import video_of
 
 N_FIRST = 4
 N_CROWDED = 4
@@ -74,8 +75,10 @@ def face_sizes(detections: pd.DataFrame) -> np.ndarray:
     return np.minimum(width, height)
 
 
-IMAGE_COLUMNS = ["name", "path", "status", "reason", "n_faces"]
-DETECTION_FIELDS = ["name", "x1", "x2", "y1", "y2", "classname", "mask_prob"]
+IMAGE_COLUMNS = ["name", "path", "status", "reason", "n_faces", "frames"]
+DETECTION_FIELDS = ["name", "x1", "x2", "y1", "y2", "classname", "mask_prob", "frame"]
+# report.html plots faces over time for at most this many videos (frames.parquet has them all).
+MAX_VIDEO_PLOTS = 6
 
 
 def _concat(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -138,10 +141,11 @@ class Digest:
         size = max(len(counts), len(self.faces_per_photo))
         self.faces_per_photo = (np.pad(self.faces_per_photo, (0, size - len(self.faces_per_photo)))
                                 + np.pad(counts, (0, size - len(counts))))
+        photos = ok[ok["frames"].isna()]  # a video segment is no one picture to show
         if len(self.first) < self.n_first:
-            self.first = _concat(self.first, ok.head(self.n_first)).head(self.n_first)
-        self.crowded = _top(_concat(self.crowded, ok[ok["n_faces"] > 0]), ["n_faces"], [False],
-                            N_CROWDED)
+            self.first = _concat(self.first, photos.head(self.n_first)).head(self.n_first)
+        self.crowded = _top(_concat(self.crowded, photos[photos["n_faces"] > 0]), ["n_faces"],
+                            [False], N_CROWDED)
 
     # ---- the detections
     def add_detections(self, batch: pd.DataFrame) -> None:
@@ -180,10 +184,18 @@ class Digest:
         self._carry = None
         wanted = set(self.uncertain["name"])
         paths: dict[str, str] = {}
+        frames = self.uncertain["frame"].notna().to_numpy()
+        videos = {frame_video(n) for n in self.uncertain["name"][frames]} - {None}
         for batch in images() if wanted else ():
             hit = batch[batch["name"].isin(wanted)]
             paths.update(zip(hit["name"], hit["path"]))
-        self.uncertain = self.uncertain.assign(path=self.uncertain["name"].map(paths))
+            if videos:  # a frame's face is drawn from its video: the segments' path
+                owners = batch["name"].map(video_of)
+                hit = batch[owners.isin(videos)]
+                paths.update(zip(owners[hit.index], hit["path"]))
+        path = [paths.get(frame_video(n)) if is_frame else paths.get(n)
+                for n, is_frame in zip(self.uncertain["name"], frames)]
+        self.uncertain = self.uncertain.assign(path=path)
         return self
 
     @property
@@ -195,9 +207,10 @@ class Digest:
                   n_first: int = N_FIRST) -> Digest:
         """The digest of tables held in memory (each one batch)."""
         digest = cls(threshold=threshold, n_first=n_first)
-        digest.add_images(manifest[IMAGE_COLUMNS])
-        digest.add_detections(detections[DETECTION_FIELDS])
-        return digest.finish(lambda: [manifest[IMAGE_COLUMNS]])
+        manifest = manifest.reindex(columns=IMAGE_COLUMNS)  # tables without the video columns
+        digest.add_images(manifest)
+        digest.add_detections(detections.reindex(columns=DETECTION_FIELDS))
+        return digest.finish(lambda: [manifest])
 
     @classmethod
     def of_out_dir(cls, out_dir: str, threshold: float = 0.5, n_first: int = N_FIRST,
@@ -214,6 +227,31 @@ class Digest:
         return digest.finish(lambda: batches("images.parquet", ["name", "path"]))
 
 
+def frame_video(name: str) -> str | None:
+    """The video of a frame's detection name (``clip.mp4#t=12.000`` -> ``clip.mp4``), else None."""
+    video, sep, rest = str(name).rpartition("#t=")
+    return video if sep and rest.replace(".", "", 1).isdigit() else None
+
+
+def video_timelines(out_dir: str, max_videos: int = MAX_VIDEO_PLOTS
+                    ) -> tuple[dict[str, pd.DataFrame], int]:
+    """({video: its frames (time_s, faces per class)} of the first `max_videos` videos of
+    frames.parquet, the number of videos in all); ({}, 0) for a run without videos. Read in
+    batches: memory holds the plotted videos' frames only."""
+    fs, path = files.filesystem(files.join(out_dir, "frames.parquet"))
+    if not fs.exists(path):
+        return {}, 0
+    shown: dict[str, list[pd.DataFrame]] = {}
+    seen: set[str] = set()
+    for batch in writers.read_parquet_batches(files.join(out_dir, "frames.parquet"),
+                                              ["video", "time_s", MASK, NO_MASK]):
+        for name, rows in batch.groupby("video", sort=False):
+            seen.add(name)
+            if name in shown or len(shown) < max_videos:
+                shown.setdefault(name, []).append(rows.drop(columns="video"))
+    return {k: pd.concat(v, ignore_index=True) for k, v in shown.items()}, len(seen)
+
+
 def gallery_jobs(digest: Digest) -> tuple[list[tuple[str, str, str]], list[Job]]:
     """((section, caption, kind) per picture, the drawing jobs), in the same order."""
 
@@ -228,7 +266,9 @@ def gallery_jobs(digest: Digest) -> tuple[list[tuple[str, str, str]], list[Job]]
     for row in digest.uncertain.itertuples(index=False):
         shown = "mask" if row.classname == MASK else "no mask"
         items.append(("uncertain", f"{row.name}: {shown}, P(mask) {row.mask_prob:.2f}", "face"))
-        jobs.append((face_jpeg, (row.path, (row.x1, row.x2, row.y1, row.y2), FACE_SIDE)))
+        frame = None if pd.isna(row.frame) else int(row.frame)
+        jobs.append((face_jpeg, (row.path, (row.x1, row.x2, row.y1, row.y2), FACE_SIDE, 0.25,
+                                 frame)))
     return items, jobs
 
 

@@ -10,6 +10,7 @@ opens from disk, from a bucket or as a mail attachment, with nothing beside it. 
 - a gallery: the first photos, the most crowded ones (boxes drawn as in previews/), and the
   least certain faces (P(mask) nearest the classifier's threshold)
 - every failed photo with its reason
+- per video (the first run_digest.MAX_VIDEO_PLOTS), faces per class over time (frames.parquet)
 - throughput over the run: photos committed against seconds (this call's partitions)
 - the model card (the classifier) and the detector card (mode, passes, threshold, weights)
 
@@ -43,6 +44,7 @@ from maskbatch.outputs.run_digest import (
     Digest,
     Gallery,
     draw_gallery,
+    video_timelines,
 )
 
 REPORT_FILE = "report.html"
@@ -99,6 +101,23 @@ def throughput_png(points: Sequence[tuple[float, int]]) -> bytes:
     ax.set_title(f"Throughput: {rate:.1f} photos/s on average" if not math.isnan(rate)
                  else "Throughput")
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def videos_png(timelines: dict[str, pd.DataFrame]) -> bytes:
+    """Per video, faces per class on each sampled frame against its time: one panel each."""
+    fig = Figure(figsize=(10, 2.4 * len(timelines)))
+    axes = fig.subplots(len(timelines), 1, squeeze=False)[:, 0]
+    for ax, (name, frames) in zip(axes, timelines.items()):
+        ax.step(frames["time_s"], frames[MASK], where="post", color="#4c9f70", label="with mask")
+        ax.step(frames["time_s"], frames[NO_MASK], where="post", color="#c44e52",
+                label="without mask")
+        ax.set_title(str(name), fontsize=10)
+        ax.set_ylabel("faces")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("seconds into the video")
     return _png(fig)
 
 
@@ -186,8 +205,9 @@ def _figures(items: list[tuple[str, str, str]], pictures: list[bytes], section: 
 
 
 def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, detector: dict,
-                timeline: Sequence[tuple[float, int]], gallery: Gallery) -> str:
-    """The page as a string: everything inlined."""
+                timeline: Sequence[tuple[float, int]], gallery: Gallery,
+                videos: tuple[dict[str, pd.DataFrame], int] = ({}, 0)) -> str:
+    """The page as a string: everything inlined. `videos`: run_digest.video_timelines."""
     per_class = digest.per_class
     unmasked, n_unmasked = digest.unmasked, digest.unmasked_photos
     failed, n_failed = digest.failed_rows, digest.failed
@@ -232,6 +252,15 @@ def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, d
               f"photos/s); the whole call took {summary.get('wall_seconds', '–')} s, cluster "
               "start-up and final files included.</p>")
     inputs = html.escape(str(run.get("images", "")))
+    timelines, n_videos = videos
+    video_html = ""
+    if timelines:
+        more = (f"<p class='muted'>… and {n_videos - len(timelines)} more videos "
+                "(frames.parquet has every frame)</p>" if n_videos > len(timelines) else "")
+        video_html = (f"<h2>Videos: faces over time ({n_videos})</h2><p>Faces per class on each "
+                      "sampled frame.</p><img class='plot' src='"
+                      f"{_data_uri(videos_png(timelines), 'image/png')}' alt='faces per class "
+                      f"over time, per video'>{more}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -244,6 +273,7 @@ classifier <code>{html.escape(str(model_card.get('onnx_sha256', ''))[:12])}</cod
 <div class="kpi">{kpis}</div>
 <h2>Faces</h2>
 <img class="plot" src="{hist}" alt="histograms: faces per photo and face size">
+{video_html}
 <h2>Gallery</h2>
 <h3>The first photos</h3><div class="grid">{_figures(items, pictures, 'first')}</div>
 <h3>The most crowded photos</h3><div class="grid">{_figures(items, pictures, 'crowded')}</div>
@@ -288,7 +318,7 @@ def write_run_report(out_dir: str, detections: pd.DataFrame | None = None,
         gallery = draw_gallery(digest)
     page = report_html(digest, summary=summary, run=run, model_card=model_card,
                        detector=detector_card(detector), timeline=list(timeline),
-                       gallery=gallery)
+                       gallery=gallery, videos=video_timelines(out_dir))
     path = files.join(out_dir, REPORT_FILE)
     writers.write_bytes_atomic(path, page.encode())
     return path

@@ -7,7 +7,8 @@ extract writes to CROPS_DIR:
 predict writes to OUT_DIR:
   detections.parquet     one row per face (DETECTION_SCHEMA), in input order
   submission.csv         SUBMISSION_COLUMNS, the dataset's format, in input order
-  images.parquet         one row per input image (MANIFEST_SCHEMA), in input order
+  images.parquet         one row per input photo or video segment (MANIFEST_SCHEMA), in input order
+  frames.parquet         one row per sampled video frame (FRAME_SCHEMA), in input order
   parts/                 the committed partitions and the commit log (maskbatch.parts)
 """
 
@@ -42,10 +43,18 @@ EXTRACT_MANIFEST_COLUMNS = [
 # Submission columns: the header says x1,x2,y1,y2 but values are left, top, right, bottom,
 # exactly as in the dataset's train.csv.
 SUBMISSION_COLUMNS = ["name", "x1", "x2", "y1", "y2", "classname"]
-DETECTION_COLUMNS = SUBMISSION_COLUMNS + ["score", "mask_prob", "width", "height", "model_sha256"]
+# `frame` (index in the video) and `time_s` are null for photos.
+DETECTION_COLUMNS = SUBMISSION_COLUMNS + ["score", "mask_prob", "width", "height", "model_sha256",
+                                          "frame", "time_s"]
+# `frames` (sampled frames read) and `duration_s` (of the segment) are null for photos.
 PREDICT_MANIFEST_COLUMNS = [
-    "name", "path", "status", "reason", "n_faces", "width", "height", "seconds",
+    "name", "path", "status", "reason", "n_faces", "width", "height", "seconds", "frames",
+    "duration_s",
 ]
+# One row per sampled video frame: the video, the segment (images.parquet's name), faces per class.
+FRAME_COLUMNS = ["video", "segment", "frame", "time_s", "face_with_mask", "face_no_mask"]
+# Columns added for videos: a table made without them (photos only, older code) gets nulls.
+NULLABLE_COLUMNS = ("frame", "time_s", "frames", "duration_s")
 
 
 # Arrow types of predict's Parquet files: every part and the final files share them, so empty
@@ -54,21 +63,43 @@ DETECTION_SCHEMA = pa.schema([
     ("name", pa.string()), ("x1", pa.int64()), ("x2", pa.int64()), ("y1", pa.int64()),
     ("y2", pa.int64()), ("classname", pa.string()), ("score", pa.float64()),
     ("mask_prob", pa.float64()), ("width", pa.int64()), ("height", pa.int64()),
-    ("model_sha256", pa.string()),
+    ("model_sha256", pa.string()), ("frame", pa.int64()), ("time_s", pa.float64()),
 ])
 
 
 MANIFEST_SCHEMA = pa.schema([
     ("name", pa.string()), ("path", pa.string()), ("status", pa.string()),
     ("reason", pa.string()), ("n_faces", pa.int64()), ("width", pa.int64()),
-    ("height", pa.int64()), ("seconds", pa.float64()),
+    ("height", pa.int64()), ("seconds", pa.float64()), ("frames", pa.int64()),
+    ("duration_s", pa.float64()),
 ])
+
+
+FRAME_SCHEMA = pa.schema([
+    ("video", pa.string()), ("segment", pa.string()), ("frame", pa.int64()),
+    ("time_s", pa.float64()), ("face_with_mask", pa.int64()), ("face_no_mask", pa.int64()),
+])
+
+
+def _nullable_ints(schema: pa.Schema, columns: tuple[str, ...]) -> pa.Schema:
+    """The schema with pandas metadata saying `columns` are pandas' nullable Int64: read back,
+    a video frame's index stays an integer beside the photos' nulls (not a float)."""
+    template = schema.empty_table().to_pandas()
+    template = template.astype({c: "Int64" for c in columns})
+    return schema.with_metadata(pa.Schema.from_pandas(template, preserve_index=False).metadata)
+
+
+DETECTION_SCHEMA = _nullable_ints(DETECTION_SCHEMA, ("frame",))
+MANIFEST_SCHEMA = _nullable_ints(MANIFEST_SCHEMA, ("frames",))
 
 
 assert DETECTION_SCHEMA.names == DETECTION_COLUMNS
 
 
 assert MANIFEST_SCHEMA.names == PREDICT_MANIFEST_COLUMNS
+
+
+assert FRAME_SCHEMA.names == FRAME_COLUMNS
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
@@ -87,8 +118,13 @@ def write_table_atomic(df: pd.DataFrame, schema: pa.Schema, url: str) -> None:
     """A DataFrame as Parquet with a fixed Arrow schema (columns in the schema's order)."""
     # one thread: Arrow's thread pool buys nothing on a partition's few rows, and on a busy
     # machine every hand-off to it waits for a core (seconds per file at 100 % CPU pressure)
+    missing = [c for c in schema.names if c not in df.columns]
+    if missing and set(missing) <= set(NULLABLE_COLUMNS):
+        df = df.assign(**{c: pd.Series(None, index=df.index, dtype="object") for c in missing})
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False,
                                  nthreads=1)
+    if schema.metadata:  # the schema's own pandas dtypes (nullable Int64), not the frame's
+        table = table.replace_schema_metadata(schema.metadata)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     write_bytes_atomic(url, buf.getvalue())

@@ -24,7 +24,13 @@ OTHER_PHOTO_EXTENSIONS = (".heic", ".heif", ".avif", ".jp2", ".j2k", ".jxl", ".s
                           ".psd", ".dng", ".cr2", ".nef", ".arw", ".raw")
 
 
+# Video files, read frame by frame (maskbatch.photos.video); recognised from content too.
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
+VIDEO_KINDS = ("mp4", "mov", "avi", "mkv/webm")
+
+
 PHOTO_EXTENSIONS = IMAGE_EXTENSIONS + OTHER_PHOTO_EXTENSIONS
+INPUT_EXTENSIONS = PHOTO_EXTENSIONS + VIDEO_EXTENSIONS
 _SIGNATURES = (
     (b"\xff\xd8\xff", "jpeg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
@@ -44,17 +50,31 @@ _ISO_BRANDS = {b"heic": "heic", b"heix": "heic", b"hevc": "heic", b"heim": "heic
                b"mif1": "heic", b"msf1": "heic", b"avif": "avif", b"avis": "avif"}
 
 
+_VIDEO_BRANDS = {b"qt  ": "mov", **{brand: "mp4" for brand in (
+    b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"M4V ", b"M4VP", b"avc1",
+    b"dash", b"mmp4", b"f4v ", b"3gp4", b"3gp5", b"3gp6", b"3g2a", b"MSNV", b"XAVC")}}
+
+
 # Formats sniffed here that this OpenCV build may not decode: skipped (not failed) when it cannot.
 _MAYBE_UNSUPPORTED = {"heic", "avif", "jpeg 2000", "jpeg xl", "photoshop"}
 _MULTI_PAGE = {"tiff": "page", "gif": "frame"}
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The image format named by the file's first bytes (not by its extension), or None."""
+    """The image or video format named by the file's first bytes (not by its extension), or None.
+
+    Videos: ISO BMFF (`ftyp` with an MP4 or QuickTime brand), RIFF AVI, EBML (Matroska, WebM).
+    """
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
     if data[4:8] == b"ftyp" and data[8:12] in _ISO_BRANDS:
         return _ISO_BRANDS[data[8:12]]
+    if data[4:8] == b"ftyp" and data[8:12] in _VIDEO_BRANDS:
+        return _VIDEO_BRANDS[data[8:12]]
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return "avi"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "mkv/webm"
     if len(data) > 2 and data[:1] == b"P" and data[1:2] in b"123456" and data[2:3] in b" \t\r\n":
         return "pnm"
     for signature, name in _SIGNATURES:
@@ -91,6 +111,9 @@ def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS) -> Photo:
     if not data:
         raise ImageError("empty file")
     kind = sniff_format(data)
+    if kind in VIDEO_KINDS:
+        raise ImageError(f"a video ({kind}) where a photo was expected (`maskbatch predict` on "
+                         "a folder reads videos frame by frame)")
     if kind == "jpeg" and _jpeg_is_truncated(data):
         raise ImageError("truncated JPEG (no end-of-image marker after the scan data)")
     if kind == "jpeg" and jpeg_scan_count(data, MAX_JPEG_SCANS + 1) > MAX_JPEG_SCANS:

@@ -1,5 +1,6 @@
-"""The photos of a predict job, as (name, path) pairs: every folder entry that looks like a photo,
-or the names of a submission template CSV, kept inside the images folder.
+"""The photos and videos of a predict job, as (name, path) pairs: every folder entry that looks like
+a photo or a video (maskbatch.photos.video cuts videos into segments), or the names of a
+submission template CSV, kept inside the images folder.
 
 Names are text (files.text_name: bytes that are not UTF-8 shown as ``\\xNN``) and every entry is
 listed, readable or not: the worker decides ok, failed or skipped with a reason, so nothing that
@@ -30,7 +31,7 @@ def folder_inputs(url: str) -> list[tuple[str, str]]:
     if not files.is_dir(url):
         raise MaskbatchError(f"images folder not found: {url}")
     if files.is_url(url):
-        paths = [p for p in _remote_entries(url) if p.lower().endswith(decoding.PHOTO_EXTENSIONS)]
+        paths = [p for p in _remote_entries(url) if p.lower().endswith(decoding.INPUT_EXTENSIONS)]
         pairs = [(files.basename(p), p) for p in sorted(paths)]
     else:
         folder = os.path.abspath(url)
@@ -48,7 +49,7 @@ def _remote_entries(url: str) -> list[str]:
 
 
 def _looks_like_photo(entry: os.DirEntry) -> bool:
-    if entry.name.lower().endswith(decoding.PHOTO_EXTENSIONS):
+    if entry.name.lower().endswith(decoding.INPUT_EXTENSIONS):
         return True  # whatever it is (a folder, a link to nowhere, a FIFO): it gets a row
     try:
         if not entry.is_file():  # follows links; stat only, nothing is opened

@@ -87,20 +87,26 @@ def total_threads(client: Client) -> int:
         return 1
 
 
-def contiguous_partitions(items: Iterable[tuple[int, Any]], size: int
+def contiguous_partitions(items: Iterable[tuple[int, Any]], size: int,
+                          weight: Callable[[Any], int] | None = None
                           ) -> Iterator[list[tuple[int, Any]]]:
     """Cut (index, item) pairs into lists of at most `size`, each a run of consecutive indices.
 
     A gap in the indices (work finished by an earlier run) starts a new partition, so every
-    partition covers one contiguous range of the input.
+    partition covers one contiguous range of the input. With `weight` (item -> units of work,
+    e.g. the frames a video segment samples), a partition holds items worth at most `size`
+    units (at least one item): a video's segments spread over tasks like that many photos.
     """
     size = max(1, size)
     current: list[tuple[int, Any]] = []
+    load = 0
     for pair in items:
-        if current and (len(current) == size or pair[0] != current[-1][0] + 1):
+        units = 1 if weight is None else max(1, weight(pair[1]))
+        if current and (load + units > size or pair[0] != current[-1][0] + 1):
             yield current
-            current = []
+            current, load = [], 0
         current.append(pair)
+        load += units
     if current:
         yield current
 

@@ -1,0 +1,93 @@
+"""Speed of `maskbatch predict` on a video: sampled frames per second on one core, and one long
+video on 1 vs 2 worker processes (its segments spread over them).
+
+    python benchmarks/bench_video.py                      # 120 s of 640x480 at 25 fps, 2 frames/s
+    python benchmarks/bench_video.py --seconds 30 --fps 1 --segment-seconds 10
+
+The video is made here from sample photos (each held 2 s, mp4v). Rows:
+  decode      seek + decode the sampled frames of the whole video, one thread (no detection)
+  one core    predict_partition on the whole video as one segment, in this process
+  N workers   `predict` on a LocalCluster of N single-threaded worker processes, the video cut
+              into --segment-seconds segments (processing time: first task to last commit)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import data_dir, table  # noqa: E402
+
+from maskbatch.config import ClusterConfig, DetectorConfig, InputLimits  # noqa: E402
+from maskbatch.jobs.predict import predict  # noqa: E402
+from maskbatch.models.classifier import ModelRef, default_model_dir, read_model  # noqa: E402
+from maskbatch.photos import video  # noqa: E402
+from maskbatch.pipeline import predict_partition  # noqa: E402
+
+SIZE = (640, 480)
+VIDEO_FPS = 25
+
+
+def make_video(path: Path, seconds: int, hold: int = 2) -> Path:
+    photos = sorted((data_dir() / "medical-mask" / "images").iterdir())
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, SIZE)
+    for k in range(seconds // hold):
+        image = cv2.resize(cv2.imread(str(photos[k % len(photos)])), SIZE)
+        for _ in range(hold * VIDEO_FPS):
+            writer.write(image)
+    writer.release()
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=120)
+    parser.add_argument("--fps", type=float, default=2.0)
+    parser.add_argument("--segment-seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "videos"
+        folder.mkdir()
+        clip = make_video(folder / "long.mp4", args.seconds)
+        (name, whole), = video.expand_videos([(clip.name, str(clip))], args.fps, 1e9)
+        frames = len(video.sampled_frames(whole))
+        rows = []
+
+        started = time.perf_counter()
+        decoded = sum(1 for _ in video.read_segment(whole, InputLimits(), video.SegmentRead()))
+        seconds = time.perf_counter() - started
+        rows.append(["decode", decoded, f"{seconds:.2f}", f"{decoded / seconds:.1f}"])
+
+        _, card = read_model()
+        ref = ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
+        predict_partition([(name, whole)], DetectorConfig(), ref)  # models loaded, warm
+        started, cpu = time.perf_counter(), time.process_time()
+        det, manifest = predict_partition([(name, whole)], DetectorConfig(), ref)
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        assert int(manifest["frames"].iloc[0]) == frames
+        rows.append(["one core (in process)", frames, f"{seconds:.2f}", f"{frames / seconds:.1f}"])
+        rows.append(["  per CPU second (this process)", frames, f"{cpu:.2f}",
+                     f"{frames / cpu:.1f}"])
+
+        for workers in (1, 2):
+            result = predict(str(folder), str(Path(tmp) / f"out-{workers}"), fps=args.fps,
+                             segment_seconds=args.segment_seconds,
+                             cluster_config=ClusterConfig(workers=workers, partition_size=1,
+                                                          progress=False))
+            assert len(result.detections) == len(det)
+            rows.append([f"{workers} worker(s), {result.processed} segments", frames,
+                         f"{result.seconds:.2f}", f"{frames / result.seconds:.1f}"])
+    print(f"{args.seconds} s of {SIZE[0]}x{SIZE[1]} mp4v at {VIDEO_FPS} fps, sampled at "
+          f"{args.fps:g} frames/s ({frames} frames), segments of {args.segment_seconds:g} s")
+    print(table(["run", "frames", "seconds", "frames/s"], rows))
+
+
+if __name__ == "__main__":
+    main()
