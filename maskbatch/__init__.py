@@ -14,10 +14,12 @@ import importlib
 import os
 from typing import TYPE_CHECKING, Any
 
-# Refuse absurd image headers (a "huge header" file) before OpenCV tries to allocate them.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
+from maskbatch.config import CLASS_NAMES, MASK, MAX_PIXELS_CEILING, NO_MASK, __version__
 
-from maskbatch.config import CLASS_NAMES, MASK, NO_MASK, __version__
+# OpenCV reads its decoder limit once per process: set to the ceiling of --max-pixels, so that the
+# per-photo limit a run chooses (checked in the header, and on the decoded picture) is the one
+# that holds; a header over the ceiling is still refused by OpenCV before it allocates.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS_CEILING))
 
 _JOBS = {"predict": "maskbatch.jobs.predict", "extract": "maskbatch.jobs.extract"}
 

@@ -34,6 +34,9 @@ class DetectorConfig:
 # the caps leave 20x and 10x room above it and still refuse bombs and endless streams early.
 MAX_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 100_000_000  # 300 MB once decoded to 8-bit BGR
+# The largest --max-pixels: OpenCV's own decoder limit (OPENCV_IO_MAX_IMAGE_PIXELS, fixed when a
+# process first decodes) is set to this, and the per-photo limit below it is maskbatch's.
+MAX_PIXELS_CEILING = 1 << 30  # 1073.7 megapixels, 3.2 GB decoded
 READ_TIMEOUT = 60.0
 # Scans (SOS markers) one JPEG may hold, counted on its bytes before decoding. A baseline JPEG has
 # 1, a progressive one from libjpeg/Pillow/cameras about 10 (at most a few dozen); a file that

@@ -197,3 +197,28 @@ def test_reasons_carry_no_opencv_build_paths():
     except cv2.error as exc:
         text = decoding.plain_cv_error(exc)
     assert text.startswith("the decoder refused it") and "/" not in text.replace("!", "")
+
+
+def test_max_pixels_above_100_megapixels_holds_as_documented(tmp_path) -> None:
+    """--max-pixels is the limit that holds, above OpenCV's old 100M default too: a 105-megapixel
+    PNG decodes under --max-pixels 120M and is refused, with the reason, under the default."""
+    import json
+    import subprocess
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    big = np.zeros((10_000, 10_500, 3), np.uint8)
+    big[5000:5100, 5000:5100] = 255
+    assert cv2.imwrite(str(photos / "big.png"), big)
+    del big
+    for flags, status in (([], "failed"), (["--max-pixels", "120M"], "ok")):
+        out = tmp_path / f"out-{status}"
+        proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(photos), "--out",
+                               str(out), "--workers", "1", "--no-progress", *flags],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary[status] == 1, summary
+    assert "over the 100 megapixel limit" in str(json.loads(
+        (tmp_path / "out-failed" / "summary.json").read_text())["failures"])

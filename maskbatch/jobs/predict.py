@@ -16,6 +16,7 @@ import pandas as pd
 from maskbatch import files, storage
 from maskbatch.config import (
     MASK,
+    MAX_PIXELS_CEILING,
     NO_MASK,
     VIDEO_FPS,
     VIDEO_SEGMENT_SECONDS,
@@ -233,6 +234,9 @@ def check_predict_arguments(detector: DetectorConfig, previews: int, limits: Inp
         raise MaskbatchError(f"previews must be 0 or more, got {previews}")
     if limits.max_bytes < 1 or limits.max_pixels < 1:
         raise MaskbatchError("max_bytes and max_pixels must be at least 1")
+    if limits.max_pixels > MAX_PIXELS_CEILING:
+        raise MaskbatchError(f"max_pixels can be at most {MAX_PIXELS_CEILING:,} (OpenCV's decoder "
+                             f"limit here), got {limits.max_pixels:,}")
     if not limits.read_timeout > 0:
         raise MaskbatchError(f"read_timeout must be above 0 seconds, got {limits.read_timeout}")
 

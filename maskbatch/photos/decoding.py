@@ -138,6 +138,9 @@ def decode_photo(data: bytes, max_pixels: int = MAX_PIXELS) -> Photo:
             raise SkippedInput(f"{kind.upper() if len(kind) < 5 else kind} image: a format this "
                                "OpenCV build does not decode")
         raise ImageError(f"cannot decode {kind} (corrupt, truncated or too large)")
+    if header is None and image.shape[0] * image.shape[1] > max_pixels:  # no header read: after
+        raise ImageError(f"{image.shape[1]} x {image.shape[0]} pixels, over the "
+                         f"{max_pixels / 1e6:g} megapixel limit per photo (see --max-pixels)")
     note = ""
     if header is not None and header[2] > 1:
         what = _MULTI_PAGE.get(kind or "", "page")
