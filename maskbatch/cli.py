@@ -194,13 +194,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", choices=["train", "all"],
                    help="train on each dataset's committed train split (default) or on all its "
                         "labelled photos")
-    p.add_argument("--area", type=_positive_int, metavar="PIXELS",
-                   help="the pass the detector is trained for and validated at (default: 440000)")
-    p.add_argument("--max-upscale", type=float, metavar="X",
-                   help="the pass's largest enlargement (default: 2)")
-    p.add_argument("--unmasked-weight", type=float, metavar="W",
-                   help="training windows centred on an unmasked face W times likelier than on a "
-                        "masked one (default: 1)")
     p.add_argument("--steps", type=_positive_int, help=argparse.SUPPRESS)  # smoke runs, tests
     p.add_argument("--limit", type=_positive_int, help=argparse.SUPPRESS)
 
@@ -312,11 +305,7 @@ def _run(args: argparse.Namespace) -> None:
 
         card = train_detector(args.datasets, args.out, epochs=args.epochs, seed=args.seed,
                               part=None if args.split == "all" else args.split, steps=args.steps,
-                              limit=args.limit, recipe_options={
-                                  k: v for k, v in (("area", args.area),
-                                                    ("max_upscale", args.max_upscale),
-                                                    ("unmasked_weight", args.unmasked_weight))
-                                  if v is not None})
+                              limit=args.limit)
         val = "".join(f"; {k} validation det AP {v['det_ap']:.3f}"
                       for k, v in card.get("validation", {}).items())
         print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){val}")

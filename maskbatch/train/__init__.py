@@ -7,8 +7,6 @@ when it is missing. Inference never needs this package (see :mod:`maskbatch.clas
 
 from __future__ import annotations
 
-import dataclasses
-
 from maskbatch.errors import MaskbatchError
 
 ARCHITECTURES = ("compact", "seed", "backbone")
@@ -70,14 +68,13 @@ def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
 
 def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,
                    part: str | None = "train", steps: int | None = None, limit: int | None = None,
-                   validate: bool = True, recipe_options: dict | None = None) -> dict:
+                   validate: bool = True) -> dict:
     """Fine-tune the YuNet face detector on labelled photos and write a detector folder.
 
     `datasets`: labelled dataset folders in any layout the readers know (every face box counts as
     a face). `part`: which part of each dataset's committed split to train on ('train'; None: all
     photos). Writes detector.onnx, detector_card.json, history.json and training_loss.png to
-    `out_dir` (see maskbatch.train.detector_run) and returns the card. `recipe_options`: fields of
-    maskbatch.train.detector_fit.Recipe to change (e.g. area, max_upscale, unmasked_weight).
+    `out_dir` (see maskbatch.train.detector_run) and returns the card.
     """
     require_tensorflow()
     try:
@@ -88,9 +85,7 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     from maskbatch.train.detector_fit import Recipe
     from maskbatch.train.detector_run import run
 
-    recipe = Recipe(seed=seed, **(recipe_options or {}))
-    if epochs is not None:
-        recipe = dataclasses.replace(recipe, epochs=epochs)
+    recipe = Recipe(seed=seed) if epochs is None else Recipe(epochs=epochs, seed=seed)
     return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate)
 
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from maskbatch.config import NO_MASK
-from maskbatch.datasets import DEFAULT_LABEL_MAP, load_records
+from maskbatch.datasets import load_records
 from maskbatch.datasets.splits import dataset_name, in_part
 from maskbatch.photos import reading
 
@@ -28,13 +27,11 @@ KEEP_VISIBLE = 0.6  # a face cut by the window keeps this share of its area, els
 
 @dataclass
 class Photo:
-    """A decoded training photo (BGR uint8, at most MAX_SIDE), its face boxes (N, 4) x1y1x2y2, and
-    which of them are unmasked faces (N,) (None: not known)."""
+    """A decoded training photo (BGR uint8, at most MAX_SIDE) and its face boxes (N, 4) x1y1x2y2."""
 
     name: str
     image: np.ndarray
     faces: np.ndarray
-    unmasked: np.ndarray | None = None
 
 
 def load_photos(datasets: list[str], part: str | None = "train") -> list[Photo]:
@@ -47,18 +44,16 @@ def load_photos(datasets: list[str], part: str | None = "train") -> list[Photo]:
                 image = reading.load_image(record.path)
             except Exception:  # noqa: BLE001 - an unreadable photo is left out of training
                 continue
-            boxes = [b for b in record.boxes if b.problem is None]
-            faces = np.array([[b.x1, b.y1, b.x2, b.y2] for b in boxes], np.float32).reshape(-1, 4)
-            unmasked = np.array([DEFAULT_LABEL_MAP.get(b.classname) == NO_MASK for b in boxes], bool)
+            faces = np.array([[b.x1, b.y1, b.x2, b.y2] for b in record.boxes if b.problem is None],
+                             np.float32).reshape(-1, 4)
             scale = min(1.0, MAX_SIDE / max(image.shape[:2]))
             if scale < 1.0:
                 image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
                 faces *= scale
             h, w = image.shape[:2]
             faces = np.clip(faces, 0, [w, h, w, h])
-            real = (faces[:, 2] - faces[:, 0] >= 1) & (faces[:, 3] - faces[:, 1] >= 1)
-            photos.append(Photo(f"{dataset_name(root)}/{record.name}", image, faces[real],
-                                unmasked[real]))
+            faces = faces[(faces[:, 2] - faces[:, 0] >= 1) & (faces[:, 3] - faces[:, 1] >= 1)]
+            photos.append(Photo(f"{dataset_name(root)}/{record.name}", image, faces))
     return photos
 
 
@@ -68,21 +63,19 @@ def inference_scale(width: int, height: int, area: int, max_upscale: float) -> f
 
 
 def augment(photo: Photo, size: int, rng: np.random.Generator, area: int, max_upscale: float,
-            zoom: tuple[float, float] = (-1.0, 0.5), unmasked_weight: float = 1.0
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            zoom: tuple[float, float] = (-1.0, 0.5)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training sample: (image size x size x 3 float32 BGR, faces (N, 4), ignore (M, 4)).
 
     The photo is scaled by its inference scale times 2**U(zoom) (mostly smaller: more small
     faces), a size x size window is cut (half of the time around a random face), flipped with
-    probability 0.5, and its colours jittered. `unmasked_weight`: how much likelier a window is
-    centred on an unmasked face than on a masked one.
+    probability 0.5, and its colours jittered.
     """
     h, w = photo.image.shape[:2]
     scale = inference_scale(w, h, area, max_upscale) * 2.0 ** rng.uniform(*zoom)
     sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
     faces = photo.faces * np.array([sw / w, sh / h, sw / w, sh / h], np.float32)
     if len(faces) and rng.random() < 0.5:
-        cx, cy = faces[_centre_face(photo, rng, unmasked_weight)].reshape(2, 2).mean(axis=0)
+        cx, cy = faces[rng.integers(len(faces))].reshape(2, 2).mean(axis=0)
         x0 = int(np.clip(cx - rng.uniform(0.1, 0.9) * size, min(0, sw - size), max(0, sw - size)))
         y0 = int(np.clip(cy - rng.uniform(0.1, 0.9) * size, min(0, sh - size), max(0, sh - size)))
     else:
@@ -108,15 +101,6 @@ def augment(photo: Photo, size: int, rng: np.random.Generator, area: int, max_up
     good = (visible >= KEEP_VISIBLE) & (side >= MIN_FACE)
     ignore = clipped[~good & (area_after > 0)]
     return _jitter(sample, rng), clipped[good], ignore
-
-
-def _centre_face(photo: Photo, rng: np.random.Generator, unmasked_weight: float) -> int:
-    """The face a window is centred on: any face alike, or an unmasked one `unmasked_weight` times
-    as likely as a masked one (the training photos are about 80 % masked faces)."""
-    if unmasked_weight == 1.0 or photo.unmasked is None or not photo.unmasked.any():
-        return int(rng.integers(len(photo.faces)))
-    weights = np.where(photo.unmasked, unmasked_weight, 1.0)
-    return int(rng.choice(len(photo.faces), p=weights / weights.sum()))
 
 
 def _jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

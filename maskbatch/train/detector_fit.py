@@ -39,7 +39,6 @@ class Recipe:
     max_upscale: float = 2.0
     zoom_min: float = -1.0  # log2 of the extra scale range around the inference scale
     zoom_max: float = 0.5
-    unmasked_weight: float = 1.0  # windows centred on an unmasked face this much likelier
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -166,8 +165,7 @@ def fit(model: object, photos: list[Photo], recipe: Recipe = Recipe(), log: bool
                 break
             chosen = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
             samples = [augment(photos[i], recipe.size, rng, recipe.area, recipe.max_upscale,
-                               (recipe.zoom_min, recipe.zoom_max), recipe.unmasked_weight)
-                       for i in chosen]
+                               (recipe.zoom_min, recipe.zoom_max)) for i in chosen]
             x = np.stack([s[0] for s in samples]).astype(np.float32)
             score, bbox = (t.numpy() for t in predict(x))
             targets = [assign(grid_np, score[i], decode(grid_np, bbox[i]), faces, ignore)
