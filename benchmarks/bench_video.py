@@ -3,10 +3,13 @@ video on 1 vs 2 worker processes (its segments spread over them).
 
     python benchmarks/bench_video.py                      # 120 s of 640x480 at 25 fps, 2 frames/s
     python benchmarks/bench_video.py --seconds 30 --fps 1 --segment-seconds 10
+    python benchmarks/bench_video.py --seconds 600 --size 1280x720 --fps 1 --segment-seconds 60
 
 The video is made here from sample photos (each held 2 s, mp4v). Rows:
   decode      seek + decode the sampled frames of the whole video, one thread (no detection)
   one core    predict_partition on the whole video as one segment, in this process
+  as JPEGs    the same sampled frames saved as JPEG photos (quality 95), predict_partition on them
+              in this process: what the video's decoding costs against decoding photos
   N workers   `predict` on a LocalCluster of N single-threaded worker processes, the video cut
               into --segment-seconds segments (processing time: first task to last commit)
 """
@@ -30,15 +33,14 @@ from maskbatch.models.classifier import ModelRef, default_model_dir, read_model 
 from maskbatch.photos import video  # noqa: E402
 from maskbatch.pipeline import predict_partition  # noqa: E402
 
-SIZE = (640, 480)
 VIDEO_FPS = 25
 
 
-def make_video(path: Path, seconds: int, hold: int = 2) -> Path:
+def make_video(path: Path, seconds: int, size: tuple[int, int], hold: int = 2) -> Path:
     photos = sorted((data_dir() / "medical-mask" / "images").iterdir())
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS, size)
     for k in range(seconds // hold):
-        image = cv2.resize(cv2.imread(str(photos[k % len(photos)])), SIZE)
+        image = cv2.resize(cv2.imread(str(photos[k % len(photos)])), size)
         for _ in range(hold * VIDEO_FPS):
             writer.write(image)
     writer.release()
@@ -50,12 +52,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--fps", type=float, default=2.0)
     parser.add_argument("--segment-seconds", type=float, default=15.0)
+    parser.add_argument("--size", default="640x480", help="frame size WxH")
     args = parser.parse_args()
+    size = tuple(int(v) for v in args.size.lower().split("x"))
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "videos"
         folder.mkdir()
-        clip = make_video(folder / "long.mp4", args.seconds)
+        clip = make_video(folder / "long.mp4", args.seconds, size)
         (name, whole), = video.expand_videos([(clip.name, str(clip))], args.fps, 1e9)
         frames = len(video.sampled_frames(whole))
         rows = []
@@ -76,6 +80,22 @@ def main() -> None:
         rows.append(["  per CPU second (this process)", frames, f"{cpu:.2f}",
                      f"{frames / cpu:.1f}"])
 
+        jpegs = Path(tmp) / "jpegs"
+        jpegs.mkdir()
+        items = []
+        for index, _, image in video.read_segment(whole, InputLimits(), video.SegmentRead()):
+            path = jpegs / f"frame-{index:06d}.jpg"
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            items.append((path.name, str(path)))
+        started, cpu_j = time.perf_counter(), time.process_time()
+        as_photos, _ = predict_partition(items, DetectorConfig(), ref)
+        photo_seconds, cpu_j = time.perf_counter() - started, time.process_time() - cpu_j
+        rows.append(["the same frames as JPEG photos (in process)", len(items),
+                     f"{photo_seconds:.2f}", f"{len(items) / photo_seconds:.1f}"])
+        rows.append(["  per CPU second (this process)", len(items), f"{cpu_j:.2f}",
+                     f"{len(items) / cpu_j:.1f}"])
+        extra = (cpu / frames) / (cpu_j / len(items)) - 1
+
         for workers in (1, 2):
             result = predict(str(folder), str(Path(tmp) / f"out-{workers}"), fps=args.fps,
                              segment_seconds=args.segment_seconds,
@@ -84,9 +104,12 @@ def main() -> None:
             assert len(result.detections) == len(det)
             rows.append([f"{workers} worker(s), {result.processed} segments", frames,
                          f"{result.seconds:.2f}", f"{frames / result.seconds:.1f}"])
-    print(f"{args.seconds} s of {SIZE[0]}x{SIZE[1]} mp4v at {VIDEO_FPS} fps, sampled at "
+    print(f"{args.seconds} s of {size[0]}x{size[1]} mp4v at {VIDEO_FPS} fps, sampled at "
           f"{args.fps:g} frames/s ({frames} frames), segments of {args.segment_seconds:g} s")
     print(table(["run", "frames", "seconds", "frames/s"], rows))
+    speedup = float(rows[-1][3]) / float(rows[-2][3])
+    print(f"a frame from the video costs {extra:+.1%} CPU against the same frame as a JPEG photo; "
+          f"2 workers run {speedup:.2f}x the frames/s of 1")
 
 
 if __name__ == "__main__":
