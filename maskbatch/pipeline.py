@@ -20,9 +20,9 @@ from maskbatch.models import detect
 from maskbatch.models.classifier import ModelRef, fit_crop, get_classifier
 from maskbatch.outputs.writers import (
     CROP_COLUMNS,
-    DETECTION_COLUMNS,
     EXTRACT_MANIFEST_COLUMNS,
     PREDICT_MANIFEST_COLUMNS,
+    detection_columns,
 )
 from maskbatch.photos import decoding, pixels, reading
 
@@ -137,13 +137,14 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
     (detections, manifest) in input order.
     """
     classifier = get_classifier(model)
+    n_classes, mask = len(classifier.class_names), classifier.mask_column
     detect.load_mode(detector.mode)
     manifest, rows = [], []
     for name, path in items:
         started = time.perf_counter()
         row = {"name": name, "path": "" if reading.refused_reason(path) else path, "status": "ok",
                "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0}
-        found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
+        found, probs = np.zeros((0, 5)), np.zeros((0, n_classes), np.float32)
         try:
             photo = reading.load_photo(path, limits)
             image = photo.image
@@ -152,7 +153,7 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
             crops = [fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
                               classifier.input_size) for x1, y1, x2, y2, _ in found]
             del image, photo
-            probs = classifier.mask_probability(crops)
+            probs = classifier.class_probabilities(crops)  # (faces, classes), card order
             if not np.isfinite(probs).all():
                 raise ImageError(NON_FINITE)
         except SkippedInput as exc:
@@ -162,14 +163,18 @@ def predict_partition(items: list[tuple[str, str]], detector: DetectorConfig, mo
         except Exception as exc:  # one photo's surprise (a detector error...) must not end the job
             row.update(status="failed", reason=unexpected_reason(exc))
         if row["status"] != "ok":
-            found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
+            found, probs = np.zeros((0, 5)), np.zeros((0, n_classes), np.float32)
         row["n_faces"] = len(found)
         # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
+        # mask_prob = P(face_with_mask); an N-class model adds every class's P (prob_<class>)
+        mask_prob = probs[:, mask] if mask is not None else np.full(len(probs), np.nan)
         rows.extend((name, int(x1), int(y1), int(x2), int(y2), label, float(score), float(p),
-                     row["width"], row["height"], classifier.sha256)
-                    for (x1, y1, x2, y2, score), p, label in zip(found, probs, classifier.label(probs)))
+                     row["width"], row["height"], classifier.sha256,
+                     *(map(float, each) if classifier.softmax else ()))
+                    for (x1, y1, x2, y2, score), p, label, each
+                    in zip(found, mask_prob, classifier.label(probs), probs))
         manifest.append(_finish(row, started))
-    detections = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+    detections = pd.DataFrame(rows, columns=detection_columns(classifier.class_names))
     return detections, pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
 
 

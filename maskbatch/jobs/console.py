@@ -38,8 +38,8 @@ def predict_table(result: PredictResult) -> str:
     lines = [
         f"images        {s['images']} ({s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped, "
         f"{s['processed_now']} processed by this run)",
-        f"faces         {s['faces']} ({s['faces_per_class'][MASK]} {MASK}, "
-        f"{s['faces_per_class'][NO_MASK]} {NO_MASK})",
+        f"faces         {s['faces']} ("
+        + ", ".join(f"{n} {c}" for c, n in s["faces_per_class"].items()) + ")",
         f"speed         {s['images_per_second']} images/s ({s['seconds']} s)",
     ]
     if s["worker_restarts"]:
