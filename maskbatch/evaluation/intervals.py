@@ -16,8 +16,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import CLASS_NAMES, MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
+from maskbatch.config import MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
 from maskbatch.evaluation.scoring import voc_ap
+from maskbatch.outputs.writers import run_classes
 
 LEVEL = 0.95
 METRICS = ("map", "faces_found", "label_accuracy")
@@ -49,13 +50,14 @@ class _Rows:
     def __init__(self, truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str]) -> None:
         index = {n: i for i, n in enumerate(names)}
         self.n_images = len(names)
-        faces = truth[truth["label"].isin(CLASS_NAMES)]
+        self.classes = run_classes(list(predictions.columns))  # prob_<class> columns, or 2
+        faces = truth[truth["label"].isin(self.classes)]
         self.face_image = faces["name"].map(index).to_numpy(np.int64)
         self.face_class = faces["label"].to_numpy()
         self.face_found = faces["found"].to_numpy(bool)
         self.face_right = (faces["found"] & (faces["pred_label"] == faces["label"])).to_numpy(bool)
         self.ranked = {}
-        for c in CLASS_NAMES:
+        for c in self.classes:
             rows = predictions[(predictions["classname"] == c)
                                & (predictions["status"] != "ignored")]
             order = np.argsort(-rows["rank_score"].to_numpy(), kind="stable")
@@ -66,7 +68,7 @@ class _Rows:
         """The metrics with photo i counted count[i] times."""
         face_w = count[self.face_image].astype(float)
         aps = []
-        for c in CLASS_NAMES:
+        for c in self.classes:
             image, hit = self.ranked[c]
             ap = _weighted_ap(hit, count[image].astype(float),
                               float(face_w[self.face_class == c].sum()))

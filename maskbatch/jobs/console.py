@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 
-from maskbatch.config import CLASS_NAMES, MASK, NO_MASK
+from maskbatch.config import MASK, NO_MASK
 from maskbatch.evaluation.intervals import difference_text, interval_text
 from maskbatch.jobs.evaluate import headline
 from maskbatch.jobs.extract import ExtractResult
@@ -107,7 +107,7 @@ def format_table(metrics: dict) -> str:
     header = f"{'':18}{'AP':>7}{'precision':>11}{'recall':>8}{'truth':>7}{'pred':>7}" \
              f"{'TP':>7}{'FP':>7}{'FN':>7}{'ignored':>9}\n"
     w(header)
-    rows = [(c, metrics["classes"][c]) for c in CLASS_NAMES] + \
+    rows = list(metrics["classes"].items()) + \
         [("detection (any)", metrics["detection"])]
     for label, m in rows:
         w(f"{label:18}{_fmt(m['ap']):>7}{_fmt(m['precision']):>11}{_fmt(m['recall']):>8}"

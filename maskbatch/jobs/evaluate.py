@@ -8,7 +8,6 @@ import warnings
 import numpy as np
 
 from maskbatch import files
-from maskbatch.config import CLASS_NAMES
 from maskbatch.errors import MaskbatchError
 from maskbatch.evaluation import page
 from maskbatch.evaluation.coco_ap import coco_metrics
@@ -112,7 +111,8 @@ def _evaluate(truth: str, pred_dir: str, iou: float, images_dir: str | None
     ev.metrics["n_predictions_outside_truth"] = outside
     if ev.metrics["n_predictions_unknown_class"]:
         warn_user(f"{ev.metrics['n_predictions_unknown_class']} predicted row(s) with a class other "
-              f"than {', '.join(CLASS_NAMES)}: false positives for every class")
+              f"than {', '.join(writers.run_classes(list(det.columns)))}: false positives for "
+              "every class")
     ev.per_image["predicted"] = ev.per_image["name"].isin(predicted)
 
     # where to find each photo for drawing, best first
