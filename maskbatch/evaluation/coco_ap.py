@@ -87,7 +87,9 @@ def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str
     ids = {img["file_name"]: img["id"] for img in gt_dict["images"]}
     p = predictions[predictions["name"].isin(ids.keys())
                     & predictions["classname"].isin(category_ids.keys())]
-    ranked = class_score(p["classname"], p["score"], p["mask_prob"], p[prob_columns(class_list)])
+    probs = [c for c in prob_columns(class_list) if c in p.columns]
+    ranked = class_score(p["classname"], p["score"], p["mask_prob"],
+                         p[probs] if len(probs) == len(class_list) else None)
     dets = [{"image_id": ids[n], "category_id": category_ids[c],
              "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)}
             for n, c, x1, y1, x2, y2, s in zip(p["name"], p["classname"], p["x1"], p["y1"],

@@ -135,7 +135,8 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
         raise MaskbatchError(f"--iou must be in (0, 1], got {iou}")
     classes = tuple(class_names or run_classes(list(predictions.columns)))
     label_map = label_map_for(classes) if label_map is None else label_map
-    probs = prob_columns(classes)
+    probs = prob_columns(classes)  # none for a 2-class run (also when scored for more classes)
+    probs = probs if set(probs) <= set(predictions.columns) else []
     names = list(dict.fromkeys(image_names if image_names is not None else truth["name"]))
     index = {n: i for i, n in enumerate(names)}
     class_index = {c: k for k, c in enumerate(classes)}
