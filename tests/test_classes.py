@@ -261,3 +261,84 @@ def test_bundled_two_class_model_gives_the_same_files_as_before(photos, tmp_path
     assert hashlib.sha256(det.to_csv(index=False).encode()).hexdigest() == BEFORE_DETECTION_ROWS
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["faces_per_class"]) == list(CLASS_NAMES)
+
+
+# --------------------------------------------------------------------------- extract and train
+
+
+def _incorrect_records(data, n_images: int = 24):
+    """VOC records of the first photos (name order) that hold a mask_weared_incorrect box."""
+    from maskbatch.datasets import load_records
+
+    records = load_records(str(data / "voc-masks"))
+    with_incorrect = [r for r in records if any(b.classname == "mask_weared_incorrect"
+                                                for b in r.boxes)]
+    return sorted(with_incorrect, key=lambda r: r.name)[:n_images]
+
+
+def test_extract_classes_3_keeps_incorrect_masks_as_a_label(data):
+    from maskbatch.cli import build_parser
+    from maskbatch.datasets import class_names_for
+    from maskbatch.pipeline import extract_partition
+
+    records = _incorrect_records(data, 4)
+    two, manifest_two = extract_partition(records, parse_label_map(None))
+    three, _ = extract_partition(records, parse_label_map(None, class_names_for(3)))
+    assert INCORRECT not in set(two["label"])
+    assert "class 'mask_weared_incorrect' is not a training label" in " ".join(
+        manifest_two["skipped_detail"])
+    incorrect = three[three["label"] == INCORRECT]
+    assert len(incorrect) and set(incorrect["source_classname"]) == {"mask_weared_incorrect"}
+    assert len(three) == len(two) + len(incorrect)
+    assert build_parser().parse_args(["extract", "d", "--out", "o", "--classes", "3"]).classes == 3
+    assert build_parser().parse_args(["extract", "d", "--out", "o"]).classes == 2
+    with pytest.raises(MaskbatchError, match="--classes must be 2 or 3"):
+        class_names_for(4)
+
+
+def test_train_data_and_metrics_for_three_classes():
+    from maskbatch.train import data as tdata
+    from maskbatch.train.metrics import multiclass_report
+
+    assert tdata.targets(CLASS_NAMES) == tdata.TARGET
+    assert tdata.targets(THREE_CLASS_NAMES) == {MASK: 0, NO_MASK: 1, INCORRECT: 2}
+    y = np.array([0, 0, 0, 1, 2, 2])
+    weights = tdata.class_weights(y, 3)
+    assert weights == {0: 6 / 9, 1: 2.0, 2: 1.0}
+    assert tdata.class_weights(np.array([1, 1, 0])) == {0: 1.5, 1: 0.75}  # two classes as before
+    probs = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    report = multiclass_report(y, probs, list(THREE_CLASS_NAMES))
+    assert report["confusion_matrix"]["rows_true_cols_pred"] == [[1, 2, 0], [0, 1, 0], [1, 0, 1]]
+    assert report["accuracy"] == round(3 / 6, 4) and report["threshold"] is None
+
+
+def test_train_classes_3_smoke_run_builds_a_softmax_model(data, tmp_path):
+    """Two training steps (about 60 crops, batch 32, one epoch, the compact net): the card lists
+    three classes, the ONNX model gives a softmax over them and predict can load it."""
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("tf2onnx")
+    from maskbatch.datasets import class_names_for
+    from maskbatch.pipeline import extract_partition
+
+    crops, _ = extract_partition(_incorrect_records(data), parse_label_map(None, class_names_for(3)))
+    folder = tmp_path / "crops"
+    writers.write_parquet_atomic(crops, str(folder / "crops" / "part-00000.parquet"))
+    (folder / "run.json").write_text(json.dumps({"dataset": str(tmp_path / "voc-incorrect")}))
+    out = tmp_path / "model"
+    code = ("from maskbatch.train import train; "
+            f"train([{str(folder)!r}], {str(out)!r}, arch='compact', epochs=1, batch_size=32, "
+            "limit=60, classes=3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["class_names"] == list(THREE_CLASS_NAMES) and "threshold" not in card
+    assert card["output"] == "softmax over class_names"
+    assert card["training"]["loss"] == "sparse_categorical_crossentropy"
+    assert set(card["training"]["class_weight"]) == set(THREE_CLASS_NAMES)
+    assert np.array(card["validation"]["confusion_matrix"]["rows_true_cols_pred"]).shape == (3, 3)
+    onnx_bytes, card = read_model(str(out))
+    check_model_loads(onnx_bytes, card, str(out))
+    probs = Classifier(onnx_bytes, card).probabilities(np.zeros((2, 124, 124, 3), np.float32))
+    assert probs.shape == (2, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -12,6 +12,7 @@ from maskbatch.datasets.records import (
     INCORRECT_LABEL_MAP,
     FaceBox,
     ImageRecord,
+    class_names_for,
     label_map_for,
     parse_label_map,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "INCORRECT_LABEL_MAP",
     "FaceBox",
     "ImageRecord",
+    "class_names_for",
     "label_map_for",
     "detect_layout",
     "load_records",

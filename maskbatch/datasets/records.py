@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from maskbatch.config import CLASS_NAMES, INCORRECT, MASK, NO_MASK
+from maskbatch.config import CLASS_NAMES, INCORRECT, MASK, NO_MASK, THREE_CLASS_NAMES
 from maskbatch.errors import MaskbatchError
 
 # Source class name -> training label. Names missing here are skipped with a reason.
@@ -17,6 +17,16 @@ DEFAULT_LABEL_MAP: dict[str, str] = {
 # Source names of the third class: mapped only for models (and crops) that have that class
 # (label_map_for); elsewhere those boxes stay what they are today (ignore regions, skipped crops).
 INCORRECT_LABEL_MAP: dict[str, str] = {INCORRECT: INCORRECT, "mask_weared_incorrect": INCORRECT}
+
+
+def class_names_for(n_classes: int) -> tuple[str, ...]:
+    """The classes of `--classes N`: 2 = face_with_mask, face_no_mask; 3 adds
+    face_with_mask_incorrect."""
+    if n_classes == 2:
+        return CLASS_NAMES
+    if n_classes == 3:
+        return THREE_CLASS_NAMES
+    raise MaskbatchError(f"--classes must be 2 or 3, got {n_classes}")
 
 
 def label_map_for(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> dict[str, str]:
