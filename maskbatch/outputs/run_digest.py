@@ -229,7 +229,8 @@ def gallery_jobs(digest: Digest) -> tuple[list[tuple[str, str, str]], list[Job]]
             items.append((section, caption, "photo"))
             jobs.append((preview_jpeg, (row.path, digest.boxes.get(row.name, []), GALLERY_SIDE)))
     for row in digest.uncertain.itertuples(index=False):
-        shown = "mask" if row.classname == MASK else "no mask"
+        shown = {MASK: "mask", NO_MASK: "no mask"}.get(row.classname,
+                                                       str(row.classname).replace("_", " "))
         items.append(("uncertain", f"{row.name}: {shown}, P(mask) {row.mask_prob:.2f}", "face"))
         jobs.append((face_jpeg, (row.path, (row.x1, row.x2, row.y1, row.y2), FACE_SIDE)))
     return items, jobs
