@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-map", nargs="+", metavar="SRC=DST",
                    help="extra class mappings, DST in face_with_mask, face_no_mask, skip "
                         "(e.g. mask_weared_incorrect=face_no_mask)")
+    p.add_argument("--classes", type=int, choices=[2, 3], default=2,
+                   help="2 (default): face_with_mask, face_no_mask; 3 also keeps "
+                        "face_with_mask_incorrect (VOC's mask_weared_incorrect) as a label")
     p.add_argument("--crop-size", type=_positive_int, default=CROP_SIZE,
                    help=f"square crop side in pixels (default: {CROP_SIZE})")
     p.add_argument("--split", choices=["train", "val"],
@@ -182,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="TensorFlow intra-op threads (default: 2 or $MASKBATCH_TRAIN_THREADS); the "
                         "weights depend on it, not on the machine's core count")
+    p.add_argument("--classes", type=int, choices=[2, 3], default=2,
+                   help="2 (default): one sigmoid output, P(face_with_mask), and a threshold; 3: "
+                        "a softmax over face_with_mask, face_no_mask, face_with_mask_incorrect "
+                        "(crops from `extract --classes 3`), labelled by its argmax")
 
     p = sub.add_parser("train-detector", help="fine-tune the face detector on labelled photos",
                        description="Fine-tune the YuNet face detector on labelled photos (every "
@@ -256,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", metavar="PRED_DIR",
                    help="another `maskbatch predict` output on the same photos: also report this "
                         "run's differences to it, with paired 95 %% intervals")
+    p.add_argument("--classes", type=int, choices=[2, 3],
+                   help="score these classes instead of the run's model's: 3 adds "
+                        "face_with_mask_incorrect (VOC's mask_weared_incorrect boxes, otherwise "
+                        "ignore regions)"),
     return parser
 
 
@@ -278,7 +289,7 @@ def _run(args: argparse.Namespace) -> None:
         result = extract(args.dataset, args.out, layout=args.layout, annotations=args.annotations,
                          label_map=args.label_map, crop_size=args.crop_size,
                          cluster_config=_cluster_config(args), overwrite=args.overwrite,
-                         split=args.split)
+                         split=args.split, classes=args.classes)
         print(extract_table(result))
     elif args.command == "predict":
 
@@ -299,7 +310,7 @@ def _run(args: argparse.Namespace) -> None:
 
         card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
                      batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops,
-                     threads=args.threads)
+                     threads=args.threads, classes=args.classes)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":
 
@@ -315,7 +326,8 @@ def _run(args: argparse.Namespace) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EvaluationWarning)  # format_table lists them
             metrics = evaluate(args.truth, args.pred, out_dir=args.out, iou=args.iou,
-                               resamples=args.resamples, baseline=args.baseline)
+                               resamples=args.resamples, baseline=args.baseline,
+                               classes=args.classes)
         print(format_table(metrics))
 
 

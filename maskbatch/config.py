@@ -10,6 +10,10 @@ __version__ = "0.1.0"
 # The classes a face gets, in the order of the classifier's P(mask) output.
 CLASS_NAMES = ("face_with_mask", "face_no_mask")
 MASK, NO_MASK = CLASS_NAMES
+# A third class (mask worn below the nose; VOC's `mask_weared_incorrect`): used only where a model
+# card lists it (an N-class softmax model, maskbatch.models.classifier) or `--classes 3` asks for it.
+INCORRECT = "face_with_mask_incorrect"
+THREE_CLASS_NAMES = (MASK, NO_MASK, INCORRECT)
 
 CROP_SIZE = 124  # the notebook's classifier input, and the size `extract` writes crops at
 

@@ -37,7 +37,7 @@ from maskbatch.config import DetectorConfig, InputLimits
 from maskbatch.errors import MaskbatchError
 from maskbatch.models import classifier, detect
 from maskbatch.models.classifier import ModelRef, read_model
-from maskbatch.outputs.writers import DETECTION_SCHEMA, MANIFEST_SCHEMA
+from maskbatch.outputs.writers import DETECTION_SCHEMA, MANIFEST_SCHEMA, detection_schema
 from maskbatch.pipeline import predict_partition
 from maskbatch.runtime import cluster
 from maskbatch.tasks import in_output_order
@@ -110,11 +110,16 @@ DETECTION_META = _meta(DETECTION_SCHEMA)
 MANIFEST_META = _meta(MANIFEST_SCHEMA)
 
 
-def to_dataframe(records: db.Bag, *, manifest: bool = False) -> dd.DataFrame:
+def to_dataframe(records: db.Bag, *, manifest: bool = False,
+                 class_names: tuple[str, ...] | None = None) -> dd.DataFrame:
     """A dask DataFrame of detection records (or, with `manifest`, of manifest records), with the
     columns and dtypes of detections.parquet (images.parquet): ready for `dd.to_parquet`,
-    `.compute()` into pandas, or DuckDB."""
-    return records.to_dataframe(meta=MANIFEST_META if manifest else DETECTION_META)
+    `.compute()` into pandas, or DuckDB. `class_names`: an N-class model's card's classes (its
+    records add the prob_<class> columns); default the two classes."""
+    if manifest:
+        return records.to_dataframe(meta=MANIFEST_META)
+    meta = DETECTION_META if class_names is None else _meta(detection_schema(class_names))
+    return records.to_dataframe(meta=meta)
 
 
 __all__ = ["DETECTION_META", "MANIFEST_META", "model_ref", "predict", "predict_with_manifest",

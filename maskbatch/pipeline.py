@@ -20,10 +20,10 @@ from maskbatch.models import detect
 from maskbatch.models.classifier import Classifier, ModelRef, fit_crop, get_classifier
 from maskbatch.outputs.writers import (
     CROP_COLUMNS,
-    DETECTION_COLUMNS,
     EXTRACT_MANIFEST_COLUMNS,
     FRAME_COLUMNS,
     PREDICT_MANIFEST_COLUMNS,
+    detection_columns,
 )
 from maskbatch.photos import decoding, pixels, reading, video
 
@@ -153,6 +153,7 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
              model: ModelRef, limits: InputLimits
              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     classifier = get_classifier(model)
+    n_classes = len(classifier.class_names)
     detect.load_mode(detector.mode)
     manifest: list[dict] = []
     rows: list[tuple] = []
@@ -166,7 +167,7 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
         row = {"name": name, "path": "" if reading.refused_reason(path) else path, "status": "ok",
                "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0,
                "frames": None, "duration_s": None}
-        found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
+        found, probs = np.zeros((0, 5)), np.zeros((0, n_classes), np.float32)
         try:
             photo = reading.load_photo(path, limits)
             row.update(height=photo.image.shape[0], width=photo.image.shape[1], reason=photo.note)
@@ -179,11 +180,11 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
         except Exception as exc:  # one photo's surprise (a detector error...) must not end the job
             row.update(status="failed", reason=unexpected_reason(exc))
         if row["status"] != "ok":
-            found, probs = np.zeros((0, 5)), np.zeros(0, np.float32)
+            found, probs = np.zeros((0, 5)), np.zeros((0, n_classes), np.float32)
         row["n_faces"] = len(found)
         rows.extend(face_rows(name, found, probs, classifier, row["width"], row["height"]))
         manifest.append(_finish(row, started))
-    detections = pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+    detections = pd.DataFrame(rows, columns=detection_columns(classifier.class_names))
     detections["frame"] = detections["frame"].astype("Int64")
     detections["time_s"] = detections["time_s"].astype("float64")
     manifest_frame = pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
@@ -196,12 +197,13 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
 def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classifier
                 ) -> tuple[np.ndarray, np.ndarray]:
     """One decoded image (a photo or a video frame) -> its faces (x1, y1, x2, y2, score) and
-    P(mask) of each: detect, drop faces under ``detector.min_face``, crop, classify. A P(mask)
-    that is not a finite number fails the image (ImageError NON_FINITE)."""
+    the probability of each class of the model's card, (faces, classes): detect, drop faces under
+    ``detector.min_face``, crop, classify. A probability that is not a finite number fails the
+    image (ImageError NON_FINITE)."""
     found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
     crops = [fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
                       classifier.input_size) for x1, y1, x2, y2, _ in found]
-    probs = classifier.mask_probability(crops)
+    probs = classifier.class_probabilities(crops)
     if not np.isfinite(probs).all():
         raise ImageError(NON_FINITE)
     return found, probs
@@ -210,11 +212,16 @@ def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classif
 def face_rows(name: str, found: np.ndarray, probs: np.ndarray, classifier: Classifier,
               width: int, height: int, frame: int | None = None, time_s: float | None = None
               ) -> list[tuple]:
-    """Detection rows (DETECTION_COLUMNS) of one image's faces."""
+    """Detection rows (detection_columns of the model's classes) of one image's faces."""
+    # mask_prob = P(face_with_mask); an N-class model adds every class's P (prob_<class>)
+    mask = classifier.mask_column
+    mask_prob = probs[:, mask] if mask is not None else np.full(len(probs), np.nan)
     # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
     return [(name, int(x1), int(y1), int(x2), int(y2), label, float(score), float(p),
-             width, height, classifier.sha256, frame, time_s)
-            for (x1, y1, x2, y2, score), p, label in zip(found, probs, classifier.label(probs))]
+             width, height, classifier.sha256, frame, time_s,
+             *(map(float, each) if classifier.softmax else ()))
+            for (x1, y1, x2, y2, score), p, label, each
+            in zip(found, mask_prob, classifier.label(probs), probs)]
 
 
 def _predict_segment(name: str, segment: video.Segment, detector: DetectorConfig,

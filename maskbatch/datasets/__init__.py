@@ -9,15 +9,21 @@ from __future__ import annotations
 from maskbatch.datasets.layouts import detect_layout, load_records, truth_table
 from maskbatch.datasets.records import (
     DEFAULT_LABEL_MAP,
+    INCORRECT_LABEL_MAP,
     FaceBox,
     ImageRecord,
+    class_names_for,
+    label_map_for,
     parse_label_map,
 )
 
 __all__ = [
     "DEFAULT_LABEL_MAP",
+    "INCORRECT_LABEL_MAP",
     "FaceBox",
     "ImageRecord",
+    "class_names_for",
+    "label_map_for",
     "detect_layout",
     "load_records",
     "parse_label_map",

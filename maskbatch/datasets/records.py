@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from maskbatch.config import MASK, NO_MASK
+from maskbatch.config import CLASS_NAMES, INCORRECT, MASK, NO_MASK, THREE_CLASS_NAMES
 from maskbatch.errors import MaskbatchError
 
 # Source class name -> training label. Names missing here are skipped with a reason.
@@ -14,6 +14,26 @@ DEFAULT_LABEL_MAP: dict[str, str] = {
     "with_mask": MASK,  # Pascal VOC set and folder-per-class crops
     "without_mask": NO_MASK,
 }
+# Source names of the third class: mapped only for models (and crops) that have that class
+# (label_map_for); elsewhere those boxes stay what they are today (ignore regions, skipped crops).
+INCORRECT_LABEL_MAP: dict[str, str] = {INCORRECT: INCORRECT, "mask_weared_incorrect": INCORRECT}
+
+
+def class_names_for(n_classes: int) -> tuple[str, ...]:
+    """The classes of `--classes N`: 2 = face_with_mask, face_no_mask; 3 adds
+    face_with_mask_incorrect."""
+    if n_classes == 2:
+        return CLASS_NAMES
+    if n_classes == 3:
+        return THREE_CLASS_NAMES
+    raise MaskbatchError(f"--classes must be 2 or 3, got {n_classes}")
+
+
+def label_map_for(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> dict[str, str]:
+    """DEFAULT_LABEL_MAP, plus the third class's source names where `class_names` has it."""
+    if INCORRECT in class_names:
+        return {**DEFAULT_LABEL_MAP, **INCORRECT_LABEL_MAP}
+    return dict(DEFAULT_LABEL_MAP)
 
 
 @dataclass(frozen=True)
@@ -41,17 +61,19 @@ class ImageRecord:
     extra: dict = field(default_factory=dict, compare=False)
 
 
-def parse_label_map(items: list[str] | None) -> dict[str, str]:
-    """DEFAULT_LABEL_MAP updated with `SRC=DST` items; DST may be `skip` to drop a class."""
-    mapping = dict(DEFAULT_LABEL_MAP)
+def parse_label_map(items: list[str] | None, class_names: tuple[str, ...] | list[str] = CLASS_NAMES
+                    ) -> dict[str, str]:
+    """label_map_for(class_names) updated with `SRC=DST` items; DST may be `skip` to drop a class."""
+    mapping = label_map_for(class_names)
     for item in items or []:
         src, sep, dst = item.partition("=")
         if not sep or not src or not dst:
             raise MaskbatchError(f"--label-map expects SRC=DST, got {item!r}")
         if dst == "skip":
             mapping.pop(src, None)
-        elif dst not in (MASK, NO_MASK):
-            raise MaskbatchError(f"--label-map target must be {MASK}, {NO_MASK} or skip, not {dst!r}")
+        elif dst not in class_names:
+            raise MaskbatchError(f"--label-map target must be {', '.join(class_names)} or skip, "
+                                 f"not {dst!r}")
         else:
             mapping[src] = dst
     return mapping

@@ -10,9 +10,9 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import CLASS_NAMES
-from maskbatch.datasets import DEFAULT_LABEL_MAP
-from maskbatch.outputs.coco import CATEGORIES, CATEGORY_IDS, class_score
+from maskbatch.datasets import label_map_for
+from maskbatch.outputs.coco import categories, class_score
+from maskbatch.outputs.writers import prob_columns, run_classes
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 
@@ -41,8 +41,11 @@ def summary_ap(precision: np.ndarray, iou_thresholds: np.ndarray | None = None,
     return float(s.mean()) if s.size else -1.0
 
 
-def _truth_dataset(truth: pd.DataFrame, names: list[str], label_map: dict[str, str]) -> dict:
-    """A COCO ground-truth dict: faces of the two classes, ignore regions as crowd boxes."""
+def _truth_dataset(truth: pd.DataFrame, names: list[str], label_map: dict[str, str],
+                   class_names: tuple[str, ...]) -> dict:
+    """A COCO ground-truth dict: faces of the classes, ignore regions as crowd boxes."""
+    cats = categories(class_names)
+    category_ids = {c["name"]: c["id"] for c in cats}
     ids = {n: k + 1 for k, n in enumerate(names)}
     t = truth[truth["name"].isin(ids.keys())]
     annotations = []
@@ -51,19 +54,20 @@ def _truth_dataset(truth: pd.DataFrame, names: list[str], label_map: dict[str, s
         box = {"image_id": ids[row.name], "bbox": [float(row.x1), float(row.y1), w, h],
                "area": w * h}
         label = label_map.get(row.classname)
-        if label in CATEGORY_IDS:
-            annotations.append({**box, "category_id": CATEGORY_IDS[label], "iscrowd": 0})
-        else:  # an ignore region counts for neither class
+        if label in category_ids:
+            annotations.append({**box, "category_id": category_ids[label], "iscrowd": 0})
+        else:  # an ignore region counts for no class
             annotations.extend({**box, "category_id": c, "iscrowd": 1}
-                               for c in CATEGORY_IDS.values())
+                               for c in category_ids.values())
     for k, a in enumerate(annotations):
         a["id"] = k + 1
     return {"images": [{"id": i, "file_name": n} for n, i in ids.items()],
-            "categories": CATEGORIES, "annotations": annotations}
+            "categories": cats, "annotations": annotations}
 
 
 def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str],
-                 label_map: dict[str, str] | None = None) -> dict:
+                 label_map: dict[str, str] | None = None,
+                 class_names: tuple[str, ...] | None = None) -> dict:
     """COCO bbox AP of `predictions` against `truth`, computed by pycocotools.
 
     truth: name, x1, y1, x2, y2 (left, top, right, bottom), classname; predictions: the same
@@ -76,13 +80,17 @@ def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str
     except ImportError as exc:
         return {"available": False, "reason": f"pycocotools not installed ({exc})"}
 
-    label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
-    gt_dict = _truth_dataset(truth, names, label_map)
+    class_list = tuple(class_names or run_classes(list(predictions.columns)))
+    label_map = label_map_for(class_list) if label_map is None else label_map
+    gt_dict = _truth_dataset(truth, names, label_map, class_list)
+    category_ids = {c["name"]: c["id"] for c in gt_dict["categories"]}
     ids = {img["file_name"]: img["id"] for img in gt_dict["images"]}
     p = predictions[predictions["name"].isin(ids.keys())
-                    & predictions["classname"].isin(CATEGORY_IDS.keys())]
-    ranked = class_score(p["classname"], p["score"], p["mask_prob"])
-    dets = [{"image_id": ids[n], "category_id": CATEGORY_IDS[c],
+                    & predictions["classname"].isin(category_ids.keys())]
+    probs = [c for c in prob_columns(class_list) if c in p.columns]
+    ranked = class_score(p["classname"], p["score"], p["mask_prob"],
+                         p[probs] if len(probs) == len(class_list) else None)
+    dets = [{"image_id": ids[n], "category_id": category_ids[c],
              "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)}
             for n, c, x1, y1, x2, y2, s in zip(p["name"], p["classname"], p["x1"], p["y1"],
                                                p["x2"], p["y2"], ranked)]
@@ -94,7 +102,7 @@ def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str
         gt.createIndex()
         if not dets:
             return {"available": True, "ap": 0.0, "ap50": 0.0, "ap75": 0.0,
-                    "classes": {c: {"ap50": 0.0} for c in CLASS_NAMES}}
+                    "classes": {c: {"ap50": 0.0} for c in class_list}}
         dt = gt.loadRes(dets)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.maxDets = [1, 10, max_dets]
@@ -104,7 +112,7 @@ def coco_metrics(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str
     precision = ev.eval["precision"]  # [iou threshold, recall point, class, area, max dets]
     iou_thresholds = ev.params.iouThrs
     classes = {}
-    for k, name in enumerate(CLASS_NAMES):
+    for k, name in enumerate(class_list):
         q = precision[0, :, k, 0, -1]
         classes[name] = {"ap50": float(q.mean()) if (q > -1).all() else math.nan}
     return {

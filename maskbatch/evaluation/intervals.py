@@ -16,8 +16,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import CLASS_NAMES, MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
+from maskbatch.config import MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
 from maskbatch.evaluation.scoring import voc_ap
+from maskbatch.outputs.writers import run_classes
 
 LEVEL = 0.95
 METRICS = ("map", "faces_found", "label_accuracy")
@@ -46,16 +47,19 @@ def _weighted_ap(hit: np.ndarray, weight: np.ndarray, n_truth: float) -> float:
 class _Rows:
     """The evaluation's rows as arrays of photo indices, in ranking order per class."""
 
-    def __init__(self, truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str]) -> None:
+    def __init__(self, truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str],
+                 class_names: tuple[str, ...] | None = None) -> None:
         index = {n: i for i, n in enumerate(names)}
         self.n_images = len(names)
-        faces = truth[truth["label"].isin(CLASS_NAMES)]
+        # the scored classes: given, else the run's (prob_<class> columns, or the two)
+        self.classes = tuple(class_names or run_classes(list(predictions.columns)))
+        faces = truth[truth["label"].isin(self.classes)]
         self.face_image = faces["name"].map(index).to_numpy(np.int64)
         self.face_class = faces["label"].to_numpy()
         self.face_found = faces["found"].to_numpy(bool)
         self.face_right = (faces["found"] & (faces["pred_label"] == faces["label"])).to_numpy(bool)
         self.ranked = {}
-        for c in CLASS_NAMES:
+        for c in self.classes:
             rows = predictions[(predictions["classname"] == c)
                                & (predictions["status"] != "ignored")]
             order = np.argsort(-rows["rank_score"].to_numpy(), kind="stable")
@@ -66,7 +70,7 @@ class _Rows:
         """The metrics with photo i counted count[i] times."""
         face_w = count[self.face_image].astype(float)
         aps = []
-        for c in CLASS_NAMES:
+        for c in self.classes:
             image, hit = self.ranked[c]
             ap = _weighted_ap(hit, count[image].astype(float),
                               float(face_w[self.face_class == c].sum()))
@@ -81,7 +85,8 @@ class _Rows:
 
 def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str],
                     resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL,
-                    baseline: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> dict:
+                    baseline: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+                    class_names: tuple[str, ...] | None = None) -> dict:
     """Percentile intervals of mAP, faces found and right label over photo resamples.
 
     `truth` and `predictions` are an Evaluation's tables (truth: name, label, found, pred_label;
@@ -91,8 +96,8 @@ def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[
     number is this run's minus the baseline's, both on the same resample (a paired interval:
     the photos' own difficulty cancels, so it is narrower than the two intervals side by side).
     """
-    rows = _Rows(truth, predictions, names)
-    other = None if baseline is None else _Rows(*baseline, names)
+    rows = _Rows(truth, predictions, names, class_names)
+    other = None if baseline is None else _Rows(*baseline, names, class_names)
 
     def measure(count: np.ndarray) -> dict[str, float]:
         values = rows.metrics(count)

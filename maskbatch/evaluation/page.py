@@ -25,7 +25,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from maskbatch import files
-from maskbatch.config import CLASS_NAMES, MASK
+from maskbatch.config import MASK
 from maskbatch.errors import ImageError
 from maskbatch.evaluation.intervals import difference_text, interval_text
 from maskbatch.outputs import writers
@@ -43,7 +43,8 @@ IGNORE_COLOUR = (150, 150, 150)
 CORRECT_COLOUR = (220, 90, 20)
 WRONG_COLOUR = (30, 30, 220)
 IGNORED_PRED_COLOUR = (0, 150, 255)
-CLASS_COLOURS = {"face_with_mask": "tab:blue", "face_no_mask": "tab:orange", "detection": "0.4"}
+CLASS_COLOURS = {"face_with_mask": "tab:blue", "face_no_mask": "tab:orange",
+                 "face_with_mask_incorrect": "tab:green", "detection": "0.4"}
 
 
 def _png(fig: Figure) -> bytes:
@@ -153,7 +154,9 @@ def draw_evaluation(image: np.ndarray, truth: pd.DataFrame, predictions: pd.Data
         colour = {"tp": CORRECT_COLOUR, "ignored": IGNORED_PRED_COLOUR}.get(row.status,
                                                                           WRONG_COLOUR)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
-        prob = row.mask_prob if row.classname == MASK else 1.0 - row.mask_prob
+        prob = getattr(row, f"prob_{row.classname}", None)  # an N-class model's P(class)
+        if prob is None:
+            prob = row.mask_prob if row.classname == MASK else 1.0 - row.mask_prob
         conf = f" {prob:.2f}" if not math.isnan(prob) else ""
         _text(out, f"{_short(row.classname)}{conf}", x1, y1 - 3, colour, font)
     return out
@@ -208,7 +211,7 @@ def _metrics_html(m: dict) -> str:
     head = ("<tr><th></th><th>AP</th><th>precision</th><th>recall</th><th>truth</th>"
             "<th>predicted</th><th>TP</th><th>FP</th><th>FN</th><th>ignored</th></tr>")
     rows = []
-    for label, c in [(c, m["classes"][c]) for c in CLASS_NAMES] + \
+    for label, c in list(m["classes"].items()) + \
             [("detection (any class)", m["detection"])]:
         rows.append(
             f"<tr><th>{html.escape(label)}</th><td>{_fmt(c['ap'])}</td>"

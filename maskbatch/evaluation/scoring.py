@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import CLASS_NAMES
-from maskbatch.datasets import DEFAULT_LABEL_MAP
+from maskbatch.datasets import label_map_for
 from maskbatch.errors import MaskbatchError
 from maskbatch.evaluation.coco_ap import ap_101
 from maskbatch.evaluation.matching import (
@@ -23,6 +22,8 @@ from maskbatch.evaluation.matching import (
     match_all,
 )
 from maskbatch.evaluation.truth import BOX_COLUMNS, TRUTH_COLUMNS
+from maskbatch.outputs.coco import class_score
+from maskbatch.outputs.writers import prob_columns, run_classes
 
 SIZE_BINS: tuple[tuple[float, float, str], ...] = (
     (0.0, 16.0, "<16"),
@@ -34,6 +35,8 @@ SIZE_BINS: tuple[tuple[float, float, str], ...] = (
 
 RANKING = ("score * P(class), P(face_with_mask) = mask_prob, P(face_no_mask) = 1 - mask_prob; "
            "a row counts only for the class the job wrote")
+RANKING_N = ("score * P(class), P(class) = prob_<class> (an N-class model's softmax); "
+             "a row counts only for the class the job wrote")
 
 
 @dataclass
@@ -113,7 +116,8 @@ def _counts(status: np.ndarray, n_truth: int) -> dict:
 def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
                      image_names: list[str] | None = None, iou: float = 0.5,
                      label_map: dict[str, str] | None = None,
-                     map_chunks: MapChunks | None = None) -> Evaluation:
+                     map_chunks: MapChunks | None = None,
+                     class_names: tuple[str, ...] | None = None) -> Evaluation:
     """Match predictions to truth and compute every metric (pure: no files).
 
     truth: name, x1, y1, x2, y2 (left, top, right, bottom), classname (source names, mapped
@@ -123,13 +127,19 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
     image_names: the images evaluated (default: the names in `truth`); predictions on other
       images are left out.
     map_chunks: runs the per-image matching in parallel (see matching.match_all); None: here.
+    class_names: the classes scored, in order (default: the run's, from its prob_<class>
+      columns, else CLASS_NAMES). With face_with_mask_incorrect among them, the default label
+      map also maps VOC's mask_weared_incorrect to it (else those boxes are ignore regions).
     """
     if not 0.0 < iou <= 1.0:
         raise MaskbatchError(f"--iou must be in (0, 1], got {iou}")
-    label_map = DEFAULT_LABEL_MAP if label_map is None else label_map
+    classes = tuple(class_names or run_classes(list(predictions.columns)))
+    label_map = label_map_for(classes) if label_map is None else label_map
+    probs = prob_columns(classes)  # none for a 2-class run (also when scored for more classes)
+    probs = probs if set(probs) <= set(predictions.columns) else []
     names = list(dict.fromkeys(image_names if image_names is not None else truth["name"]))
     index = {n: i for i, n in enumerate(names)}
-    class_index = {c: k for k, c in enumerate(CLASS_NAMES)}
+    class_index = {c: k for k, c in enumerate(classes)}
 
     t = truth.loc[truth["name"].isin(index), TRUTH_COLUMNS].reset_index(drop=True)
     t[BOX_COLUMNS] = t[BOX_COLUMNS].astype(float)
@@ -138,13 +148,17 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
     t["size"] = np.minimum(t["x2"] - t["x1"], t["y2"] - t["y1"])
 
     p = predictions.loc[predictions["name"].isin(index)].reset_index(drop=True)
-    p = p[["name", *BOX_COLUMNS, "classname", "score", "mask_prob"]].copy()
-    p[BOX_COLUMNS + ["score", "mask_prob"]] = p[BOX_COLUMNS + ["score", "mask_prob"]].astype(float)
+    p = p[["name", *BOX_COLUMNS, "classname", "score", "mask_prob", *probs]].copy()
+    floats = BOX_COLUMNS + ["score", "mask_prob", *probs]
+    p[floats] = p[floats].astype(float)
     p_cls = p["classname"].map(lambda c: class_index.get(c, UNKNOWN_CLASS)).to_numpy(np.int64)
     prob = p["mask_prob"].to_numpy()
-    p_class_prob = np.where(p_cls == 0, prob, np.where(p_cls == 1, 1.0 - prob, np.nan))
     score = p["score"].to_numpy()
-    rank = np.where(np.isnan(p_class_prob), score, score * p_class_prob)
+    if probs:  # an N-class model: P(class) from its prob_<class> columns
+        rank = class_score(p["classname"], p["score"], p["mask_prob"], p[probs])
+    else:
+        p_class_prob = np.where(p_cls == 0, prob, np.where(p_cls == 1, 1.0 - prob, np.nan))
+        rank = np.where(np.isnan(p_class_prob), score, score * p_class_prob)
     p["rank_score"] = rank
 
     # group rows by image: positions of each image's rows
@@ -184,10 +198,10 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
     p["truth_label"] = ""
     p.loc[hit, "truth_label"] = t["label"].to_numpy()[det_match[hit]]
 
-    metrics: dict = {"iou": float(iou), "ranking": RANKING, "classes": {}}
+    metrics: dict = {"iou": float(iou), "ranking": RANKING_N if probs else RANKING, "classes": {}}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     aps = []
-    for k, c in enumerate(CLASS_NAMES):
+    for k, c in enumerate(classes):
         sel = p_cls == k
         n_truth = int((t_cls == k).sum())
         recall, precision, ap = _pr_curve(status_cls[sel], rank[sel], n_truth)
@@ -213,14 +227,14 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
 
     matched = faces[faces["found"]]
     matrix = [[int(((matched["label"] == tl) & (matched["pred_label"] == pl)).sum())
-               for pl in CLASS_NAMES] for tl in CLASS_NAMES]
+               for pl in classes] for tl in classes]
     n_matched = sum(map(sum, matrix))
     metrics["confusion"] = {
-        "labels": list(CLASS_NAMES),
+        "labels": list(classes),
         "rows": "truth",
         "columns": "predicted",
         "matrix": matrix,
-        "label_accuracy": _ratio(matrix[0][0] + matrix[1][1], n_matched),
+        "label_accuracy": _ratio(sum(matrix[k][k] for k in range(len(classes))), n_matched),
     }
 
     g_t = t.assign(missed=~t["found"] & (t["label"] != "ignore"),
@@ -239,7 +253,7 @@ def score_detections(truth: pd.DataFrame, predictions: pd.DataFrame,
 
     metrics["n_images"] = len(names)
     metrics["n_truth_faces"] = n_faces
-    metrics["n_truth_by_class"] = {c: int((t_cls == k).sum()) for k, c in enumerate(CLASS_NAMES)}
+    metrics["n_truth_by_class"] = {c: int((t_cls == k).sum()) for k, c in enumerate(classes)}
     metrics["n_ignore_regions"] = int((t_cls == IGNORE_CLASS).sum())
     metrics["ignore_classes"] = sorted(set(t.loc[t_cls == IGNORE_CLASS, "classname"]))
     metrics["n_predictions"] = int(len(p))

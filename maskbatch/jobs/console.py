@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 
-from maskbatch.config import CLASS_NAMES, MASK, NO_MASK
+from maskbatch.config import INCORRECT, MASK, NO_MASK
 from maskbatch.evaluation.intervals import difference_text, interval_text
 from maskbatch.jobs.evaluate import headline
 from maskbatch.jobs.extract import ExtractResult
@@ -14,14 +14,16 @@ from maskbatch.jobs.predict import PredictResult, summary
 
 def extract_table(result: ExtractResult) -> str:
     m = result.manifest
+    third = any(counts.get(INCORRECT) for counts in result.counts.values())  # --classes 3
     lines = [f"{'dataset':<12}{'images':>8}{'ok':>7}{'skipped':>9}{'failed':>8}"
-             f"{'mask':>8}{'no_mask':>9}{'dup':>6}"]
+             f"{'mask':>8}{'no_mask':>9}" + (f"{'incorrect':>10}" if third else "") + f"{'dup':>6}"]
     for dataset, counts in result.counts.items():
         name = dataset.rstrip("/").rsplit("/", 1)[-1][:11]
         lines.append(f"{name:<12}{len(m):>8}{(m.status == 'ok').sum():>7}"
                      f"{(m.status == 'skipped').sum():>9}{(m.status == 'failed').sum():>8}"
                      f"{counts.get(MASK, 0):>8}{counts.get(NO_MASK, 0):>9}"
-                     f"{result.duplicates:>6}")
+                     + (f"{counts.get(INCORRECT, 0):>10}" if third else "")
+                     + f"{result.duplicates:>6}")
     rate = len(m) / result.seconds if result.seconds else 0.0
     lines.append(f"{result.crops} crops in {result.seconds:.1f}s ({rate:.1f} images/s) -> "
                  f"{result.out_dir}/crops/, manifest.parquet, class_counts.png")
@@ -38,8 +40,8 @@ def predict_table(result: PredictResult) -> str:
     lines = [
         f"images        {s['images']} ({s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped, "
         f"{s['processed_now']} processed by this run)",
-        f"faces         {s['faces']} ({s['faces_per_class'][MASK]} {MASK}, "
-        f"{s['faces_per_class'][NO_MASK]} {NO_MASK})",
+        f"faces         {s['faces']} ("
+        + ", ".join(f"{n} {c}" for c, n in s["faces_per_class"].items()) + ")",
         f"speed         {s['images_per_second']} images/s ({s['seconds']} s)",
     ]
     if s.get("video_frames"):
@@ -113,7 +115,7 @@ def format_table(metrics: dict) -> str:
     header = f"{'':18}{'AP':>7}{'precision':>11}{'recall':>8}{'truth':>7}{'pred':>7}" \
              f"{'TP':>7}{'FP':>7}{'FN':>7}{'ignored':>9}\n"
     w(header)
-    rows = [(c, metrics["classes"][c]) for c in CLASS_NAMES] + \
+    rows = list(metrics["classes"].items()) + \
         [("detection (any)", metrics["detection"])]
     for label, m in rows:
         w(f"{label:18}{_fmt(m['ap']):>7}{_fmt(m['precision']):>11}{_fmt(m['recall']):>8}"

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from maskbatch import files
-from maskbatch.config import CLASS_NAMES
+from maskbatch.datasets import class_names_for
 from maskbatch.errors import MaskbatchError
 from maskbatch.evaluation import page
 from maskbatch.evaluation.coco_ap import coco_metrics
@@ -36,7 +36,7 @@ def json_safe(obj: object) -> object:
 
 def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float = 0.5,
              images_dir: str | None = None, resamples: int | None = None,
-             baseline: str | None = None) -> dict:
+             baseline: str | None = None, classes: int | None = None) -> dict:
     """Score the run in `pred_dir` against `truth`; write metrics.json, plots and page.html.
 
     truth: a labelled folder (Kaggle: annotations/*.json or train.csv; Pascal VOC:
@@ -47,6 +47,10 @@ def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float =
       (maskbatch.intervals; 0: none; None: 1000, fewer for very large evaluations).
     baseline: the output folder of another run on the same photos; metrics["baseline"] then
       holds its numbers and this run's differences to them, with paired intervals.
+    classes: score these many classes (2 or 3; maskbatch.datasets.class_names_for) instead of the
+      run's own (an N-class model's prob_<class> columns, else the two). With
+      face_with_mask_incorrect among them, VOC's mask_weared_incorrect boxes are faces of that
+      class; otherwise they are ignore regions.
     Returns the metrics dict (as written to metrics.json, NaN as None); `format_table` prints it.
     """
 
@@ -54,16 +58,20 @@ def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float =
         raise MaskbatchError(f"--resamples must be 0 or more, got {resamples}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationWarning)
-        ev, paths = _evaluate(truth, pred_dir, iou, images_dir)
-        base = None if baseline is None else _evaluate(truth, baseline, iou, images_dir)[0]
+        class_names = None if classes is None else class_names_for(classes)
+        ev, paths = _evaluate(truth, pred_dir, iou, images_dir, class_names)
+        base = None if baseline is None else _evaluate(truth, baseline, iou, images_dir,
+                                                       class_names)[0]
     names = list(ev.per_image["name"])
     if resamples is None:
         resamples = default_resamples(len(ev.truth) + len(ev.predictions))
     if resamples:
-        ev.metrics["intervals"] = photo_intervals(ev.truth, ev.predictions, names, resamples)
+        ev.metrics["intervals"] = photo_intervals(ev.truth, ev.predictions, names, resamples,
+                                                  class_names=class_names)
     if base is not None:
         difference = photo_intervals(ev.truth, ev.predictions, names, resamples,
-                                     baseline=(base.truth, base.predictions))
+                                     baseline=(base.truth, base.predictions),
+                                     class_names=class_names)
         ev.metrics["baseline"] = {"pred": baseline, **headline(base.metrics),
                                   "difference": difference}
     messages = [str(w.message) for w in caught if issubclass(w.category, EvaluationWarning)]
@@ -78,7 +86,8 @@ def evaluate(truth: str, pred_dir: str, out_dir: str | None = None, iou: float =
     return ev.metrics
 
 
-def _evaluate(truth: str, pred_dir: str, iou: float, images_dir: str | None
+def _evaluate(truth: str, pred_dir: str, iou: float, images_dir: str | None,
+              class_names: tuple[str, ...] | None = None
               ) -> tuple[Evaluation, dict[str, list[str]]]:
     det, manifest = read_predictions(pred_dir)
     boxes, names, truth_images = read_truth(truth)
@@ -105,14 +114,16 @@ def _evaluate(truth: str, pred_dir: str, iou: float, images_dir: str | None
               "predicted with no faces")
     outside = int((~det["name"].isin(set(names))).sum())
     parallel = bags.map_chunks if len(names) >= PARALLEL_MIN_IMAGES else None
-    ev = score_detections(boxes, det, names, iou, map_chunks=parallel)
+    ev = score_detections(boxes, det, names, iou, map_chunks=parallel, class_names=class_names)
 
-    ev.metrics["coco"] = coco_metrics(boxes, det, names)
+    ev.metrics["coco"] = coco_metrics(boxes, det, names, class_names=class_names)
     ev.metrics["n_images_not_predicted"] = len(names) - len(in_run)
     ev.metrics["n_predictions_outside_truth"] = outside
     if ev.metrics["n_predictions_unknown_class"]:
         warn_user(f"{ev.metrics['n_predictions_unknown_class']} predicted row(s) with a class other "
-              f"than {', '.join(CLASS_NAMES)}: false positives for every class")
+              f"than {', '.join(class_names or writers.run_classes(list(det.columns)))}: false "
+              "positives for "
+              "every class")
     ev.per_image["predicted"] = ev.per_image["name"].isin(predicted)
 
     # where to find each photo for drawing, best first

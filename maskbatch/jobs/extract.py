@@ -11,8 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from maskbatch import files
-from maskbatch.config import CROP_SIZE, MASK, NO_MASK, ClusterConfig, __version__
-from maskbatch.datasets import load_records, parse_label_map, splits
+from maskbatch.config import CROP_SIZE, INCORRECT, MASK, NO_MASK, ClusterConfig, __version__
+from maskbatch.datasets import class_names_for, load_records, parse_label_map, splits
 from maskbatch.errors import MaskbatchError
 from maskbatch.jobs.outdir import prepare_out_dir
 from maskbatch.outputs import writers
@@ -34,13 +34,15 @@ class ExtractResult:
 def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: str = "auto",
             label_map: list[str] | None = None, crop_size: int = CROP_SIZE,
             cluster_config: ClusterConfig = ClusterConfig(), overwrite: bool = False,
-            split: str | None = None) -> ExtractResult:
+            split: str | None = None, classes: int = 2) -> ExtractResult:
     """Crop every labelled face of a dataset folder into Parquet shards, in parallel on Dask.
 
     `split` ('train' or 'val') keeps only the photos of that part of the committed split of the
     dataset named by the folder's last component (maskbatch.datasets.splits).
+    `classes` 3 keeps face_with_mask_incorrect (VOC's mask_weared_incorrect) as a label of its
+    own; with 2 (the default) those boxes are skipped with a reason unless `label_map` maps them.
     """
-    mapping = parse_label_map(label_map)
+    mapping = parse_label_map(label_map, class_names_for(classes))
     records = load_records(dataset, layout, annotations)
     if split is not None:
         records = splits.in_part(records, splits.dataset_name(dataset), split)
@@ -49,7 +51,8 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
                              + (f" in the {split} split" if split else ""))
     prepare_out_dir(out_dir, overwrite, inputs=[dataset])
     writers.write_json_atomic({"command": "extract", "dataset": dataset, "version": __version__,
-                              "crop_size": crop_size, "label_map": mapping, "split": split},
+                              "crop_size": crop_size, "label_map": mapping, "split": split,
+                              **({"classes": classes} if classes != 2 else {})},
                              files.join(out_dir, "run.json"))
     started = time.perf_counter()
     manifests: dict[int, pd.DataFrame] = {}
@@ -81,8 +84,11 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
 def _class_count_plot(counts: dict[str, int], dataset: str, url: str) -> None:
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
-    values = [counts.get(label, 0) for label in (MASK, NO_MASK)]
-    bars = ax.bar(["mask", "no mask"], values, color=["#3cb43c", "#e62828"])
+    labels, names, colours = [MASK, NO_MASK], ["mask", "no mask"], ["#3cb43c", "#e62828"]
+    if counts.get(INCORRECT):  # `--classes 3`
+        labels, names, colours = labels + [INCORRECT], names + ["below nose"], colours + ["#f0a000"]
+    values = [counts.get(label, 0) for label in labels]
+    bars = ax.bar(names, values, color=colours)
     ax.bar_label(bars)
     ax.set_ylabel("face crops")
     ax.set_title(f"Crops per class: {Path(dataset.rstrip('/')).name}")

@@ -15,9 +15,8 @@ import pandas as pd
 
 from maskbatch import files, storage
 from maskbatch.config import (
-    MASK,
+    CLASS_NAMES,
     MAX_PIXELS_CEILING,
-    NO_MASK,
     VIDEO_FPS,
     VIDEO_SEGMENT_SECONDS,
     ClusterConfig,
@@ -31,6 +30,7 @@ from maskbatch.models import detect
 from maskbatch.models.classifier import (
     Classifier,
     ModelRef,
+    class_names_of,
     default_model_dir,
     model_ref,
     preprocess,
@@ -53,7 +53,8 @@ class PredictResult:
                  wall_seconds: float = 0.0, startup_seconds: float = 0.0,
                  partition_size: int = 0, stats: window.RunStats | None = None,
                  worker_restarts: int = 0, detections: pd.DataFrame | None = None,
-                 manifest: pd.DataFrame | None = None) -> None:
+                 manifest: pd.DataFrame | None = None,
+                 class_names: tuple[str, ...] = CLASS_NAMES) -> None:
         self.out_dir = out_dir
         self.seconds = seconds  # processing: from the first task submitted to the last committed
         self.processed = processed  # images processed by this call (fewer after --resume)
@@ -64,6 +65,7 @@ class PredictResult:
         self.partition_size = partition_size
         self.stats = stats or window.RunStats()
         self.worker_restarts = worker_restarts  # worker processes lost while this call ran
+        self.class_names = class_names  # the model card's, in its order
         self._frames: dict[str, pd.DataFrame] = {}
         if detections is not None:
             self._frames["detections.parquet"] = detections
@@ -143,6 +145,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     onnx_bytes, card = read_model(model)
     check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
     ref = model_ref(model, card)
+    classes = class_names_of(card)
     record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto", fps,
                          segment_seconds)
     if resume:
@@ -193,18 +196,20 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         seconds = time.perf_counter() - started
         restarts = cluster.workers_lost(client, events_since)
         final_started = time.perf_counter()
-        counts = parts.compact(out_dir, [name for name, _ in inputs], previews)
+        counts = parts.compact(out_dir, [name for name, _ in inputs], previews, classes)
         if previews:
             _write_previews(client, out_dir, counts.previews)
         result = PredictResult(out_dir, seconds, todo, counts, dash,
                                time.perf_counter() - wall_started,
-                               (stats.first_submit or started) - called, size, stats, restarts)
+                               (stats.first_submit or started) - called, size, stats, restarts,
+                               class_names=classes)
         # the report's digest and the COCO files read the final tables in batches: the driver
         # never holds every detection (docs/benchmarks.md)
         digest = run_digest.Digest.of_out_dir(out_dir, float(card.get("threshold", 0.5)),
-                                              n_first=min(previews, 8) or run_digest.N_FIRST)
+                                              n_first=min(previews, 8) or run_digest.N_FIRST,
+                                              class_names=classes)
         gallery = run_digest.draw_gallery(digest, functools.partial(window.call_each, client))
-        coco.write_coco(out_dir)
+        coco.write_coco(out_dir, classes)
         # the final step: compaction, previews, the report's digest and gallery, COCO files
         counts.seconds = time.perf_counter() - final_started
         result.wall_seconds = time.perf_counter() - wall_started
@@ -251,15 +256,20 @@ def check_model_loads(onnx_bytes: bytes, card: dict, where: str) -> None:
     except Exception as exc:
         raise MaskbatchError(f"model {where} does not load: {_first_line(exc)}") from None
     try:  # two blank crops of the card's input size: a model that does not fit its card fails here
-        probs = classifier.predict_batch(preprocess(
+        out = classifier.raw_output(preprocess(
             [np.zeros((classifier.input_size,) * 2 + (3,), np.uint8)] * 2, classifier.input_size))
     except Exception as exc:
         raise MaskbatchError(f"model {where} does not fit its card (input_size "
                              f"{classifier.input_size}, one P(mask) per face): {_first_line(exc)}"
                              ) from None
-    if probs.shape != (2,):
-        raise MaskbatchError(f"model {where} does not fit its card: it gave {probs.shape} values "
-                             "for 2 faces")
+    n_classes = len(classifier.class_names)
+    expected = 1 if n_classes == 2 else n_classes
+    if out.size != 2 * expected:
+        per_face = out.size / 2 if out.size % 2 == 0 else out.size
+        what = "one P(class_names[0]) per face" if n_classes == 2 else f"{n_classes} per face"
+        raise MaskbatchError(f"model {where} does not fit its card: its class_names list "
+                             f"{n_classes} classes ({what}) but it gave {out.shape} values for "
+                             f"2 faces ({per_face:g} per face)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -291,7 +301,8 @@ def summary(result: PredictResult) -> dict:
         "video_frames": c.frames,  # sampled video frames read
         "video_notes": c.video_notes,  # segments read in part (ends early...), the first 1000
         "worker_restarts": result.worker_restarts,
-        "faces": c.faces, "faces_per_class": {k: c.faces_per_class.get(k, 0) for k in (MASK, NO_MASK)},
+        "faces": c.faces, "faces_per_class": {k: c.faces_per_class.get(k, 0)
+                                               for k in result.class_names},
         "seconds": round(result.seconds, 2), "wall_seconds": round(result.wall_seconds, 2),
         "images_per_second": round(result.processed / result.seconds, 2) if result.seconds else None,
         "startup_seconds": round(result.startup_seconds, 2),

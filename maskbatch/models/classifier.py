@@ -2,6 +2,13 @@
 
 No TensorFlow here. A model is an ONNX file plus a JSON card that says how to feed it; the loader
 verifies the file's sha256 against the card and refuses a mismatch.
+
+Classes come from the card's `class_names` (default: config.CLASS_NAMES). Two classes: one sigmoid
+output, P(class_names[0]), and the label is class_names[0] where it is >= the card's `threshold`,
+else class_names[1] (every model maskbatch trained so far). Three or more: a softmax output of shape
+(batch, N), one probability per class in the card's order, and the label is the argmax (the
+first class of a tie); `threshold` is not used. Such a card must list face_with_mask, whose
+probability is detections.parquet's `mask_prob`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from maskbatch.config import MASK, NO_MASK, setting
+from maskbatch.config import CLASS_NAMES, MASK, setting
 from maskbatch.errors import MaskbatchError
 
 BUNDLED_MODEL_DIR = Path(str(resources.files("maskbatch") / "models"))
@@ -124,6 +131,22 @@ def check_card(card: object, where: str = "model card") -> None:
         raise MaskbatchError(f"{where}: threshold must be a number from 0 to 1, got {threshold!r}")
     if "output_name" in card and not isinstance(card["output_name"], str):
         raise MaskbatchError(f"{where}: output_name must be a string")
+    class_names_of(card, where)
+
+
+def class_names_of(card: dict, where: str = "model card") -> tuple[str, ...]:
+    """The card's class names in output order (default CLASS_NAMES), checked: at least two
+    different non-empty names; three or more (a softmax model) must include face_with_mask."""
+    names = card.get("class_names", list(CLASS_NAMES))
+    if (not isinstance(names, list) or len(names) < 2
+            or not all(isinstance(n, str) and n.strip() for n in names)
+            or len(set(names)) != len(names)):
+        raise MaskbatchError(f"{where}: class_names must be a list of at least two different "
+                             f"class names, got {names!r}")
+    if len(names) > 2 and MASK not in names:
+        raise MaskbatchError(f"{where}: class_names of a {len(names)}-class model must include "
+                             f"{MASK} (its probability is mask_prob), got {names!r}")
+    return tuple(names)
 
 
 def verify_model(onnx_bytes: bytes, card: dict, where: str = "model") -> None:
@@ -150,6 +173,10 @@ class Classifier:
         self.sha256 = card["onnx_sha256"]
         self.input_size = int(card["input_size"])
         self.threshold = float(card.get("threshold", 0.5))
+        self.class_names = class_names_of(card)
+        self.softmax = len(self.class_names) > 2  # else one sigmoid output, P(class_names[0])
+        # the column of P(face_with_mask) in probabilities() (None: a 2-class card without it)
+        self.mask_column = self.class_names.index(MASK) if MASK in self.class_names else None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -165,24 +192,60 @@ class Classifier:
         # by name: a model with further outputs still gives P(mask) here
         self.output_name = str(card.get("output_name") or self.session.get_outputs()[0].name)
 
+    def raw_output(self, batch: np.ndarray) -> np.ndarray:
+        """The model's output for a preprocessed batch as float32, in one onnxruntime call."""
+        out = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return np.asarray(out, dtype=np.float32)
+
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """P(face wears a mask) for a preprocessed batch, shape (N,), in one onnxruntime call."""
+        """The sigmoid output (P(class_names[0])) of a 2-class model for a preprocessed batch,
+        shape (N,), in one onnxruntime call; of an N-class model, its probabilities (N, C)."""
         n = len(batch)
+        if self.softmax:
+            return self.probabilities(batch)
         if n == 0:
             return np.zeros(0, dtype=np.float32)
-        out = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return np.asarray(out, dtype=np.float32).reshape(n)
+        return self.raw_output(batch).reshape(n)
 
-    def mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """P(mask) for BGR crops of any size, in onnxruntime calls of at most CLASSIFY_BATCH."""
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """P(class) for a preprocessed batch, shape (N, C), columns in class_names order: the
+        softmax output as it is, or for a 2-class model [p, 1 - p] (p the sigmoid output)."""
+        n = len(batch)
+        if n == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        if not self.softmax:
+            p = self.raw_output(batch).reshape(n)
+            return np.stack([p, np.float32(1.0) - p], axis=1)
+        return self.raw_output(batch).reshape(n, len(self.class_names))
+
+    def class_probabilities(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """probabilities() of BGR crops of any size, in onnxruntime calls of at most
+        CLASSIFY_BATCH crops; shape (N, C)."""
         if not len(crops):
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate([self.predict_batch(preprocess(crops[i:i + CLASSIFY_BATCH],
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return np.concatenate([self.probabilities(preprocess(crops[i:i + CLASSIFY_BATCH],
                                                              self.input_size))
                                for i in range(0, len(crops), CLASSIFY_BATCH)])
 
-    def label(self, mask_prob: np.ndarray) -> list[str]:
-        return [MASK if p >= self.threshold else NO_MASK for p in mask_prob]
+    def mask_probability(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """P(mask) for BGR crops of any size, in onnxruntime calls of at most CLASSIFY_BATCH
+        (NaN for a 2-class model whose classes do not include face_with_mask)."""
+        probs = self.class_probabilities(crops)
+        if self.mask_column is None:
+            return np.full(len(probs), np.nan, np.float32)
+        return probs[:, self.mask_column]
+
+    def label(self, probs: np.ndarray) -> list[str]:
+        """Class names of faces: from probabilities() (N, C), or from a 2-class model's sigmoid
+        outputs (N,). Two classes: class_names[0] where P(class_names[0]) >= threshold, else
+        class_names[1]; more: the argmax (the first of a tie, in class_names order)."""
+        probs = np.asarray(probs)
+        first, second = self.class_names[0], self.class_names[1]
+        if probs.ndim == 1:
+            return [first if p >= self.threshold else second for p in probs]
+        if not self.softmax:
+            return [first if p >= self.threshold else second for p in probs[:, 0]]
+        return [self.class_names[k] for k in np.argmax(probs, axis=1)] if len(probs) else []
 
 
 _CACHE: dict[str, Classifier] = {}

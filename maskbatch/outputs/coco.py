@@ -17,17 +17,30 @@ from maskbatch.errors import MaskbatchError
 from maskbatch.outputs import writers
 from maskbatch.photos.video import frame_name, video_of
 
-CATEGORIES = [{"id": k + 1, "name": name, "supercategory": "face"}
-              for k, name in enumerate(CLASS_NAMES)]
+
+def categories(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> list[dict]:
+    """COCO categories of a model's classes (its card's order, ids from 1)."""
+    return [{"id": k + 1, "name": name, "supercategory": "face"} for k, name in enumerate(class_names)]
 
 
+CATEGORIES = categories()  # a 2-class model's: 1 face_with_mask, 2 face_no_mask
 CATEGORY_IDS = {c["name"]: c["id"] for c in CATEGORIES}
 RESULTS_FILE = "detections.coco.json"
 DATASET_FILE = "images.coco.json"
 
 
-def class_score(classname: pd.Series, score: pd.Series, mask_prob: pd.Series) -> np.ndarray:
-    """detector score * P(the written class): the ranking ``maskbatch evaluate`` uses."""
+def class_score(classname: pd.Series, score: pd.Series, mask_prob: pd.Series,
+                class_probs: pd.DataFrame | None = None) -> np.ndarray:
+    """detector score * P(the written class): the ranking ``maskbatch evaluate`` uses.
+    `class_probs`: an N-class model's prob_<class> columns (P(class) read from them)."""
+    if class_probs is not None and len(class_probs.columns):
+        table = class_probs.to_numpy(dtype=float)
+        column = {c[len(writers.PROB_PREFIX):]: k for k, c in enumerate(class_probs.columns)}
+        k = np.array([column.get(c, -1) for c in classname.tolist()], dtype=np.int64)
+        p_class = np.where(k >= 0, table[np.arange(len(k)), np.clip(k, 0, None)], np.nan) \
+            if len(k) else np.zeros(0)
+        s = score.to_numpy(dtype=float)
+        return np.where(np.isnan(p_class), s, s * p_class)
     prob = mask_prob.to_numpy(dtype=float)
     p_class = np.where(classname.to_numpy() == MASK, prob,
                        np.where(classname.to_numpy() == NO_MASK, 1.0 - prob, np.nan))
@@ -47,14 +60,15 @@ def image_entries(manifest: pd.DataFrame, first_id: int = 1) -> list[dict]:
             for i, n, w, h in zip(ids, rows["name"], rows["width"], rows["height"])]
 
 
-def result_json(detections: pd.DataFrame, image_ids: dict[str, int], first_id: int = 1
-                ) -> tuple[list[str], list[str]]:
+def result_json(detections: pd.DataFrame, image_ids: dict[str, int], first_id: int = 1,
+                class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> tuple[list[str], list[str]]:
     """COCO entries of a detections table as JSON texts: (results, annotations); annotations are
     the results with an id (from `first_id`), area and iscrowd. Boxes keep the dataset's quirk
     (x1, x2, y1, y2 = left, top, right, bottom); rows of images without an id, or of another
     class, are left out. Written as text, not through json.dumps: a million faces take seconds."""
+    category_ids = {c["name"]: c["id"] for c in categories(class_names)}
     det = detections[detections["name"].isin(image_ids.keys())
-                     & detections["classname"].isin(CATEGORY_IDS.keys())]
+                     & detections["classname"].isin(category_ids.keys())]
     if det.empty:
         return [], []
     left, top = det["x1"].to_numpy(float), det["x2"].to_numpy(float)
@@ -63,11 +77,12 @@ def result_json(detections: pd.DataFrame, image_ids: dict[str, int], first_id: i
     area = np.round(width * height, 2).tolist()
     mask_prob = (det["mask_prob"] if "mask_prob" in det
                  else pd.Series(np.nan, index=det.index))
-    ranked = np.round(class_score(det["classname"], det["score"], mask_prob), 6).tolist()
+    ranked = np.round(class_score(det["classname"], det["score"], mask_prob,
+                                  det[writers.prob_columns(class_names)]), 6).tolist()
     detector = np.round(det["score"].to_numpy(float), 6).tolist()
     probs = np.round(mask_prob.to_numpy(float), 6).tolist()
     image = [image_ids[n] for n in det["name"].tolist()]
-    category = [CATEGORY_IDS[c] for c in det["classname"].tolist()]
+    category = [category_ids[c] for c in det["classname"].tolist()]
     results, annotations = [], []
     for k, (i, c, x, y, w, h, sc, raw, p, ar) in enumerate(zip(
             image, category, np.round(left, 2).tolist(), np.round(top, 2).tolist(),
@@ -87,9 +102,9 @@ DATASET_HEAD = {"info": {"description": "maskbatch predictions", "format": "COCO
 BATCH_ROWS = 65_536  # rows of a Parquet file read at a time by write_coco
 
 
-def write_coco(out_dir: str) -> list[str]:
+def write_coco(out_dir: str, class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> list[str]:
     """Write detections.coco.json and images.coco.json from OUT_DIR's images.parquet and
-    detections.parquet; their paths.
+    detections.parquet; their paths. `class_names`: the model card's (the categories, in order).
 
     Streamed: both tables are read BATCH_ROWS rows at a time, in their (input) order, and the
     JSON is written as it goes, so memory does not grow with the run. Each file appears whole
@@ -98,7 +113,8 @@ def write_coco(out_dir: str) -> list[str]:
     paths = [files.join(out_dir, RESULTS_FILE), files.join(out_dir, DATASET_FILE)]
     with writers.open_write_all(paths) as (results_file, dataset_file):
         head = json.dumps(DATASET_HEAD, separators=(",", ":"))[:-1]
-        dataset_file.write(f'{head},"categories":{_json(CATEGORIES)},"images":['.encode())
+        dataset_file.write(f'{head},"categories":{_json(categories(class_names))},"images":['
+                           .encode())
         comma = ""
         for batch in _images(out_dir):
             entries = image_entries(batch)
@@ -111,8 +127,8 @@ def write_coco(out_dir: str) -> list[str]:
         n, comma = 0, ""
         for batch in _batches(out_dir, "detections.parquet",
                               ["name", "x1", "x2", "y1", "y2", "classname", "score",
-                               "mask_prob"]):
-            results, annotations = result_json(batch, ids.of(batch["name"]), n + 1)
+                               "mask_prob", *writers.prob_columns(class_names)]):
+            results, annotations = result_json(batch, ids.of(batch["name"]), n + 1, class_names)
             if results:
                 results_file.write((comma + ",".join(results)).encode())
                 dataset_file.write((comma + ",".join(annotations)).encode())

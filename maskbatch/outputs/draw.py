@@ -9,10 +9,11 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-from maskbatch.config import MASK
+from maskbatch.config import INCORRECT, MASK
 from maskbatch.photos import reading, video
 
-COLOURS = {MASK: (60, 180, 60), "face_no_mask": (40, 40, 230)}  # BGR
+COLOURS = {MASK: (60, 180, 60), "face_no_mask": (40, 40, 230), INCORRECT: (0, 160, 240)}  # BGR
+SHORT_NAMES = {INCORRECT: "mask below nose"}  # labels of an N-class model's other classes
 # A preview's stem, in UTF-8 bytes: with "-" + 10 hex digits, ".jpg" and the atomic writer's
 # ".tmp-XXXXXXXX" it stays far below the 255 bytes most file systems allow in a name.
 PREVIEW_STEM_BYTES = 150
@@ -37,8 +38,13 @@ def preview_names(names: Iterable[str]) -> list[str]:
     return out
 
 
-def label_text(classname: str, mask_prob: float) -> str:
-    """The label of a face: its class and the probability of that class (not always P(mask))."""
+def label_text(classname: str, mask_prob: float, class_prob: float | None = None) -> str:
+    """The label of a face: its class and the probability of that class (not always P(mask));
+    `class_prob`: an N-class model's P(the face's class)."""
+    if class_prob is not None:
+        short = {MASK: "mask", "face_no_mask": "no mask"}.get(classname) or SHORT_NAMES.get(
+            classname, classname)
+        return f"{short} {class_prob:.2f}"
     if classname == MASK:
         return f"mask {mask_prob:.2f}"
     return f"no mask {1.0 - mask_prob:.2f}"
@@ -57,14 +63,16 @@ def label_box(left: int, top: int, text_w: int, text_h: int, width: int, height:
 
 
 def annotate(image: np.ndarray, detections: list[tuple]) -> np.ndarray:
-    """A copy of `image` with (left, top, right, bottom, classname, mask_prob) boxes drawn."""
+    """A copy of `image` with (left, top, right, bottom, classname, mask_prob) boxes drawn (an
+    N-class model's boxes add P(their class) as a seventh value)."""
     out = image.copy()
     height, width = out.shape[:2]
     thickness = max(1, round(max(height, width) / 500))
-    for left, top, right, bottom, classname, mask_prob in detections:
+    for left, top, right, bottom, classname, mask_prob, *class_prob in detections:
         colour = COLOURS.get(classname, (200, 200, 0))
         cv2.rectangle(out, (int(left), int(top)), (int(right), int(bottom)), colour, thickness)
-        text = label_text(classname, float(mask_prob))
+        text = label_text(classname, float(mask_prob),
+                          float(class_prob[0]) if class_prob else None)
         scale = 0.4 * thickness
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         x0, y0, x1, y1 = label_box(int(left), int(top), tw, th + baseline, width, height)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskbatch import files
-from maskbatch.config import MASK, NO_MASK
+from maskbatch.config import CLASS_NAMES, MASK, NO_MASK
 from maskbatch.errors import MaskbatchError
 from maskbatch.outputs import writers
 
@@ -53,7 +53,8 @@ def write_part(out_dir: str, first: int, detections: pd.DataFrame, manifest: pd.
     """
     stem = part_stem(first, len(manifest))
     base = files.join(out_dir, PARTS_DIR, stem)
-    writers.write_table_atomic(detections, writers.DETECTION_SCHEMA, base + ".detections.parquet")
+    writers.write_table_atomic(detections, writers.schema_of_columns(list(detections.columns)),
+                               base + ".detections.parquet")
     if frames is not None and len(frames):
         writers.write_table_atomic(frames, writers.FRAME_SCHEMA, base + ".frames.parquet")
     writers.write_table_atomic(manifest, writers.MANIFEST_SCHEMA, base + ".images.parquet")
@@ -189,9 +190,12 @@ class _Gather:
         self.tables, self.rows = [], 0
 
 
-def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
+def compact(out_dir: str, names: list[str], previews: int = 0,
+            class_names: tuple[str, ...] = CLASS_NAMES) -> Compacted:
     """Write detections.parquet, images.parquet and submission.csv (and frames.parquet, where
     videos were read) from the committed parts.
+
+    `class_names`: the model card's classes (an N-class model's detections have prob_* columns).
 
     Reads each committed part once, in input order, holding one part (and one row group) at a
     time; the three files appear only when all are complete. Part files no committed entry
@@ -206,18 +210,19 @@ def compact(out_dir: str, names: list[str], previews: int = 0) -> Compacted:
         raise MaskbatchError(f"{n - covered} images have no committed result (e.g. "
                              f"{names[covered]}); run again with --resume")
     fs, parts_dir = files.filesystem(files.join(out_dir, PARTS_DIR))
-    stats = Compacted()
+    stats = Compacted(faces_per_class={c: 0 for c in class_names})
+    schema = writers.detection_schema(class_names)
     targets = [files.join(out_dir, k)
                for k in ("detections.parquet", "images.parquet", "submission.csv")]
     with writers.open_write_all(targets) as (det_file, img_file, csv_file), \
-            pq.ParquetWriter(det_file, writers.DETECTION_SCHEMA) as det_writer, \
+            pq.ParquetWriter(det_file, schema) as det_writer, \
             pq.ParquetWriter(img_file, writers.MANIFEST_SCHEMA) as img_writer:
         dets, imgs = _Gather(det_writer), _Gather(img_writer)
         header = True
         for entry in chosen:
             base = f"{parts_dir}/{entry['part']}"
             manifest = _read_table(fs, base + ".images.parquet", writers.MANIFEST_SCHEMA)
-            detections = _read_table(fs, base + ".detections.parquet", writers.DETECTION_SCHEMA)
+            detections = _read_detections(fs, base + ".detections.parquet", schema)
             first = entry["first"]
             part_names = manifest.column("name").to_pylist()
             if part_names != names[first:first + entry["count"]]:
@@ -256,6 +261,20 @@ def _read_table(fs: object, path: str, schema: pa.Schema) -> pa.Table:
         return pq.read_table(f, schema=schema, use_threads=False)  # see writers.write_table_atomic
 
 
+def _read_detections(fs: object, path: str, schema: pa.Schema) -> pa.Table:
+    """A part's detections with the run's schema; a part without faces written with another
+    class list (a photo whose workers kept dying) is an empty table of that schema."""
+    with fs.open(path, "rb") as f:  # type: ignore[attr-defined]
+        names = pq.read_schema(f).names
+    if names == schema.names:
+        return _read_table(fs, path, schema)
+    table = _read_table(fs, path, writers.schema_of_columns(names))
+    if table.num_rows:
+        raise MaskbatchError(f"part {files.basename(path)} was written by a model with other "
+                             "classes; run again with --overwrite")
+    return schema.empty_table()
+
+
 def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews: int) -> None:
     status = manifest.column("status").to_pylist()
     stats.images += len(status)
@@ -287,8 +306,11 @@ def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews:
                                              manifest.column("frames").to_pylist()):
             if state == "ok" and frames is None and len(stats.previews) < previews:
                 mine = rows[rows["name"] == name]
+                extra = []  # an N-class model's faces: P(the face's class) too, for its label
+                if writers.PROB_PREFIX + MASK in mine:
+                    extra = [[r[writers.PROB_PREFIX + r["classname"]] for r in mine.to_dict("records")]]
                 boxes = list(zip(mine["x1"], mine["x2"], mine["y1"], mine["y2"],
-                                 mine["classname"], mine["mask_prob"]))
+                                 mine["classname"], mine["mask_prob"], *extra))
                 stats.previews.append((name, path, boxes))
 
 

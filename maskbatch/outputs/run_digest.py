@@ -153,8 +153,8 @@ class Digest:
         self._rows += len(batch)
         classes = batch["classname"].to_numpy()
         sizes = face_sizes(batch)
-        for cls in (MASK, NO_MASK):
-            self.per_class[cls] += int((classes == cls).sum())
+        for cls in dict.fromkeys([*self.per_class, *pd.unique(classes)]):  # an N-class model's too
+            self.per_class[cls] = self.per_class.get(cls, 0) + int((classes == cls).sum())
             h = np.histogram(sizes[classes == cls], bins=SIZE_BINS)[0]
             self.size_counts[cls] = self.size_counts.get(cls, 0) + h
         gap = (batch["mask_prob"] - self.threshold).abs()
@@ -214,12 +214,15 @@ class Digest:
 
     @classmethod
     def of_out_dir(cls, out_dir: str, threshold: float = 0.5, n_first: int = N_FIRST,
-                   batch_rows: int = 65_536) -> Digest:
-        """The digest of a run's images.parquet and detections.parquet, read in batches."""
+                   batch_rows: int = 65_536, class_names: Sequence[str] = (MASK, NO_MASK)
+                   ) -> Digest:
+        """The digest of a run's images.parquet and detections.parquet, read in batches;
+        faces are counted for each of `class_names` (the model card's), none found or not."""
         def batches(name: str, columns: list[str]) -> Iterable[pd.DataFrame]:
             return writers.read_parquet_batches(files.join(out_dir, name), columns, batch_rows)
 
-        digest = cls(threshold=threshold, n_first=n_first)
+        digest = cls(threshold=threshold, n_first=n_first,
+                     per_class=dict.fromkeys([MASK, NO_MASK, *class_names], 0))
         for batch in batches("images.parquet", IMAGE_COLUMNS):
             digest.add_images(batch)
         for batch in batches("detections.parquet", DETECTION_FIELDS):
@@ -264,7 +267,8 @@ def gallery_jobs(digest: Digest) -> tuple[list[tuple[str, str, str]], list[Job]]
             items.append((section, caption, "photo"))
             jobs.append((preview_jpeg, (row.path, digest.boxes.get(row.name, []), GALLERY_SIDE)))
     for row in digest.uncertain.itertuples(index=False):
-        shown = "mask" if row.classname == MASK else "no mask"
+        shown = {MASK: "mask", NO_MASK: "no mask"}.get(row.classname,
+                                                       str(row.classname).replace("_", " "))
         items.append(("uncertain", f"{row.name}: {shown}, P(mask) {row.mask_prob:.2f}", "face"))
         frame = None if pd.isna(row.frame) else int(row.frame)
         jobs.append((face_jpeg, (row.path, (row.x1, row.x2, row.y1, row.y2), FACE_SIDE, 0.25,

@@ -218,6 +218,7 @@ def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, d
         _kpi("photos", digest.photos), _kpi("read", digest.read), _kpi("failed", n_failed),
         _kpi("faces", digest.faces), _kpi("with mask", per_class[MASK]),
         _kpi("without mask", per_class[NO_MASK]),
+        *(_kpi(c.replace("_", " "), n) for c, n in per_class.items() if c not in (MASK, NO_MASK)),
         _kpi("photos with an unmasked face", n_unmasked),
         _kpi("photos/s", summary.get("images_per_second") or "–"),
     ])

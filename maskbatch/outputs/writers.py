@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskbatch import files
+from maskbatch.config import CLASS_NAMES
 
 CROP_COLUMNS = [
     "crop_id", "image", "label", "source_classname", "source_dataset", "source_image",
@@ -94,6 +95,41 @@ MANIFEST_SCHEMA = _nullable_ints(MANIFEST_SCHEMA, ("frames",))
 
 
 assert DETECTION_SCHEMA.names == DETECTION_COLUMNS
+
+# A model of three or more classes (an N-class card) adds one float64 column per class of its
+# card, in the card's order, after model_sha256: prob_<class> = P(class). A 2-class model's
+# detections have none (P(face_no_mask) = 1 - mask_prob), so their files stay as they were.
+PROB_PREFIX = "prob_"
+
+
+def prob_columns(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> list[str]:
+    """The prob_<class> columns of a model's detections: none for two classes."""
+    return [] if len(class_names) <= 2 else [PROB_PREFIX + c for c in class_names]
+
+
+def detection_columns(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> list[str]:
+    return DETECTION_COLUMNS + prob_columns(class_names)
+
+
+def detection_schema(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> pa.Schema:
+    """detections.parquet's schema for a model with these classes (DETECTION_SCHEMA for two)."""
+    schema = DETECTION_SCHEMA
+    for name in prob_columns(class_names):
+        schema = schema.append(pa.field(name, pa.float64()))
+    return schema
+
+
+def schema_of_columns(columns: list[str]) -> pa.Schema:
+    """detections.parquet's schema for a table with these columns (prob_* columns read as
+    the classes they name)."""
+    return detection_schema(run_classes(columns))
+
+
+def run_classes(columns: list[str]) -> tuple[str, ...]:
+    """The classes of a run from its detections' columns: the prob_<class> columns an N-class
+    model writes, else CLASS_NAMES."""
+    named = [str(c)[len(PROB_PREFIX):] for c in columns if str(c).startswith(PROB_PREFIX)]
+    return tuple(named) if len(named) > 2 else CLASS_NAMES
 
 
 assert MANIFEST_SCHEMA.names == PREDICT_MANIFEST_COLUMNS

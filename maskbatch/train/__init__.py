@@ -41,7 +41,7 @@ def architecture_list(arch: str) -> list[str]:
 def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
           epochs: int | None = None, batch_size: int = 32, seed: int = 0,
           eval_crops: str | None = None, limit: int | None = None,
-          threads: int | None = None) -> dict:
+          threads: int | None = None, classes: int = 2) -> dict:
     """Train a mask classifier on the crops of one or more extract folders; write a model folder.
 
     Each folder is a set (named by the dataset it was extracted from): a set with a committed
@@ -56,14 +56,16 @@ def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
     voc-masks) measured for cross-dataset accuracy, never trained on; `limit` trains on a seeded
     subset of about that many crops per set (whole source images). `arch` names one net or several
     joined by '+', trained on the same data and parts and exported as one model that averages
-    their outputs.
+    their outputs. `classes` 3 trains a softmax head over face_with_mask, face_no_mask and
+    face_with_mask_incorrect (crops from `maskbatch extract --classes 3`; the label is the
+    argmax, no threshold); 2 (the default) the sigmoid P(face_with_mask) with its threshold.
     """
     architecture_list(arch)
     require_tensorflow()
     from maskbatch.train.fit import run
 
     return run(crops_dir, out_dir, arch=arch, epochs=epochs, batch_size=batch_size, seed=seed,
-               eval_crops=eval_crops, limit=limit, threads=threads)
+               eval_crops=eval_crops, limit=limit, threads=threads, classes=classes)
 
 
 def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,

@@ -71,7 +71,15 @@ def colour_augmentation(seed: int) -> keras.Sequential:
     )
 
 
-def build_seed(seed: int = 0) -> keras.Model:
+def _head(x: keras.KerasTensor, n_classes: int = 2) -> keras.KerasTensor:
+    """The output layer: one sigmoid unit, P(face_with_mask), for two classes; a softmax over
+    `n_classes` (in class_names order) for more."""
+    if n_classes == 2:
+        return layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    return layers.Dense(n_classes, activation="softmax", name="class_probs")(x)
+
+
+def build_seed(seed: int = 0, n_classes: int = 2) -> keras.Model:
     """Exactly the notebook's network (about 23M parameters, almost all in Dense(50))."""
     size = INPUT_SIZES["seed"]
     inputs = keras.Input((size, size, 3), name="input")
@@ -85,7 +93,7 @@ def build_seed(seed: int = 0) -> keras.Model:
     x = layers.Dropout(0.5, seed=seed + 1)(x)
     x = layers.Dense(50, activation="relu")(x)
     x = layers.Dropout(0.5, seed=seed + 2)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    outputs = _head(x, n_classes)
     return keras.Model(inputs, outputs, name="seed")
 
 
@@ -95,7 +103,7 @@ def _conv(x: keras.KerasTensor, filters: int, strides: int = 1) -> keras.KerasTe
     return layers.ReLU()(x)
 
 
-def build_compact(seed: int = 0) -> keras.Model:
+def build_compact(seed: int = 0, n_classes: int = 2) -> keras.Model:
     """A small all-convolutional net: about 0.29M parameters, about 43M multiply-adds per crop.
 
     Full 124 px input (the crops' own size: no second resize, fine detail kept) but a stride-2
@@ -111,7 +119,7 @@ def build_compact(seed: int = 0) -> keras.Model:
         x = _conv(x, width)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.3, seed=seed)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    outputs = _head(x, n_classes)
     return keras.Model(inputs, outputs, name="compact")
 
 
@@ -145,7 +153,7 @@ def _backbone() -> keras.Model:
     return keras.Model(full.input, features, name="yunet_backbone")
 
 
-def build_backbone(seed: int = 0) -> keras.Model:
+def build_backbone(seed: int = 0, n_classes: int = 2) -> keras.Model:
     """The face detector's backbone (about 35k parameters, pretrained) with a small head: a 3x3
     conv to 128 channels on its stride-32 output, global average pooling of that and of the
     stride-16 features, one sigmoid unit. Same augmentation as compact."""
@@ -158,7 +166,7 @@ def build_backbone(seed: int = 0) -> keras.Model:
     x = layers.Concatenate()([layers.GlobalAveragePooling2D()(stride16),
                               layers.GlobalAveragePooling2D()(head)])
     x = layers.Dropout(0.3, seed=seed)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="mask_prob")(x)
+    outputs = _head(x, n_classes)
     return keras.Model(inputs, outputs, name="backbone")
 
 
@@ -182,12 +190,13 @@ def average_models(models: list[keras.Model], size: int) -> keras.Model:
     return keras.Model(inputs, mean, name="ensemble")
 
 
-def build_model(arch: str, seed: int = 0) -> keras.Model:
-    """A fresh, uncompiled model of architecture `arch` (one of ARCHITECTURES)."""
+def build_model(arch: str, seed: int = 0, n_classes: int = 2) -> keras.Model:
+    """A fresh, uncompiled model of architecture `arch` (one of ARCHITECTURES); `n_classes` 3
+    or more gives it a softmax head instead of the sigmoid unit."""
     if arch == "seed":
-        return build_seed(seed)
+        return build_seed(seed, n_classes)
     if arch == "compact":
-        return build_compact(seed)
+        return build_compact(seed, n_classes)
     if arch == "backbone":
-        return build_backbone(seed)
+        return build_backbone(seed, n_classes)
     raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")

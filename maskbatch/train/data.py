@@ -24,11 +24,18 @@ from maskbatch.pipeline import decode_crop
 
 # Model target: 1 = face_with_mask, 0 = face_no_mask; the model outputs P(face_with_mask).
 TARGET = {MASK: 1, NO_MASK: 0}
+
+
+def targets(class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, int]:
+    """Label -> model target: TARGET for two classes; for more (a softmax model) the class's
+    index in `class_names`."""
+    return dict(TARGET) if len(class_names) == 2 else {c: k for k, c in enumerate(class_names)}
 VAL_FRACTION = 0.2
 
 
-def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """The labelled crops of an extract folder (face_with_mask / face_no_mask rows).
+def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0,
+                    class_names: tuple[str, ...] = CLASS_NAMES) -> pd.DataFrame:
+    """The labelled crops of an extract folder (rows labelled one of `class_names`).
 
     `limit` keeps a seeded random subset of whole source images (for quick runs and tests).
     """
@@ -38,9 +45,9 @@ def load_crop_table(crops_dir: str, limit: int | None = None, seed: int = 0) -> 
         raise MaskbatchError(
             f"no crops in {crops_dir} (expected crops/part-*.parquet from `maskbatch extract`)"
         )
-    df = df[df["label"].isin(CLASS_NAMES)].reset_index(drop=True)
-    if not df["label"].isin(CLASS_NAMES).any():
-        raise MaskbatchError(f"{crops_dir} has no crops labelled {' or '.join(CLASS_NAMES)}")
+    df = df[df["label"].isin(class_names)].reset_index(drop=True)
+    if not df["label"].isin(class_names).any():
+        raise MaskbatchError(f"{crops_dir} has no crops labelled {' or '.join(class_names)}")
     if limit is not None and limit < len(df):
         df = _limit_by_image(df, limit, seed)
     return df
@@ -110,8 +117,8 @@ def leakage_groups(df: pd.DataFrame) -> np.ndarray:
     return np.array([uf.find(i) for i in range(len(df))])
 
 
-def split_train_val(df: pd.DataFrame, seed: int = 0, val_fraction: float = VAL_FRACTION
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(df: pd.DataFrame, seed: int = 0, val_fraction: float = VAL_FRACTION,
+                    class_names: tuple[str, ...] = CLASS_NAMES) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks (train, val) of a grouped, roughly class-stratified split.
 
     Whole groups (see :func:`leakage_groups`) go to one side. Groups are visited in a seeded
@@ -122,17 +129,17 @@ def split_train_val(df: pd.DataFrame, seed: int = 0, val_fraction: float = VAL_F
         raise MaskbatchError(f"need at least 2 crops to split, got {len(df)}")
     groups = leakage_groups(df)
     labels = df["label"].to_numpy()
-    target = {c: val_fraction * int((labels == c).sum()) for c in CLASS_NAMES}
-    in_val = {c: 0 for c in CLASS_NAMES}
+    target = {c: val_fraction * int((labels == c).sum()) for c in class_names}
+    in_val = {c: 0 for c in class_names}
     group_ids = np.unique(groups)
     np.random.default_rng(seed).shuffle(group_ids)
     members = {g: np.flatnonzero(groups == g) for g in group_ids}
     val = np.zeros(len(df), dtype=bool)
     for g in group_ids:
-        counts = {c: int((labels[members[g]] == c).sum()) for c in CLASS_NAMES}
-        if all(in_val[c] + counts[c] <= target[c] for c in CLASS_NAMES):
+        counts = {c: int((labels[members[g]] == c).sum()) for c in class_names}
+        if all(in_val[c] + counts[c] <= target[c] for c in class_names):
             val[members[g]] = True
-            for c in CLASS_NAMES:
+            for c in class_names:
                 in_val[c] += counts[c]
     if not val.any():  # tiny inputs: put the smallest group in validation
         smallest = min(group_ids, key=lambda g: len(members[g]))
@@ -142,13 +149,13 @@ def split_train_val(df: pd.DataFrame, seed: int = 0, val_fraction: float = VAL_F
     return ~val, val
 
 
-def class_weights(y: np.ndarray) -> dict[int, float]:
-    """Balanced weights (n / (2 * n_class)) so both classes weigh the same in the loss."""
+def class_weights(y: np.ndarray, n_classes: int = 2) -> dict[int, float]:
+    """Balanced weights (n / (n_classes * n_class)) so every class weighs the same in the loss."""
     n = len(y)
     weights = {}
-    for cls in (0, 1):
+    for cls in range(n_classes):
         count = int((y == cls).sum())
-        weights[cls] = float(n / (2.0 * count)) if count else 1.0
+        weights[cls] = float(n / (float(n_classes) * count)) if count else 1.0
     return weights
 
 
@@ -157,23 +164,23 @@ class Arrays:
     """Model-ready arrays of one side of the split, and the rows they came from."""
 
     x: np.ndarray  # preprocess() output, float32 NHWC in [0, 1], BGR
-    y: np.ndarray  # int 1 = face_with_mask
+    y: np.ndarray  # int 1 = face_with_mask (two classes), else the index in class_names
     rows: pd.DataFrame
 
 
-def to_arrays(df: pd.DataFrame, size: int) -> Arrays:
+def to_arrays(df: pd.DataFrame, size: int, class_names: tuple[str, ...] = CLASS_NAMES) -> Arrays:
     """Decode the PNG face crops and run the shared preprocess()."""
 
-    df = df[df["label"].isin(CLASS_NAMES)]
+    df = df[df["label"].isin(class_names)]
     faces = [decode_crop(png) for png in df["image"]]
     x = preprocess(faces, size)
-    y = df["label"].map(TARGET).to_numpy(dtype=np.int64)
+    y = df["label"].map(targets(class_names)).to_numpy(dtype=np.int64)
     return Arrays(x, y, df.reset_index(drop=True))
 
 
-def class_counts(df: pd.DataFrame) -> dict[str, int]:
+def class_counts(df: pd.DataFrame, class_names: tuple[str, ...] = CLASS_NAMES) -> dict[str, int]:
     counts = df["label"].value_counts()
-    return {c: int(counts.get(c, 0)) for c in CLASS_NAMES}
+    return {c: int(counts.get(c, 0)) for c in class_names}
 
 
 # --------------------------------------------------------------------------- several sets
@@ -196,8 +203,8 @@ def set_name(crops_dir: str) -> str:
     return dataset_name(str(dataset or crops_dir))
 
 
-def load_sets(crops_dirs: list[str], limit: int | None = None, seed: int = 0
-              ) -> tuple[pd.DataFrame, dict]:
+def load_sets(crops_dirs: list[str], limit: int | None = None, seed: int = 0,
+              class_names: tuple[str, ...] = CLASS_NAMES) -> tuple[pd.DataFrame, dict]:
     """The labelled crops of several extract folders, one table with a `set` column.
 
     Folders of the same dataset (e.g. its --split train and --split val extracts) are one set; a
@@ -207,7 +214,7 @@ def load_sets(crops_dirs: list[str], limit: int | None = None, seed: int = 0
     """
     frames, info = [], {}
     for crops_dir in crops_dirs:
-        df = load_crop_table(crops_dir)
+        df = load_crop_table(crops_dir, class_names=class_names)
         name = set_name(crops_dir)
         frames.append(df.assign(set=name))
         info.setdefault(name, {"crops_dirs": []})["crops_dirs"].append(crops_dir)
@@ -222,8 +229,8 @@ def load_sets(crops_dirs: list[str], limit: int | None = None, seed: int = 0
     return table, info
 
 
-def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FRACTION
-                 ) -> np.ndarray:
+def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FRACTION,
+                 class_names: tuple[str, ...] = CLASS_NAMES) -> np.ndarray:
     """'train', 'tune' or 'val' per crop of a (de-duplicated) load_sets table.
 
     val: a set with a committed image-level split (maskbatch.datasets.splits) uses its val
@@ -242,13 +249,14 @@ def assign_parts(df: pd.DataFrame, seed: int = 0, tune_fraction: float = TUNE_FR
             val_names = set(splits.split_names(name, "val"))
             is_val = rows["source_image"].isin(val_names).to_numpy()
         else:
-            is_val = split_train_val(rows.reset_index(drop=True), seed=seed)[1]
+            is_val = split_train_val(rows.reset_index(drop=True), seed=seed,
+                                     class_names=class_names)[1]
         parts[idx[is_val]] = "val"
     parts[_leaked(df, parts)] = "dropped"
     rest = np.flatnonzero(parts == "train")
     if len(rest) >= 2:
         tune = split_train_val(df.iloc[rest].reset_index(drop=True), seed=seed,
-                               val_fraction=tune_fraction)[1]
+                               val_fraction=tune_fraction, class_names=class_names)[1]
         parts[rest[tune]] = "tune"
     return parts
 

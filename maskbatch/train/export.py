@@ -19,10 +19,12 @@ OPSET = 13
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "input"
 OUTPUT_NAME = "mask_prob"
+CLASS_PROBS_NAME = "class_probs"  # an N-class model's softmax output, (batch, N)
 
 
-def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
-    """The serialized ONNX model of a Keras model taking (N, size, size, 3) float32 input."""
+def to_onnx(model: object, size: int, opset: int = OPSET, output_name: str = OUTPUT_NAME) -> bytes:
+    """The serialized ONNX model of a Keras model taking (N, size, size, 3) float32 input (its
+    output named `output_name`: mask_prob, or an N-class model's CLASS_PROBS_NAME)."""
     import tensorflow as tf
     import tf2onnx
 
@@ -33,7 +35,7 @@ def to_onnx(model: object, size: int, opset: int = OPSET) -> bytes:
         return model(x, training=False)
 
     proto, _ = tf2onnx.convert.from_function(infer, input_signature=spec, opset=opset)
-    _canonical_names(proto, [OUTPUT_NAME])
+    _canonical_names(proto, [output_name])
     return proto.SerializeToString()
 
 
@@ -80,7 +82,8 @@ def _canonical_names(proto: object, output_names: list[str]) -> None:
 
 
 def onnx_predict(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Every output from onnxruntime alone, shape (N, outputs): P(face_with_mask) first."""
+    """Every output from onnxruntime alone, shape (N, outputs): P(face_with_mask) first (an
+    N-class model: its N probabilities)."""
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -89,7 +92,7 @@ def onnx_predict(onnx_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarr
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     outs = session.run(None, {name: x})
-    return np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(x), 1) for o in outs],
+    return np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(x), -1) for o in outs],
                           axis=1)
 
 
@@ -100,7 +103,7 @@ def parity_check(model: object, onnx_bytes: bytes, x: np.ndarray,
         raise MaskbatchError("parity check needs at least one crop")
     keras_out = model.predict(x, batch_size=64, verbose=0)
     keras_out = keras_out if isinstance(keras_out, (list, tuple)) else [keras_out]
-    keras_all = np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(x), 1)
+    keras_all = np.concatenate([np.asarray(o, dtype=np.float32).reshape(len(x), -1)
                                 for o in keras_out], axis=1)
     onnx_out = onnx_predict(onnx_bytes, x)
     if onnx_out.shape != keras_all.shape:

@@ -61,3 +61,33 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
     scores_arr = np.array(scores)
     best = grid[scores_arr == scores_arr.max()]
     return float(np.round(np.median(best), 2))
+
+
+def multiclass_report(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
+    """classification_report's metrics for an N-class softmax model: the label is the argmax
+    (no threshold); `y_true` holds each crop's index in `class_names`."""
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    probs = np.asarray(probs).reshape(len(y_true), len(class_names))
+    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
+    ks = range(len(class_names))
+    matrix = [[int(np.sum((y_true == t) & (pred == p))) for p in ks] for t in ks]
+    per_class = {}
+    for t, name in enumerate(class_names):
+        tp = int(np.sum((y_true == t) & (pred == t)))
+        fp = int(np.sum((y_true != t) & (pred == t)))
+        fn = int(np.sum((y_true == t) & (pred != t)))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
+                           "f1": round(f1, 4), "support": int(np.sum(y_true == t))}
+    n = len(y_true)
+    return {
+        "n": n,
+        "threshold": None,
+        "label_rule": "argmax over class_names",
+        "accuracy": round(float(np.mean(pred == y_true)) if n else 0.0, 4),
+        "balanced_accuracy": round(float(np.mean([per_class[c]["recall"] for c in class_names])), 4),
+        "per_class": per_class,
+        "confusion_matrix": {"labels": list(class_names), "rows_true_cols_pred": matrix},
+    }
