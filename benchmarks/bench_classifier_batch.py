@@ -4,10 +4,10 @@
                                                 [--no-memory] [--no-quantize]
 
 Crops: the labelled faces (face_with_mask, face_no_mask boxes of train.csv) of the medical-mask
-photos in name order, cut from the photo (images.clip_box, images.crop) and resized to the
+photos in name order, cut from the photo (pixels.clip_box, pixels.crop) and resized to the
 classifier's input (classify.fit_crop), as `predict` cuts them; the first `--crops` of them.
 
-Speed: maskbatch.classify.Classifier (the bundled model.onnx and its card, one onnxruntime thread,
+Speed: maskbatch.models.classifier.Classifier (the bundled model.onnx and its card, one onnxruntime thread,
 no memory arena, as the job loads it) over the crops preprocessed once (classify.preprocess), in one
 call of all of them, then in batches of 1 ... 256: ms per crop, wall (perf_counter) and CPU of the
 calling thread (time.thread_time), median over `--rounds` rounds whose batch sizes take turns.
@@ -44,11 +44,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from common import data_dir, table  # noqa: E402
-from maskbatch.classify import Classifier, fit_crop, preprocess, read_model  # noqa: E402
 
-from maskbatch import MASK, NO_MASK, images  # noqa: E402
+from maskbatch.config import MASK, NO_MASK  # noqa: E402
 from maskbatch.datasets import DEFAULT_LABEL_MAP, truth_table  # noqa: E402
 from maskbatch.datasets.splits import split_names  # noqa: E402
+from maskbatch.models.classifier import Classifier, fit_crop, preprocess, read_model  # noqa: E402
+from maskbatch.photos import pixels  # noqa: E402
 
 BATCHES = (1, 4, 8, 16, 32, 64, 128, 256)
 MEMORY_WAYS = ("one call", "64 per call, one input", "64 per call")
@@ -68,10 +69,10 @@ def face_crops(folder: Path, size: int, names: list[str] | None = None, limit: i
         if image is None:
             continue
         for row in boxes.itertuples():
-            box = images.clip_box((row.x1, row.y1, row.x2, row.y2), image.shape[1], image.shape[0])
+            box = pixels.clip_box((row.x1, row.y1, row.x2, row.y2), image.shape[1], image.shape[0])
             if box is None:
                 continue
-            crops.append(fit_crop(images.crop(image, box), size))
+            crops.append(fit_crop(pixels.crop(image, box), size))
             labels.append(DEFAULT_LABEL_MAP[row.classname])
             if limit is not None and len(crops) >= limit:
                 return crops, labels

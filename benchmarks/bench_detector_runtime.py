@@ -104,7 +104,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for resized, size in photos:
                     blob = yunet_onnx.make_blob(resized)
-                    calls = {"cv2": (yunet.forward, cv_net, resized, size, threshold),
+                    calls = {"cv2": (yunet_cv2.forward, cv_net, resized, size, threshold),
                              "ort fwd": (ort_net.run, blob),
                              "ort all": (ort_net.forward, resized, size, threshold)}
                     order = RUNS[turn % 3:] + RUNS[:turn % 3]

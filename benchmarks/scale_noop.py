@@ -21,12 +21,12 @@ FACES = 7
 
 
 def noop_partition(items: list[tuple[str, str]], detector: object, model: object,
-                   limits: object = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    manifest = pd.DataFrame([(name, path, "ok", "", FACES, 96, 64, 0.0, None, None) for name, path in items],
-                            columns=PREDICT_MANIFEST_COLUMNS)
+                   limits: object = None) -> tuple[pd.DataFrame, pd.DataFrame, None]:
+    manifest = pd.DataFrame([(name, path, "ok", "", FACES, 96, 64, 0.0, None, None)
+                             for name, path in items], columns=PREDICT_MANIFEST_COLUMNS)
     rows = [(name, 4 + 12 * k, 10, 14 + 12 * k, 22, MASK if k % 2 else NO_MASK, 0.9 - 0.1 * k,
              0.1 * k, 96, 64, "0" * 64, None, None) for name, _ in items for k in range(FACES)]
-    return pd.DataFrame(rows, columns=DETECTION_COLUMNS), manifest
+    return pd.DataFrame(rows, columns=DETECTION_COLUMNS), manifest, None  # no video frames
 
 
-tasks.predict_partition = noop_partition
+tasks.predict_partition_frames = noop_partition
