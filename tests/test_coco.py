@@ -227,7 +227,7 @@ def test_coco_ap_on_a_photo_with_over_100_detections():
     for per_class in (MASK, NO_MASK):  # each photo and class stays within maxDets 100
         assert (split_preds[split_preds.classname == per_class].groupby("name").size() <= 100).all()
     ids = {n: i + 1 for i, n in enumerate(names)}
-    gt_dict = coco_ap._truth_dataset(split_truth, names, DEFAULT_LABEL_MAP)
+    gt_dict = coco_ap._truth_dataset(split_truth, names, DEFAULT_LABEL_MAP, CLASS_NAMES)
     dets = [{"image_id": ids[r.name], "category_id": CATEGORY_IDS[r.classname],
              "bbox": [float(r.x1), float(r.y1), float(r.x2 - r.x1), float(r.y2 - r.y1)],
              "score": float(s)}
