@@ -18,17 +18,7 @@ def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float
     pred = (np.asarray(prob).reshape(-1) >= threshold).astype(int)
     # CLASS_NAMES order: face_with_mask (target 1), face_no_mask (target 0)
     targets = [1 if name == MASK else 0 for name in CLASS_NAMES]
-    matrix = [[int(np.sum((y_true == t) & (pred == p))) for p in targets] for t in targets]
-    per_class = {}
-    for name, t in zip(CLASS_NAMES, targets):
-        tp = int(np.sum((y_true == t) & (pred == t)))
-        fp = int(np.sum((y_true != t) & (pred == t)))
-        fn = int(np.sum((y_true == t) & (pred != t)))
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
-                           "f1": round(f1, 4), "support": int(np.sum(y_true == t))}
+    matrix, per_class = _per_class(y_true, pred, targets, list(CLASS_NAMES))
     n = len(y_true)
     accuracy = float(np.mean(pred == y_true)) if n else 0.0
     balanced = float(np.mean([per_class[c]["recall"] for c in CLASS_NAMES]))
@@ -40,6 +30,24 @@ def classification_report(y_true: np.ndarray, prob: np.ndarray, threshold: float
         "per_class": per_class,
         "confusion_matrix": {"labels": list(CLASS_NAMES), "rows_true_cols_pred": matrix},
     }
+
+
+def _per_class(y_true: np.ndarray, pred: np.ndarray, targets: list[int], names: list[str]
+               ) -> tuple[list[list[int]], dict]:
+    """The confusion matrix (rows true, columns predicted, in `targets` order) and precision,
+    recall, F1 and support per class; `targets[k]` is the label value of class `names[k]`."""
+    matrix = [[int(np.sum((y_true == t) & (pred == p))) for p in targets] for t in targets]
+    per_class = {}
+    for name, t in zip(names, targets):
+        tp = int(np.sum((y_true == t) & (pred == t)))
+        fp = int(np.sum((y_true != t) & (pred == t)))
+        fn = int(np.sum((y_true == t) & (pred != t)))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
+                           "f1": round(f1, 4), "support": int(np.sum(y_true == t))}
+    return matrix, per_class
 
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray) -> float:
@@ -69,18 +77,7 @@ def multiclass_report(y_true: np.ndarray, probs: np.ndarray, class_names: list[s
     y_true = np.asarray(y_true).astype(int).reshape(-1)
     probs = np.asarray(probs).reshape(len(y_true), len(class_names))
     pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, int)
-    ks = range(len(class_names))
-    matrix = [[int(np.sum((y_true == t) & (pred == p))) for p in ks] for t in ks]
-    per_class = {}
-    for t, name in enumerate(class_names):
-        tp = int(np.sum((y_true == t) & (pred == t)))
-        fp = int(np.sum((y_true != t) & (pred == t)))
-        fn = int(np.sum((y_true == t) & (pred != t)))
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": round(precision, 4), "recall": round(recall, 4),
-                           "f1": round(f1, 4), "support": int(np.sum(y_true == t))}
+    matrix, per_class = _per_class(y_true, pred, list(range(len(class_names))), class_names)
     n = len(y_true)
     return {
         "n": n,
