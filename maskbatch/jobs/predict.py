@@ -138,9 +138,10 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     if not (math.isfinite(segment_seconds) and segment_seconds > 0):
         raise MaskbatchError(f"segment_seconds must be above 0, got {segment_seconds}")
     called = time.perf_counter()
-    detect.load_mode(detector.mode)  # a missing detector or too old an OpenCV fails here, once
+    detect.load_mode(detector.mode)  # a missing or corrupt detector fails here, once
     listed = list_inputs(images_arg, images_dir)
-    check_apart_from_inputs(out_dir, input_places(images_arg, images_dir))
+    places = input_places(images_arg, images_dir)
+    check_apart_from_inputs(out_dir, places)
     inputs = video.expand_videos(listed, fps, segment_seconds, limits)
     onnx_bytes, card = read_model(model)
     check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
@@ -150,11 +151,10 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
                          segment_seconds)
     if resume:
         check_resumable(out_dir, record)
-    prepare_out_dir(out_dir, overwrite, resume, input_places(images_arg, images_dir))
+    prepare_out_dir(out_dir, overwrite, resume, places)
     storage.remove_temporaries(out_dir)  # an interrupted run's half-renamed objects
     for stale in ("detections.parquet", "submission.csv", "images.parquet", "frames.parquet",
-                  "summary.json",
-                  "detections.coco.json", "images.coco.json", "report.html"):
+                  "summary.json", "detections.coco.json", "images.coco.json", "report.html"):
         fs, p = files.filesystem(files.join(out_dir, stale))
         if fs.exists(p):
             fs.rm(p)
