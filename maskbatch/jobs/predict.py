@@ -213,8 +213,9 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         # the final step: compaction, previews, the report's digest and gallery, COCO files
         counts.seconds = time.perf_counter() - final_started
         result.wall_seconds = time.perf_counter() - wall_started
-    writers.write_json_atomic(summary(result), files.join(out_dir, "summary.json"))
-    run_page.write_run_report(out_dir, summary=summary(result),
+    totals = summary(result)
+    writers.write_json_atomic(totals, files.join(out_dir, "summary.json"))
+    run_page.write_run_report(out_dir, summary=totals,
                                 run={**record, "images": images_arg}, model_card=card,
                                 detector=detector, timeline=timeline.points, gallery=gallery,
                                 digest=digest)
