@@ -387,3 +387,14 @@ def test_real_voc_set_scores_one_against_itself(data: Path) -> None:
     assert ev.metrics["map"] == 1.0
     assert ev.metrics["n_ignore_regions"] == int((truth["classname"] == "mask_weared_incorrect").sum())
     assert sum(b["n_truth"] for b in ev.metrics["recall_by_size"]) == ev.metrics["n_truth_faces"]
+
+
+def test_worst_image_file_names_fit_the_file_system() -> None:
+    """A photo name of 300 bytes gave `worst/01_<300 bytes>.jpg`, over the 255 bytes a name may
+    have: the drawings' stems are cut and hashed as the previews' are (two such names differ)."""
+    from maskbatch.evaluation import page
+
+    long_a, long_b = "a" * 300 + "1.jpg", "a" * 300 + "2.jpg"
+    stems = {page._safe_stem(long_a), page._safe_stem(long_b)}
+    assert len(stems) == 2 and all(len(s.encode()) <= 161 for s in stems)
+    assert page._safe_stem("0001 (copy).jpg") == "0001__copy_"  # short names as before

@@ -28,7 +28,7 @@ from maskbatch import files
 from maskbatch.config import MASK
 from maskbatch.errors import ImageError
 from maskbatch.evaluation.intervals import difference_text, interval_text
-from maskbatch.outputs import writers
+from maskbatch.outputs import draw, writers
 from maskbatch.photos import reading
 
 if TYPE_CHECKING:
@@ -172,8 +172,10 @@ def _load_first(candidates: list[str]) -> np.ndarray | None:
 
 
 def _safe_stem(name: str) -> str:
+    """A file-name stem for a photo's drawing: letters, digits, "-", "_" and "." kept, short
+    enough for any file system (draw.fitting_stem, as the previews)."""
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-    return keep.rsplit(".", 1)[0] if "." in keep else keep
+    return draw.fitting_stem(keep.rsplit(".", 1)[0] if "." in keep else keep, name)
 
 
 def write_worst(ev: Evaluation, out_dir: str, paths: dict[str, list[str]], n: int = N_WORST

@@ -27,15 +27,20 @@ def preview_names(names: Iterable[str]) -> list[str]:
     out = []
     for name in names:
         stem = posixpath.splitext(posixpath.basename(name))[0] or "photo"
-        raw = stem.encode("utf-8", "surrogateescape")
-        chosen = f"{stem}.jpg"
-        if len(raw) > PREVIEW_STEM_BYTES or chosen in taken or stem.startswith("."):
-            cut = raw[:PREVIEW_STEM_BYTES].decode("utf-8", "ignore").lstrip(".")
-            digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
-            chosen = f"{cut}-{digest}.jpg"
+        chosen = f"{fitting_stem(stem, name, force=f'{stem}.jpg' in taken)}.jpg"
         taken.add(chosen)
         out.append(chosen)
     return out
+
+
+def fitting_stem(stem: str, name: str, force: bool = False) -> str:
+    """`stem` for a file name where it is at most PREVIEW_STEM_BYTES long and does not start with
+    "." (and not `force`), else cut to that many bytes + "-" + 10 hex digits of the whole `name`."""
+    raw = stem.encode("utf-8", "surrogateescape")
+    if len(raw) <= PREVIEW_STEM_BYTES and not stem.startswith(".") and not force:
+        return stem
+    cut = raw[:PREVIEW_STEM_BYTES].decode("utf-8", "ignore").lstrip(".")
+    return f"{cut}-{hashlib.sha1(name.encode('utf-8', 'surrogateescape')).hexdigest()[:10]}"
 
 
 def label_text(classname: str, mask_prob: float, class_prob: float | None = None) -> str:
