@@ -124,23 +124,38 @@ def test_seeking_into_a_segment_gives_the_frames_of_a_read_from_the_start(videos
                 assert np.array_equal(image, frames[index]), (path.name, index)
 
 
-class _StuckCapture:
+def test_decoded_frames_are_opencvs_frames_of_the_same_index(tmp_path):
+    """A 25 fps mp4v video (a keyframe every 12 frames) with its frame number drawn on each frame:
+    PyAV's frames, decoded from the keyframe before each wanted frame, are the frames OpenCV reads
+    from the start, pixel for pixel, at sampling gaps below, at and above the keyframe interval."""
+    path = tmp_path / "counter.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (320, 240))
+    for i in range(300):
+        image = np.full((240, 320, 3), (i * 7) % 256, np.uint8)
+        cv2.putText(image, str(i), (20, 160), cv2.FONT_HERSHEY_SIMPLEX, 3, (0, 0, 255), 6)
+        writer.write(image)
+    writer.release()
+    frames = decoded_frames(path)
+    assert len(frames) == 300
+    for wanted in ([0, 1, 2, 3], list(range(5, 300, 7)), list(range(11, 300, 25)),
+                   [13, 24, 25, 36, 200, 299], [150]):
+        got = list(video.decode_frames(str(path), wanted))
+        assert [i for i, _ in got] == wanted
+        for index, image in got:
+            assert np.array_equal(image, frames[index]), index
+    for fps, segment in ((1.0, 4.0), (2.0, 3.0), (5.0, 12.0)):
+        for _, part in video.expand_videos([(path.name, str(path))], fps, segment):
+            assert part.info == video.VideoInfo(300, 25.0, 320, 240)
+            got = list(video.read_segment(part, InputLimits(), video.SegmentRead()))
+            assert [i for i, _, _ in got] == video.sampled_frames(part)
+            assert all(np.array_equal(image, frames[i]) for i, _, image in got)
+    assert np.array_equal(video.read_frame(str(path), 123), frames[123])
+
+
+def _stuck_decoder(path: str, wanted: list[int]):
     """A decoder that opens, then never hands back a frame."""
-
-    def isOpened(self) -> bool:  # noqa: N802 (cv2's name)
-        return True
-
-    def set(self, *_: object) -> bool:
-        return True
-
-    def grab(self) -> bool:
-        time.sleep(30)
-        return False
-
-    read = grab
-
-    def release(self) -> None:
-        pass
+    time.sleep(30)
+    yield from ()
 
 
 def test_a_stalled_decoder_ends_the_segment_with_a_reason(videos):
@@ -148,7 +163,7 @@ def test_a_stalled_decoder_ends_the_segment_with_a_reason(videos):
     result = video.SegmentRead()
     started = time.monotonic()
     got = list(video.read_segment(segment, InputLimits(read_timeout=0.5), result,
-                                  open_capture=lambda _: _StuckCapture()))
+                                  decoder=_stuck_decoder))
     assert got == [] and time.monotonic() - started < 5
     assert result.problem.startswith("gave up after 0.5 s decoding it (see --read-timeout)")
 

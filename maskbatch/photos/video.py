@@ -1,16 +1,19 @@
 """Video files as inputs: probe once, cut into time segments, decode a segment's sampled frames.
 
-The driver probes each video (frame count, frame rate, size through cv2.VideoCapture) and turns it
-into segments of VIDEO_SEGMENT_SECONDS, each one partition item named ``clip.mp4@0000.000-0060.000``
-whose path is a Segment. A worker opens the file, seeks to the segment's first sampled frame
-(CAP_PROP_POS_FRAMES, frame-exact with OpenCV's FFmpeg back-end) and reads forward, handing back
-the frames at t = 0, 1/F, 2/F ... that fall in [start, stop). Decoding runs in a helper thread
-within the segment's --read-timeout budget; a file that ends before its header said keeps the
-frames read and says where it stopped.
+The driver probes each video (frame count, frame rate, size, through PyAV: FFmpeg's libraries)
+and turns it into segments of VIDEO_SEGMENT_SECONDS, each one partition item named
+``clip.mp4@0000.000-0060.000`` whose path is a Segment. A worker opens the file, seeks to the
+keyframe at or before the segment's first sampled frame and reads its packets forward, handing back
+the frames at t = 0, 1/F, 2/F ... that fall in [start, stop). Packets are cheap to read; only the
+frames from the last keyframe before a sampled frame up to it are decoded (with FFmpeg in one
+thread), and only sampled frames are converted to BGR. Decoding runs in a helper thread, one frame
+at a time on request, within the segment's --read-timeout budget; a file that ends before its
+header said keeps the frames read and says where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -19,8 +22,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 
-import cv2
+import av
 import numpy as np
 
 from maskbatch import files
@@ -134,25 +138,43 @@ def probe(path: str, timeout: float) -> VideoInfo:
 
 def _probe_into(path: str, box: dict) -> None:
     try:
-        capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
         try:
-            if not capture.isOpened():
-                raise ImageError("cannot open it as a video (corrupt or truncated; an MP4 cut "
-                                 "short loses its index)")
-            info = VideoInfo(int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
-                             float(capture.get(cv2.CAP_PROP_FPS)),
-                             int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                             int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-        finally:
-            capture.release()
-        if info.frames <= 0:
-            raise ImageError("a video with no frames")
+            container = av.open(path)
+        except av.FFmpegError as exc:
+            raise ImageError("cannot open it as a video (corrupt or truncated; an MP4 cut short "
+                             "loses its index)") from exc
+        with container:
+            if not container.streams.video:
+                raise ImageError("cannot open it as a video (no video stream in it)")
+            stream = container.streams.video[0]
+            fps = _rate(stream)
+            info = VideoInfo(stream.frames or _estimated_frames(container, stream, fps), float(fps),
+                             stream.codec_context.width, stream.codec_context.height)
         if not (math.isfinite(info.fps) and info.fps > 0):
             raise ImageError(f"a video without a usable frame rate ({info.fps:g} frames/s)")
+        if info.frames <= 0:
+            raise ImageError("a video with no frames")
         box["info"] = info
     except Exception as exc:  # handed to the waiting thread
         box["error"] = exc if isinstance(exc, ImageError) else ImageError(
             f"cannot open it as a video ({type(exc).__name__}: {decoding.first_line(exc)})")
+
+
+def _rate(stream: av.video.stream.VideoStream) -> Fraction:
+    """Frames per second: FFmpeg's guess (r_frame_rate, else the average), 0 when it has none."""
+    return Fraction(stream.guessed_rate or stream.average_rate or 0)
+
+
+def _estimated_frames(container: av.container.InputContainer,
+                      stream: av.video.stream.VideoStream, fps: Fraction) -> int:
+    """A frame count from the duration, for containers whose header has none (Matroska, WebM)."""
+    if container.duration:
+        seconds = Fraction(container.duration, av.time_base)
+    elif stream.duration and stream.time_base:
+        seconds = stream.duration * stream.time_base
+    else:
+        return 0
+    return math.floor(seconds * fps + Fraction(1, 2))
 
 
 def expand_videos(inputs: list[tuple[str, str]], fps: float = VIDEO_FPS,
@@ -194,15 +216,18 @@ class SegmentRead:
 _DONE = object()
 
 
+Decoder = Callable[[str, list[int]], Iterator[tuple[int, np.ndarray]]]
+
+
 def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
-                 open_capture: Callable[[str], object] | None = None
-                 ) -> Iterator[tuple[int, float, np.ndarray]]:
+                 decoder: Decoder | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in s, BGR image) of each sampled frame of the segment, in order.
 
-    The decoder runs in a helper thread, one frame ahead; the time spent waiting for it counts
-    against ``limits.read_timeout`` for the whole segment. A frame over ``limits.max_pixels``, a
-    file that ends early or a stalled decoder stops the segment with `result.problem` set; the
-    frames before it have been handed over.
+    The decoder (`decode_frames` unless one is given) runs in a helper thread and decodes a frame
+    only when this generator asks for the next one, so a worker uses one core; the time spent
+    waiting for it counts against ``limits.read_timeout`` for the whole segment. A frame over
+    ``limits.max_pixels``, a file that ends early or a stalled decoder stops the segment with
+    `result.problem` set; the frames before it have been handed over.
     """
     info = segment.info
     if info.width * info.height > limits.max_pixels:
@@ -211,10 +236,11 @@ def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
     wanted = sampled_frames(segment)
     if not wanted:
         return
-    inbox: queue.Queue = queue.Queue(maxsize=1)
+    inbox: queue.Queue = queue.Queue()
+    ask = threading.Semaphore(0)
     stop = threading.Event()
-    helper = threading.Thread(target=_decode, args=(segment.path, wanted, inbox, stop,
-                                                    open_capture or _open),
+    helper = threading.Thread(target=_decode, args=(segment.path, wanted, inbox, ask, stop,
+                                                    decoder or decode_frames),
                               daemon=True, name="maskbatch-video")
     helper.start()
     budget = limits.read_timeout if limits.read_timeout and math.isfinite(limits.read_timeout) \
@@ -222,6 +248,7 @@ def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
     waited = 0.0
     try:
         while True:
+            ask.release()
             began = time.perf_counter()
             try:
                 got = inbox.get(timeout=max(budget - waited, 1e-3) if budget < math.inf else None)
@@ -257,16 +284,77 @@ def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
 
 def read_frame(path: str, index: int) -> np.ndarray:
     """One frame of a local video (for the report's gallery); ImageError when it cannot be read."""
-    capture = _open(path)
     try:
-        if index:
-            capture.set(cv2.CAP_PROP_POS_FRAMES, index)
-        ok, image = capture.read() if capture.isOpened() else (False, None)
+        with contextlib.closing(decode_frames(path, [index])) as frames:
+            for _, image in frames:
+                return image
+    except av.FFmpegError as exc:
+        raise ImageError(f"cannot read frame {index} of the video ({decoding.first_line(exc)})") \
+            from exc
+    raise ImageError(f"cannot read frame {index} of the video")
+
+
+def decode_frames(path: str, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, BGR image) of the frames `wanted` (ascending indices) of a local video.
+
+    A frame's index is its presentation time times the frame rate, from the stream's start
+    (what OpenCV's CAP_PROP_POS_FRAMES counts in a constant-rate file). The demuxer seeks to the
+    keyframe at or before the first wanted frame; from there every packet is read, but a packet
+    is decoded only when a wanted frame needs it: the packets since the last keyframe at or
+    before the next wanted frame are held and decoded once a packet at or past that frame comes.
+    A wanted frame missing from the file (a gap in the time stamps) gets the next frame there is.
+    """
+    container = av.open(files.os_path(path))
+    try:
+        if not container.streams.video:
+            raise ImageError("cannot open it as a video any more (changed since it was listed?)")
+        stream = container.streams.video[0]
+        codec = stream.codec_context
+        codec.thread_count = 1  # one core per worker, like every library's threads here
+        rate, base, origin = _rate(stream), stream.time_base, stream.start_time or 0
+        if not rate or not base:
+            raise ImageError("a video without a usable frame rate")
+
+        def index_of(pts: int) -> int:
+            return math.floor((pts - origin) * base * rate + Fraction(1, 2))
+
+        if wanted[0] > 0:
+            try:
+                container.seek(origin + math.floor(wanted[0] / rate / base), stream=stream,
+                               backward=True, any_frame=False)
+            except av.FFmpegError:  # no index to seek with (a truncated AVI): from the start
+                container.close()
+                container = av.open(files.os_path(path))
+                stream = container.streams.video[0]
+                codec = stream.codec_context
+                codec.thread_count = 1
+        targets = iter(wanted)
+        target = next(targets)
+        held: list[av.Packet] = []  # read, not yet decoded; they follow what the decoder was fed
+        restart = False  # the decoder's state is from frames before `held`'s keyframe
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is not None and index_of(stamp) < target:
+                if packet.is_keyframe:  # decoding can start here instead of earlier
+                    held.clear()
+                    restart = True
+                held.append(packet)
+                continue
+            if restart:
+                codec.flush_buffers()
+                restart = False
+            held.append(packet)  # the flush packet at the end (no stamp) drains the decoder
+            for one in held:
+                for frame in codec.decode(one):
+                    shown = index_of(frame.pts) if frame.pts is not None else target
+                    while shown >= target:
+                        yield target, frame.to_ndarray(format="bgr24")
+                        target = next(targets, None)
+                        if target is None:
+                            return
+            held.clear()
     finally:
-        capture.release()
-    if not ok or image is None:
-        raise ImageError(f"cannot read frame {index} of the video")
-    return image
+        container.close()
 
 
 def _where(result: SegmentRead, segment: Segment) -> str:
@@ -275,58 +363,36 @@ def _where(result: SegmentRead, segment: Segment) -> str:
     return f"after {at} of {segment.info.duration:.3f} s"
 
 
-def _open(path: str) -> object:
-    return cv2.VideoCapture(files.os_path(path), cv2.CAP_FFMPEG)
+def _decode(path: str, wanted: list[int], inbox: queue.Queue, ask: threading.Semaphore,
+            stop: threading.Event, decoder: Decoder) -> None:
+    """Helper thread: each time `ask` is released, the next wanted frame (or the end) to inbox."""
 
-
-def _decode(path: str, wanted: list[int], inbox: queue.Queue, stop: threading.Event,
-            open_capture: Callable[[str], object]) -> None:
-    """Helper thread: seek to the first wanted frame, read forward, put the wanted ones."""
-
-    def put(item: object) -> bool:
+    def asked() -> bool:
         while not stop.is_set():
-            try:
-                inbox.put(item, timeout=0.2)
+            if ask.acquire(timeout=0.2):
                 return True
-            except queue.Full:
-                continue
         return False
 
-    capture = None
+    frames = None
     try:
-        capture = open_capture(path)
-        if not capture.isOpened():  # type: ignore[attr-defined]
-            raise ImageError("cannot open it as a video any more (changed since it was listed?)")
-        position = wanted[0]
-        if position:
-            capture.set(cv2.CAP_PROP_POS_FRAMES, position)  # type: ignore[attr-defined]
-        targets = iter(wanted)
-        target = next(targets)
-        while not stop.is_set():
-            if position < target:
-                if not capture.grab():  # type: ignore[attr-defined]
-                    break
-                position += 1
-                continue
-            ok, image = capture.read()  # type: ignore[attr-defined]
-            position += 1
-            if not ok or image is None:
-                break
-            if not put((target, image)):
+        frames = decoder(path, wanted)
+        while asked():
+            got = next(frames, _DONE)
+            inbox.put(got)
+            if got is _DONE:
                 return
-            target = next(targets, None)
-            if target is None:
-                break
-        put(_DONE)
     except ImageError as exc:
-        put(exc)
+        inbox.put(exc)
+    except av.EOFError:
+        inbox.put(_DONE)
     except Exception as exc:  # a decoder's surprise: this segment's reason
-        put(ImageError(f"cannot decode the video ({type(exc).__name__}: "
-                       f"{decoding.first_line(exc)})"))
+        inbox.put(ImageError(f"cannot decode the video ({type(exc).__name__}: "
+                             f"{decoding.first_line(exc)})"))
     finally:
-        if capture is not None:
-            capture.release()  # type: ignore[attr-defined]
+        if frames is not None:
+            frames.close()  # the container with it
 
 
-__all__ = ["Segment", "SegmentRead", "VideoInfo", "expand_videos", "frame_name", "looks_like_video",
-           "probe", "read_frame", "read_segment", "sampled_frames", "segment_name", "video_of"]
+__all__ = ["Decoder", "Segment", "SegmentRead", "VideoInfo", "decode_frames", "expand_videos",
+           "frame_name", "looks_like_video", "probe", "read_frame", "read_segment", "sampled_frames",
+           "segment_name", "video_of"]
