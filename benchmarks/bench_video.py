@@ -6,17 +6,21 @@ video on 1 vs 2 worker processes (its segments spread over them).
     python benchmarks/bench_video.py --seconds 600 --size 1280x720 --fps 1 --segment-seconds 60
 
 The video is made here from sample photos (each held 2 s, mp4v). Rows:
-  decode      seek + decode the sampled frames of the whole video, one thread (no detection)
+  decode      read_segment on the whole video: seek + decode the sampled frames (no detection)
   one core    predict_partition on the whole video as one segment, in this process
   as JPEGs    the same sampled frames saved as JPEG photos (quality 95), predict_partition on them
               in this process: what the video's decoding costs against decoding photos
   N workers   `predict` on a LocalCluster of N single-threaded worker processes, the video cut
-              into --segment-seconds segments (processing time: first task to last commit)
+              into --segment-seconds segments (seconds: processing time, first task to last
+              commit; CPU: the worker processes' whole lives, start-up and model loading included)
+CPU is this process's (or the workers') user + system time; CPU / wall above 1 means more than
+one core was busy.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -34,6 +38,17 @@ from maskbatch.photos import video  # noqa: E402
 from maskbatch.pipeline import predict_partition  # noqa: E402
 
 VIDEO_FPS = 25
+
+
+def children_cpu() -> float:
+    """CPU seconds of the child processes that have ended and been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def row(run: str, frames: int, seconds: float, cpu: float) -> list[object]:
+    return [run, frames, f"{seconds:.2f}", f"{cpu:.2f}", f"{frames / seconds:.1f}",
+            f"{cpu / seconds:.2f}"]
 
 
 def make_video(path: Path, seconds: int, size: tuple[int, int], hold: int = 2) -> Path:
@@ -64,10 +79,10 @@ def main() -> None:
         frames = len(video.sampled_frames(whole))
         rows = []
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         decoded = sum(1 for _ in video.read_segment(whole, InputLimits(), video.SegmentRead()))
-        seconds = time.perf_counter() - started
-        rows.append(["decode", decoded, f"{seconds:.2f}", f"{decoded / seconds:.1f}"])
+        rows.append(row("decode", decoded, time.perf_counter() - started,
+                        time.process_time() - cpu))
 
         _, card = read_model()
         ref = ModelRef(card["onnx_sha256"], str(default_model_dir() / "model.onnx"))
@@ -76,9 +91,7 @@ def main() -> None:
         det, manifest = predict_partition([(name, whole)], DetectorConfig(), ref)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         assert int(manifest["frames"].iloc[0]) == frames
-        rows.append(["one core (in process)", frames, f"{seconds:.2f}", f"{frames / seconds:.1f}"])
-        rows.append(["  per CPU second (this process)", frames, f"{cpu:.2f}",
-                     f"{frames / cpu:.1f}"])
+        rows.append(row("one core (in process)", frames, seconds, cpu))
 
         jpegs = Path(tmp) / "jpegs"
         jpegs.mkdir()
@@ -90,24 +103,25 @@ def main() -> None:
         started, cpu_j = time.perf_counter(), time.process_time()
         as_photos, _ = predict_partition(items, DetectorConfig(), ref)
         photo_seconds, cpu_j = time.perf_counter() - started, time.process_time() - cpu_j
-        rows.append(["the same frames as JPEG photos (in process)", len(items),
-                     f"{photo_seconds:.2f}", f"{len(items) / photo_seconds:.1f}"])
-        rows.append(["  per CPU second (this process)", len(items), f"{cpu_j:.2f}",
-                     f"{len(items) / cpu_j:.1f}"])
+        rows.append(row("the same frames as JPEG photos (in process)", len(items), photo_seconds,
+                        cpu_j))
         extra = (cpu / frames) / (cpu_j / len(items)) - 1
 
+        rates = {}
         for workers in (1, 2):
+            cpu_w = children_cpu()
             result = predict(str(folder), str(Path(tmp) / f"out-{workers}"), fps=args.fps,
                              segment_seconds=args.segment_seconds,
                              cluster_config=ClusterConfig(workers=workers, partition_size=1,
                                                           progress=False))
             assert len(result.detections) == len(det)
-            rows.append([f"{workers} worker(s), {result.processed} segments", frames,
-                         f"{result.seconds:.2f}", f"{frames / result.seconds:.1f}"])
+            rows.append(row(f"{workers} worker(s), {result.processed} segments", frames,
+                            result.seconds, children_cpu() - cpu_w))
+            rates[workers] = frames / result.seconds
     print(f"{args.seconds} s of {size[0]}x{size[1]} mp4v at {VIDEO_FPS} fps, sampled at "
           f"{args.fps:g} frames/s ({frames} frames), segments of {args.segment_seconds:g} s")
-    print(table(["run", "frames", "seconds", "frames/s"], rows))
-    speedup = float(rows[-1][3]) / float(rows[-2][3])
+    print(table(["run", "frames", "seconds", "CPU s", "frames/s", "CPU / wall"], rows))
+    speedup = rates[2] / rates[1]
     print(f"a frame from the video costs {extra:+.1%} CPU against the same frame as a JPEG photo; "
           f"2 workers run {speedup:.2f}x the frames/s of 1")
 
