@@ -40,7 +40,13 @@ from maskbatch.jobs.predict import predict  # noqa: E402
 from maskbatch.models.detect import MODES  # noqa: E402
 from maskbatch.runtime import cluster  # noqa: E402
 from maskbatch.storage import describe_error  # noqa: E402
-from maskbatch.train import ARCHITECTURES, DEFAULT_ARCH, train, train_detector  # noqa: E402
+from maskbatch.train import (  # noqa: E402
+    ARCHITECTURES,
+    DEFAULT_ARCH,
+    train,
+    train_detector,
+    train_head,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -189,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="2 (default): one sigmoid output, P(face_with_mask), and a threshold; 3: "
                         "a softmax over face_with_mask, face_no_mask, face_with_mask_incorrect "
                         "(crops from `extract --classes 3`), labelled by its argmax")
+    p.add_argument("--base", metavar="MODEL", nargs="?", const="bundled",
+                   help="with --classes 3: keep this 2-class model folder whole ('bundled' or no "
+                        "value: the bundled one) and train only a head on its features for "
+                        "face_with_mask_incorrect (no TensorFlow; how the bundled 3-class model "
+                        "was made, docs/classifier.md)")
 
     p = sub.add_parser("train-detector", help="fine-tune the face detector on labelled photos",
                        description="Fine-tune the YuNet face detector on labelled photos (every "
@@ -213,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "beside it)")
     p.add_argument("--model", help="model folder with model.onnx + model_card.json "
                    "(default: the bundled model)")
+    p.add_argument("--classes", type=int, choices=[2, 3],
+                   help="the bundled model of 2 classes (face_with_mask, face_no_mask; the "
+                        "default) or 3 (adds face_with_mask_incorrect); with --model, the "
+                        "number of classes its card must have")
     p.add_argument("--mode", default=DetectorConfig.mode, metavar="MODE",
                    help=f"detector mode, one of: {', '.join(_mode_names())} (default: "
                         f"{DetectorConfig.mode}; seed = the notebook's res10 pass; "
@@ -304,8 +319,17 @@ def _run(args: argparse.Namespace) -> None:
                          detector=detector, cluster_config=_cluster_config(args),
                          previews=args.previews, resume=args.resume, overwrite=args.overwrite,
                          limits=limits, fps=args.fps,
-                         segment_seconds=args.segment_seconds)
+                         segment_seconds=args.segment_seconds, classes=args.classes)
         print(predict_table(result))
+    elif args.command == "train" and args.base:
+        if args.classes != 3:
+            raise MaskbatchError("--base trains a head for the third class: use it with "
+                                 "--classes 3")
+        card = train_head(args.crops, args.out, None if args.base == "bundled" else args.base,
+                          seed=args.seed)
+        cv = card["cross_validation"]
+        print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…); "
+              f"grouped CV AP of face_with_mask_incorrect {cv['incorrect_ap']:.3f}")
     elif args.command == "train":
 
         card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,

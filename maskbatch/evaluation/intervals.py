@@ -16,12 +16,23 @@ import math
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import MIN_RESAMPLES, RESAMPLE_ROWS, RESAMPLES
+from maskbatch.config import MASK, MIN_RESAMPLES, NO_MASK, RESAMPLE_ROWS, RESAMPLES
 from maskbatch.evaluation.scoring import voc_ap
 from maskbatch.outputs.writers import run_classes
 
 LEVEL = 0.95
 METRICS = ("map", "faces_found", "label_accuracy")
+# scored over more than two classes, also: each class's AP ("ap:<class>") and the mAP of the two
+# main classes alone ("map_main"), the number to set beside a 2-class run's mAP
+MAIN_CLASSES = (MASK, NO_MASK)
+
+
+def class_metrics(class_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The extra interval names of an evaluation over `class_names` (none for two classes)."""
+    if len(class_names) <= 2:
+        return ()
+    main = ("map_main",) if set(MAIN_CLASSES) <= set(class_names) else ()
+    return (*(f"ap:{c}" for c in class_names), *main)
 
 
 def default_resamples(rows: int) -> int:
@@ -69,18 +80,24 @@ class _Rows:
     def metrics(self, count: np.ndarray) -> dict[str, float]:
         """The metrics with photo i counted count[i] times."""
         face_w = count[self.face_image].astype(float)
-        aps = []
+        per_class = {}
         for c in self.classes:
             image, hit = self.ranked[c]
-            ap = _weighted_ap(hit, count[image].astype(float),
-                              float(face_w[self.face_class == c].sum()))
-            if not math.isnan(ap):
-                aps.append(ap)
+            per_class[c] = _weighted_ap(hit, count[image].astype(float),
+                                        float(face_w[self.face_class == c].sum()))
+        aps = [ap for ap in per_class.values() if not math.isnan(ap)]
         found = float((face_w * self.face_found).sum())
-        return {"map": float(np.mean(aps)) if aps else math.nan,
-                "faces_found": found / float(face_w.sum()) if face_w.sum() else math.nan,
-                "label_accuracy": float((face_w * self.face_right).sum()) / found
-                if found else math.nan}
+        values = {"map": float(np.mean(aps)) if aps else math.nan,
+                  "faces_found": found / float(face_w.sum()) if face_w.sum() else math.nan,
+                  "label_accuracy": float((face_w * self.face_right).sum()) / found
+                  if found else math.nan}
+        for name in class_metrics(self.classes):
+            if name == "map_main":
+                main = [per_class[c] for c in MAIN_CLASSES if not math.isnan(per_class[c])]
+                values[name] = float(np.mean(main)) if main else math.nan
+            else:
+                values[name] = per_class[name[3:]]
+        return values
 
 
 def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[str],
@@ -95,6 +112,8 @@ def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[
     `baseline`: the (truth, predictions) of another run scored on the same photos; then every
     number is this run's minus the baseline's, both on the same resample (a paired interval:
     the photos' own difficulty cancels, so it is narrower than the two intervals side by side).
+    Over more than two classes, also each class's AP and the main classes' mAP
+    (:func:`class_metrics`).
     """
     rows = _Rows(truth, predictions, names, class_names)
     other = None if baseline is None else _Rows(*baseline, names, class_names)
@@ -104,11 +123,11 @@ def photo_intervals(truth: pd.DataFrame, predictions: pd.DataFrame, names: list[
         if other is None:
             return values
         base = other.metrics(count)
-        return {m: values[m] - base[m] for m in METRICS}
+        return {m: values[m] - base[m] for m in values}
 
     point = measure(np.ones(rows.n_images, dtype=np.int64))
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {m: [] for m in METRICS}
+    samples: dict[str, list[float]] = {m: [] for m in point}
     for _ in range(resamples):
         count = rng.multinomial(rows.n_images, np.full(rows.n_images, 1.0 / rows.n_images))
         for m, v in measure(count).items():

@@ -8,6 +8,8 @@ Files written into the evaluation folder (next to metrics.json):
                        truth green (ignore regions grey), predictions blue when correct (right
                        face and label), red when wrong (false alarm, duplicate or wrong label),
                        orange when on an ignore region
+  faces_<class>.png    each class beyond the main two: its labelled faces, framed by outcome
+                       (maskbatch.evaluation.gallery)
   report.html          the metrics table, both plots and the grid of worst images; it refers to
                        the files above by relative path, so the folder can be moved as a whole
 """
@@ -27,6 +29,7 @@ from matplotlib.figure import Figure
 from maskbatch import files
 from maskbatch.config import MASK
 from maskbatch.errors import ImageError
+from maskbatch.evaluation import gallery
 from maskbatch.evaluation.intervals import difference_text, interval_text
 from maskbatch.outputs import draw, writers
 from maskbatch.photos import reading
@@ -323,6 +326,12 @@ def write_report(ev: Evaluation, out_dir: str, paths: dict[str, list[str]]) -> d
         written[name] = files.join(out_dir, name)
         writers.write_bytes_atomic(written[name], data)
     worst = write_worst(ev, out_dir, paths)
+    for class_name in gallery.rare_classes(ev.metrics["confusion"]["labels"]):
+        data = gallery.gallery_png(ev.truth, paths, class_name)
+        if data:
+            name = f"faces_{class_name}.png"
+            written[name] = files.join(out_dir, name)
+            writers.write_bytes_atomic(written[name], data)
     written["report.html"] = files.join(out_dir, "report.html")
     writers.write_bytes_atomic(written["report.html"], report_html(ev.metrics, worst).encode())
     return written

@@ -32,6 +32,7 @@ from maskbatch.models.classifier import (
     ModelRef,
     class_names_of,
     default_model_dir,
+    model_for_classes,
     model_ref,
     preprocess,
     read_model,
@@ -117,7 +118,8 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             cluster_config: ClusterConfig = ClusterConfig(), previews: int = 0,
             resume: bool = False, overwrite: bool = False,
             limits: InputLimits = InputLimits(), fps: float = VIDEO_FPS,
-            segment_seconds: float = VIDEO_SEGMENT_SECONDS) -> PredictResult:
+            segment_seconds: float = VIDEO_SEGMENT_SECONDS,
+            classes: int | None = None) -> PredictResult:
     """Detect and classify every face in a folder of photos and videos; write detections,
     submission, manifest.
 
@@ -128,8 +130,10 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     Workers commit each partition under OUT_DIR/parts and the driver logs it (so --resume skips
     finished work); at the end the committed parts are streamed, in input order, into
     detections.parquet, submission.csv and images.parquet. Every photo is read within `limits`
-    (bytes, pixels, seconds); one that is not fails alone.
+    (bytes, pixels, seconds); one that is not fails alone. `classes` 2 or 3 picks the bundled
+    model of that many classes (with `model`: checks that it has them).
     """
+    model = model_for_classes(model, classes)
     if resume and overwrite:
         raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
     check_predict_arguments(detector, previews, limits)

@@ -30,6 +30,9 @@ from maskbatch.config import CLASS_NAMES, MASK, setting
 from maskbatch.errors import MaskbatchError
 
 BUNDLED_MODEL_DIR = Path(str(resources.files("maskbatch") / "models"))
+# the bundled model of each class count (`predict --classes N`): the 2-class pair, and that pair
+# kept whole with a head for face_with_mask_incorrect (maskbatch.train.head)
+BUNDLED_MODEL_DIRS = {2: BUNDLED_MODEL_DIR, 3: BUNDLED_MODEL_DIR / "classes3"}
 # Crops per onnxruntime call. Small batches stay in the CPU's caches: one thread, the bundled pair,
 # 1,700 real crops in one call cost 3.0 ms a crop, in calls of 4-32 0.83-0.97 ms, of 64 1.26 ms;
 # and one call of 7,000 crops took 7 GB (docs/benchmarks.md, classifier batches).
@@ -40,6 +43,24 @@ ENV_MODEL = "MASKBATCH_MODEL"  # a model folder to use instead of the bundled on
 def default_model_dir() -> Path:
     """$MASKBATCH_MODEL when set, else the model bundled with the package."""
     return Path(setting(ENV_MODEL) or BUNDLED_MODEL_DIR)
+
+
+def model_for_classes(model_dir: str | None, classes: int | None) -> str | None:
+    """The model folder `predict` uses: `model_dir` when given (its card must have `classes`
+    classes when that is given too), else the bundled model of `classes` classes, else None (the
+    default model)."""
+    if classes is None:
+        return model_dir
+    if classes not in BUNDLED_MODEL_DIRS:
+        raise MaskbatchError(f"--classes must be one of {', '.join(map(str, BUNDLED_MODEL_DIRS))}, "
+                             f"got {classes}")
+    if model_dir is None:
+        return str(BUNDLED_MODEL_DIRS[classes])
+    names = class_names_of(read_model(model_dir)[1])
+    if len(names) != classes:
+        raise MaskbatchError(f"--classes {classes} but the model in {model_dir} has "
+                             f"{len(names)} classes ({', '.join(names)})")
+    return model_dir
 
 
 def preprocess(crops: Sequence[np.ndarray], size: int) -> np.ndarray:

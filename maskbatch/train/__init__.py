@@ -68,6 +68,22 @@ def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
                eval_crops=eval_crops, limit=limit, threads=threads, classes=classes)
 
 
+def train_head(crops_dir: str | list[str], out_dir: str, base: str | None = None,
+               limit: int | None = None, seed: int = 0) -> dict:
+    """A 3-class model made of a 2-class model (`base`, default: the bundled one) kept whole and a
+    head on its feature maps for face_with_mask_incorrect (see maskbatch.train.head). Needs numpy
+    and onnx only, not TensorFlow. Writes model.onnx and model_card.json to `out_dir`; returns
+    the card."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise MaskbatchError(TRAIN_EXTRA_HINT) from None
+    from maskbatch.train.head import run
+
+    dirs = [crops_dir] if isinstance(crops_dir, str) else list(crops_dir)
+    return run(dirs, out_dir, base, limit=limit, seed=seed)
+
+
 def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,
                    part: str | None = "train", steps: int | None = None, limit: int | None = None,
                    validate: bool = True) -> dict:
@@ -92,4 +108,4 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
 
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "architecture_list", "require_tensorflow", "train",
-           "train_detector"]
+           "train_detector", "train_head"]
