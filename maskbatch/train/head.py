@@ -183,7 +183,7 @@ def cross_validate(prob: np.ndarray, feats: np.ndarray, mirrored: np.ndarray, y:
                    seed: int = 0) -> dict:
     """Grouped FOLDS-fold CV (whole groups, seeded) of every L2 strength and logit shift: each
     fold's head trains on the others' crops and their mirror images, and scores its own crops as
-    the mean logit of plain and mirrored. Chooses the L2 by CV AP of the third class and then the
+    they are (what the ONNX graph does). Chooses the L2 by CV AP of the third class and then the
     shift by CV F1 of its argmax label, both over the `scored` crops (those of the sets that label
     the class: a set that never does may hold such faces under another label). Returns the
     choice and the out-of-fold logits."""
@@ -199,7 +199,7 @@ def cross_validate(prob: np.ndarray, feats: np.ndarray, mirrored: np.ndarray, y:
         whitened = whitening(x)
         for l2 in L2_GRID:
             w, b = fit_head(x, target, l2, whitened)
-            logits[l2][test] = (feats[test] @ w + mirrored[test] @ w) / 2 + b
+            logits[l2][test] = feats[test] @ w + b  # as the graph runs it: the crop alone
     aps = {l2: average_precision(y[scored], logits[l2][scored]) for l2 in L2_GRID}
     l2 = max(L2_GRID, key=lambda v: (aps[v], -v))
     f1s = {}
@@ -301,7 +301,6 @@ def run(crops_dirs: list[str], out_dir: str, base_dir: str | None, limit: int | 
                         groups[fitting], threshold, scored[fitting], seed)
     weights, bias = fit_head(np.vstack([feats[fitting], mirrored[fitting]]),
                              np.concatenate([y[fitting], y[fitting]]).astype(float), cv["l2"])
-    # the mirrored crop's logit is not in the graph: the head is fitted on both, applied to one
     bias += cv["shift"]
     onnx_bytes = head_graph(base_bytes, base.maps, base.shapes, base.output, weights, bias,
                             threshold)
