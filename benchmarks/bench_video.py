@@ -10,9 +10,12 @@ The video is made here from sample photos (each held 2 s, mp4v). Rows:
   one core    predict_partition on the whole video as one segment, in this process
   as JPEGs    the same sampled frames saved as JPEG photos (quality 95), predict_partition on them
               in this process: what the video's decoding costs against decoding photos
+  segments    predict_partition on each --segment-seconds segment in turn, in this process, run
+              just before the worker rows: what 1 worker is to be compared with (same items)
   N workers   `predict` on a LocalCluster of N single-threaded worker processes, the video cut
               into --segment-seconds segments (seconds: processing time, first task to last
-              commit; CPU: the worker processes' whole lives, start-up and model loading included)
+              commit; CPU: the worker processes' whole lives, start-up and model loading included;
+              in tasks: the sum of images.parquet's per-segment seconds, the work itself)
 CPU is this process's (or the workers') user + system time; CPU / wall above 1 means more than
 one core was busy.
 """
@@ -46,9 +49,10 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def row(run: str, frames: int, seconds: float, cpu: float) -> list[object]:
+def row(run: str, frames: int, seconds: float, cpu: float, in_tasks: float | None = None
+        ) -> list[object]:
     return [run, frames, f"{seconds:.2f}", f"{cpu:.2f}", f"{frames / seconds:.1f}",
-            f"{cpu / seconds:.2f}"]
+            f"{cpu / seconds:.2f}", "" if in_tasks is None else f"{in_tasks:.2f}"]
 
 
 def make_video(path: Path, seconds: int, size: tuple[int, int], hold: int = 2) -> Path:
@@ -107,6 +111,12 @@ def main() -> None:
                         cpu_j))
         extra = (cpu / frames) / (cpu_j / len(items)) - 1
 
+        segments = video.expand_videos([(clip.name, str(clip))], args.fps, args.segment_seconds)
+        started, cpu_s = time.perf_counter(), time.process_time()
+        for item in segments:
+            predict_partition([item], DetectorConfig(), ref)
+        rows.append(row(f"{len(segments)} segments one by one (in process)", frames,
+                        time.perf_counter() - started, time.process_time() - cpu_s))
         rates = {}
         for workers in (1, 2):
             cpu_w = children_cpu()
@@ -116,11 +126,13 @@ def main() -> None:
                                                           progress=False))
             assert len(result.detections) == len(det)
             rows.append(row(f"{workers} worker(s), {result.processed} segments", frames,
-                            result.seconds, children_cpu() - cpu_w))
+                            result.seconds, children_cpu() - cpu_w,
+                            float(result.manifest["seconds"].sum())))
             rates[workers] = frames / result.seconds
     print(f"{args.seconds} s of {size[0]}x{size[1]} mp4v at {VIDEO_FPS} fps, sampled at "
           f"{args.fps:g} frames/s ({frames} frames), segments of {args.segment_seconds:g} s")
-    print(table(["run", "frames", "seconds", "CPU s", "frames/s", "CPU / wall"], rows))
+    print(table(["run", "frames", "seconds", "CPU s", "frames/s", "CPU / wall", "in tasks s"],
+                rows))
     speedup = rates[2] / rates[1]
     print(f"a frame from the video costs {extra:+.1%} CPU against the same frame as a JPEG photo; "
           f"2 workers run {speedup:.2f}x the frames/s of 1")
