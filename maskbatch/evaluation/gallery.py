@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import MASK, NO_MASK
+from maskbatch.config import INCORRECT, MASK, NO_MASK
 from maskbatch.errors import ImageError
 from maskbatch.outputs import draw
 
@@ -19,7 +19,7 @@ MAX_FACES = 64
 FOUND = (40, 170, 40)  # BGR
 OTHER_LABEL = (0, 150, 255)
 MISSED = (30, 30, 220)
-SHORT = {MASK: "mask", NO_MASK: "no mask", "face_with_mask_incorrect": "below nose"}
+SHORT = {MASK: "mask", NO_MASK: "no mask", INCORRECT: "below nose"}
 
 
 def rare_classes(class_names: list[str] | tuple[str, ...]) -> list[str]:

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-from maskbatch.config import __version__
+from maskbatch.config import INCORRECT, __version__
 from maskbatch.datasets import class_names_for
 from maskbatch.errors import MaskbatchError
 from maskbatch.models.classifier import Classifier, class_names_of, read_model, sha256_bytes
@@ -36,7 +36,6 @@ from maskbatch.train import data as tdata
 from maskbatch.train.export import CLASS_PROBS_NAME
 from maskbatch.train.metrics import multiclass_report
 
-INCORRECT = "face_with_mask_incorrect"
 GRID = 3  # each feature map averaged to GRID x GRID cells
 PCA_DIMS = 256
 L2_GRID = (10.0, 30.0, 100.0)
