@@ -30,6 +30,7 @@ from maskbatch.models import detect
 from maskbatch.models.classifier import (
     Classifier,
     ModelRef,
+    check_class_count,
     class_names_of,
     default_model_dir,
     model_for_classes,
@@ -148,7 +149,9 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     check_apart_from_inputs(out_dir, places)
     inputs = video.expand_videos(listed, fps, segment_seconds, limits)
     onnx_bytes, card = read_model(model)
-    check_model_loads(onnx_bytes, card, model or str(default_model_dir()))
+    where = model or str(default_model_dir())
+    check_class_count(card, classes, where)
+    check_model_loads(onnx_bytes, card, where)
     ref = model_ref(model, card)
     classes = class_names_of(card)
     record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto", fps,

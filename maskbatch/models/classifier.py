@@ -46,21 +46,22 @@ def default_model_dir() -> Path:
 
 
 def model_for_classes(model_dir: str | None, classes: int | None) -> str | None:
-    """The model folder `predict` uses: `model_dir` when given (its card must have `classes`
-    classes when that is given too), else the bundled model of `classes` classes, else None (the
-    default model)."""
-    if classes is None:
-        return model_dir
-    if classes not in BUNDLED_MODEL_DIRS:
+    """The model folder `predict` uses: `model_dir` when given (check_class_count then checks its
+    card), else the bundled model of `classes` classes, else None (the default model)."""
+    if classes is not None and classes not in BUNDLED_MODEL_DIRS:
         raise MaskbatchError(f"--classes must be one of {', '.join(map(str, BUNDLED_MODEL_DIRS))}, "
                              f"got {classes}")
-    if model_dir is None:
+    if model_dir is None and classes is not None:
         return str(BUNDLED_MODEL_DIRS[classes])
-    names = class_names_of(read_model(model_dir)[1])
-    if len(names) != classes:
-        raise MaskbatchError(f"--classes {classes} but the model in {model_dir} has "
-                             f"{len(names)} classes ({', '.join(names)})")
     return model_dir
+
+
+def check_class_count(card: dict, classes: int | None, where: str) -> None:
+    """Raise unless the card has `classes` classes (None: any number)."""
+    names = class_names_of(card, where)
+    if classes is not None and len(names) != classes:
+        raise MaskbatchError(f"--classes {classes} but the model in {where} has "
+                             f"{len(names)} classes ({', '.join(names)})")
 
 
 def preprocess(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
