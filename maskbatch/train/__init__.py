@@ -24,6 +24,15 @@ def require_tensorflow() -> None:
         raise MaskbatchError(TRAIN_EXTRA_HINT) from None
 
 
+def require_onnx() -> None:
+    """Raise MaskbatchError with the install hint unless the onnx package imports."""
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise MaskbatchError(TRAIN_EXTRA_HINT) from None
+
+
 def architecture_list(arch: str) -> list[str]:
     """The nets of an architecture spec: one name, or names joined by '+' (an ensemble of one net
     per name, e.g. 'compact+backbone'); raises MaskbatchError on an unknown or repeated name."""
@@ -74,10 +83,7 @@ def train_head(crops_dir: str | list[str], out_dir: str, base: str | None = None
     head on its feature maps for face_with_mask_incorrect (see maskbatch.train.head). Needs numpy
     and onnx only, not TensorFlow. Writes model.onnx and model_card.json to `out_dir`; returns
     the card."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise MaskbatchError(TRAIN_EXTRA_HINT) from None
+    require_onnx()
     from maskbatch.train.head import run
 
     dirs = [crops_dir] if isinstance(crops_dir, str) else list(crops_dir)
@@ -95,11 +101,7 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     `out_dir` (see maskbatch.train.detector_run) and returns the card.
     """
     require_tensorflow()
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-
-        raise MaskbatchError(TRAIN_EXTRA_HINT) from None
+    require_onnx()
     from maskbatch.train.detector_fit import Recipe
     from maskbatch.train.detector_run import run
 
@@ -107,5 +109,5 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate)
 
 
-__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "architecture_list", "require_tensorflow", "train",
-           "train_detector", "train_head"]
+__all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "architecture_list", "require_onnx",
+           "require_tensorflow", "train", "train_detector", "train_head"]
