@@ -83,12 +83,15 @@ class BaseFeatures:
                                                     providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.shapes: list[tuple[int, int, int]] = []  # (C, H, W) of each map, set on first run
+        self._pools: list[np.ndarray] = []  # their pooling matrices, made with the shapes
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         prob, *maps = self.session.run([self.output, *self.maps], {self.input: batch})
-        self.shapes = [tuple(int(v) for v in m.shape[1:]) for m in maps]  # type: ignore[misc]
-        pooled = [(m.reshape(len(m), c, h * w) @ pooling_matrix(h, w)).reshape(len(m), -1)
-                  for m, (c, h, w) in zip(maps, self.shapes)]
+        if not self.shapes:  # the input size is fixed, so the maps' sizes are too
+            self.shapes = [tuple(int(v) for v in m.shape[1:]) for m in maps]  # type: ignore[misc]
+            self._pools = [pooling_matrix(h, w) for _, h, w in self.shapes]
+        pooled = [(m.reshape(len(m), c, h * w) @ pool).reshape(len(m), -1)
+                  for m, (c, h, w), pool in zip(maps, self.shapes, self._pools)]
         return prob.reshape(-1).astype(np.float64), np.concatenate(pooled, axis=1).astype(np.float64)
 
 
@@ -314,16 +317,14 @@ def run(crops_dirs: list[str], out_dir: str, base_dir: str | None, limit: int | 
     if parity > 1e-4:
         raise MaskbatchError(f"the head's ONNX graph and its numpy twin differ by {parity:g}")
 
-    target = {c: k for k, c in enumerate(class_names)}
-    y3 = np.array([target[v] for v in labels])
-    in_fit = np.flatnonzero(fitting)
+    y3 = arrays.y  # each crop's class index (tdata.targets)
     cv_probs = combine(prob[fitting], cv["logits"], threshold)
     by_set = {}
     for name in sorted(df["set"].unique()):
         sel = ((df["set"] == name).to_numpy()) & (parts == "val")
         if sel.any():
             by_set[name] = multiclass_report(y3[sel], probs[sel], list(class_names))
-    scored_fit = scored[in_fit]
+    scored_fit = scored[fitting]
     card.update({
         "format": "maskbatch-classifier/1",
         "architecture": f"{base_card.get('architecture', 'base')}+incorrect-head",
