@@ -30,13 +30,11 @@ def rare_classes(class_names: list[str] | tuple[str, ...]) -> list[str]:
 def _tile(path_candidates: list[str], box: tuple) -> np.ndarray | None:
     for path in path_candidates:
         try:
-            data = draw.face_jpeg(path, box, side=SIDE)
+            crop = draw.face_crop(path, box, side=SIDE)
         except (ImageError, OSError):
             continue
-        if data:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-            if image is not None:
-                return image
+        if crop is not None:
+            return crop
     return None
 
 

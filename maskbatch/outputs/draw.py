@@ -97,10 +97,11 @@ def preview_jpeg(path: str, detections: list[tuple], max_side: int = 1280) -> by
     return buf.tobytes() if ok else b""
 
 
-def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25,
-              frame: int | None = None) -> bytes:
-    """JPEG bytes of one face with a margin around it, scaled to `side` px (for galleries);
-    `frame`: the face is on that frame of the video at `path`."""
+def face_crop(path: str, box: tuple, side: int = 160, margin: float = 0.25,
+              frame: int | None = None) -> np.ndarray | None:
+    """One face with a margin around it, scaled so its longer side is `side` px (for galleries),
+    as a BGR image; None when the box lies outside the image. `frame`: the face is on that frame
+    of the video at `path`."""
     image = reading.load_image(path) if frame is None else video.read_frame(path, frame)
     height, width = image.shape[:2]
     left, top, right, bottom = (float(v) for v in box[:4])
@@ -108,11 +109,19 @@ def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25,
     x0, y0 = int(max(left - pad, 0)), int(max(top - pad, 0))
     x1, y1 = int(min(right + pad, width)), int(min(bottom + pad, height))
     if x1 <= x0 or y1 <= y0:
-        return b""
+        return None
     crop = image[y0:y1, x0:x1]
     scale = side / max(crop.shape[:2])
-    crop = cv2.resize(crop, None, fx=scale, fy=scale,
+    return cv2.resize(crop, None, fx=scale, fy=scale,
                       interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def face_jpeg(path: str, box: tuple, side: int = 160, margin: float = 0.25,
+              frame: int | None = None) -> bytes:
+    """JPEG bytes of face_crop (b"" when there is none)."""
+    crop = face_crop(path, box, side, margin, frame)
+    if crop is None:
+        return b""
     ok, buf = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
     return buf.tobytes() if ok else b""
 
