@@ -93,12 +93,19 @@ def _baseline_lines(metrics: dict) -> str:
                        ("label_accuracy", "right label")):
         lines.append(f"  {label:12} {_fmt(base[key])} -> {_fmt(ours[key])}  "
                      f"{difference_text(base['difference'], key)}\n")
-    for key in base["difference"]["point"]:
-        if key == "map_main" or key.startswith("ap:"):
-            label = "mAP of face_with_mask, face_no_mask" if key == "map_main" else \
-                f"AP {key[3:]}"
-            lines.append(f"  {label}: {difference_text(base['difference'], key)}\n")
+    for key in _class_keys(base["difference"]):
+        lines.append(f"  {_class_label(key, 'mAP of face_with_mask, face_no_mask')}: "
+                     f"{difference_text(base['difference'], key)}\n")
     return "".join(lines)
+
+
+def _class_keys(intervals: dict | None) -> list[str]:
+    """The per-class names of a photo_intervals result (intervals.class_metrics), in order."""
+    return [k for k in (intervals or {}).get("point", {}) if k == "map_main" or k.startswith("ap:")]
+
+
+def _class_label(key: str, main: str) -> str:
+    return main if key == "map_main" else f"AP {key[3:]}"
 
 
 def _interval(metrics: dict, name: str) -> str:
@@ -127,11 +134,9 @@ def format_table(metrics: dict) -> str:
           f"{m['n_truth']:>7}{m['n_pred']:>7}{m['tp']:>7}{m['fp']:>7}{m['fn']:>7}"
           f"{m['ignored']:>9}\n")
     w(f"{'mAP':18}{_fmt(metrics['map']):>7}{_interval(metrics, 'map')}\n")
-    for key in (metrics.get("intervals") or {}).get("point", {}):
-        if key == "map_main" or key.startswith("ap:"):
-            label = "  mAP, main two" if key == "map_main" else f"  AP {key[3:]}"
-            point = metrics["intervals"]["point"][key]
-            w(f"{label:18}{_fmt(point):>7}{_interval(metrics, key)}\n")
+    for key in _class_keys(metrics.get("intervals")):
+        w(f"{'  ' + _class_label(key, 'mAP, main two'):18}"
+          f"{_fmt(metrics['intervals']['point'][key]):>7}{_interval(metrics, key)}\n")
     coco = metrics.get("coco") or {}
     if coco.get("available"):
         w(f"COCO ({coco['tool']}): AP@[.5:.95] {_fmt(coco['ap'])}, AP@0.5 {_fmt(coco['ap50'])}, "
