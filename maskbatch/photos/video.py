@@ -304,13 +304,9 @@ def decode_frames(path: str, wanted: list[int]) -> Iterator[tuple[int, np.ndarra
     before the next wanted frame are held and decoded once a packet at or past that frame comes.
     A wanted frame missing from the file (a gap in the time stamps) gets the next frame there is.
     """
-    container = av.open(files.os_path(path))
+    container, stream = _open_stream(path)
     try:
-        if not container.streams.video:
-            raise ImageError("cannot open it as a video any more (changed since it was listed?)")
-        stream = container.streams.video[0]
         codec = stream.codec_context
-        codec.thread_count = 1  # one core per worker, like every library's threads here
         rate, base, origin = _rate(stream), stream.time_base, stream.start_time or 0
         if not rate or not base:
             raise ImageError("a video without a usable frame rate")
@@ -324,10 +320,8 @@ def decode_frames(path: str, wanted: list[int]) -> Iterator[tuple[int, np.ndarra
                                backward=True, any_frame=False)
             except av.FFmpegError:  # no index to seek with (a truncated AVI): from the start
                 container.close()
-                container = av.open(files.os_path(path))
-                stream = container.streams.video[0]
+                container, stream = _open_stream(path)
                 codec = stream.codec_context
-                codec.thread_count = 1
         targets = iter(wanted)
         target = next(targets)
         held: list[av.Packet] = []  # read, not yet decoded; they follow what the decoder was fed
@@ -355,6 +349,18 @@ def decode_frames(path: str, wanted: list[int]) -> Iterator[tuple[int, np.ndarra
             held.clear()
     finally:
         container.close()
+
+
+def _open_stream(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """A local video opened for decoding: its container and first video stream, decoded with
+    FFmpeg in one thread (one core per worker, like every library's threads here)."""
+    container = av.open(files.os_path(path))
+    if not container.streams.video:
+        container.close()
+        raise ImageError("cannot open it as a video any more (changed since it was listed?)")
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    return container, stream
 
 
 def _where(result: SegmentRead, segment: Segment) -> str:
