@@ -180,11 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(medical-mask and voc-masks validate on their committed val photos, others on "
                    "a grouped 20 %%)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--arch", default=DEFAULT_ARCH,
+    p.add_argument("--arch",
                    help=f"the net: {', '.join(ARCHITECTURES)}, or several joined by '+' for an "
                         f"ensemble that averages them (default: {DEFAULT_ARCH})")
     p.add_argument("--epochs", type=_positive_int, help="maximum epochs (default: per arch)")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, help="default: 32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-crops", metavar="CROPS",
                    help="crops of another dataset for cross-dataset accuracy (never trained on)")
@@ -325,6 +325,13 @@ def _run(args: argparse.Namespace) -> None:
         if args.classes != 3:
             raise MaskbatchError("--base trains a head for the third class: use it with "
                                  "--classes 3")
+        net_options = {"--arch": args.arch, "--epochs": args.epochs,
+                       "--batch-size": args.batch_size, "--eval-crops": args.eval_crops,
+                       "--threads": args.threads}
+        given = [flag for flag, value in net_options.items() if value is not None]
+        if given:
+            raise MaskbatchError(f"--base keeps the base model's nets as they are and fits only "
+                                 f"a head: {', '.join(given)} cannot apply")
         card = train_head(args.crops, args.out, None if args.base == "bundled" else args.base,
                           seed=args.seed)
         cv = card["cross_validation"]
@@ -332,8 +339,8 @@ def _run(args: argparse.Namespace) -> None:
               f"grouped CV AP of face_with_mask_incorrect {cv['incorrect_ap']:.3f}")
     elif args.command == "train":
 
-        card = train(args.crops, args.out, arch=args.arch, epochs=args.epochs,
-                     batch_size=args.batch_size, seed=args.seed, eval_crops=args.eval_crops,
+        card = train(args.crops, args.out, arch=args.arch or DEFAULT_ARCH, epochs=args.epochs,
+                     batch_size=args.batch_size or 32, seed=args.seed, eval_crops=args.eval_crops,
                      threads=args.threads, classes=args.classes)
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":

@@ -92,6 +92,16 @@ def test_head_refuses_a_three_class_base(head_model, tmp_path, data) -> None:
     assert main(["train", crops, "--out", str(tmp_path / "m"), "--base"]) == 2
 
 
+def test_head_refuses_options_of_the_nets_it_keeps(tmp_path, capsys) -> None:
+    # --base fits a head only: a net option would be ignored, so it is refused before any work
+    for extra in (["--epochs", "3"], ["--arch", "compact"], ["--batch-size", "8", "--threads", "1"]):
+        assert main(["train", str(tmp_path), "--out", str(tmp_path / "m"), "--classes", "3",
+                     "--base", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and extra[0] in err[0] and "cannot apply" in err[0]
+    assert not (tmp_path / "m").exists()
+
+
 def test_bundled_three_class_model_is_the_head_on_the_bundled_pair() -> None:
     _, card3 = read_model(BUNDLED_MODEL_DIRS[3])
     _, card2 = read_model(BUNDLED_MODEL_DIRS[2])
