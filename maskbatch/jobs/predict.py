@@ -153,7 +153,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     check_class_count(card, classes, where)
     check_model_loads(onnx_bytes, card, where)
     ref = model_ref(model, card)
-    classes = class_names_of(card)
+    class_names = class_names_of(card)
     record = _run_record(inputs, ref, detector, cluster_config.partition_size or "auto", fps,
                          segment_seconds)
     if resume:
@@ -203,20 +203,20 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         seconds = time.perf_counter() - started
         restarts = cluster.workers_lost(client, events_since)
         final_started = time.perf_counter()
-        counts = parts.compact(out_dir, [name for name, _ in inputs], previews, classes)
+        counts = parts.compact(out_dir, [name for name, _ in inputs], previews, class_names)
         if previews:
             _write_previews(client, out_dir, counts.previews)
         result = PredictResult(out_dir, seconds, todo, counts, dash,
                                time.perf_counter() - wall_started,
                                (stats.first_submit or started) - called, size, stats, restarts,
-                               class_names=classes)
+                               class_names=class_names)
         # the report's digest and the COCO files read the final tables in batches: the driver
         # never holds every detection (docs/benchmarks.md)
         digest = run_digest.Digest.of_out_dir(out_dir, float(card.get("threshold", 0.5)),
                                               n_first=min(previews, 8) or run_digest.N_FIRST,
-                                              class_names=classes)
+                                              class_names=class_names)
         gallery = run_digest.draw_gallery(digest, functools.partial(window.call_each, client))
-        coco.write_coco(out_dir, classes)
+        coco.write_coco(out_dir, class_names)
         # the final step: compaction, previews, the report's digest and gallery, COCO files
         counts.seconds = time.perf_counter() - final_started
         result.wall_seconds = time.perf_counter() - wall_started
