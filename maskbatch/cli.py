@@ -298,6 +298,14 @@ def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
                          progress=not args.no_progress)
 
 
+def _net_options(args: argparse.Namespace) -> dict:
+    """The options of `train` that shape the nets it trains, as given on the command line (the
+    ones left out keep train()'s defaults)."""
+    given = {"arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
+             "eval_crops": args.eval_crops, "threads": args.threads}
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def _run(args: argparse.Namespace) -> None:
     if args.command == "extract":
 
@@ -325,13 +333,11 @@ def _run(args: argparse.Namespace) -> None:
         if args.classes != 3:
             raise MaskbatchError("--base trains a head for the third class: use it with "
                                  "--classes 3")
-        net_options = {"--arch": args.arch, "--epochs": args.epochs,
-                       "--batch-size": args.batch_size, "--eval-crops": args.eval_crops,
-                       "--threads": args.threads}
-        given = [flag for flag, value in net_options.items() if value is not None]
+        given = _net_options(args)
         if given:
+            flags = ", ".join("--" + key.replace("_", "-") for key in given)
             raise MaskbatchError(f"--base keeps the base model's nets as they are and fits only "
-                                 f"a head: {', '.join(given)} cannot apply")
+                                 f"a head: {flags} cannot apply")
         card = train_head(args.crops, args.out, None if args.base == "bundled" else args.base,
                           seed=args.seed)
         cv = card["cross_validation"]
@@ -339,9 +345,8 @@ def _run(args: argparse.Namespace) -> None:
               f"grouped CV AP of face_with_mask_incorrect {cv['incorrect_ap']:.3f}")
     elif args.command == "train":
 
-        card = train(args.crops, args.out, arch=args.arch or DEFAULT_ARCH, epochs=args.epochs,
-                     batch_size=args.batch_size or 32, seed=args.seed, eval_crops=args.eval_crops,
-                     threads=args.threads, classes=args.classes)
+        card = train(args.crops, args.out, seed=args.seed, classes=args.classes,
+                     **_net_options(args))
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":
 
