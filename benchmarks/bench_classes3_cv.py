@@ -35,8 +35,9 @@ from common import data_dir, table  # noqa: E402
 from maskbatch.config import INCORRECT  # noqa: E402
 from maskbatch.datasets import class_names_for  # noqa: E402
 from maskbatch.datasets.splits import split_names  # noqa: E402
-from maskbatch.models.classifier import BUNDLED_MODEL_DIRS, fit_crop, preprocess, read_model  # noqa: E402
-from maskbatch.photos import pixels, reading  # noqa: E402
+from maskbatch.models.classifier import BUNDLED_MODEL_DIRS, preprocess, read_model  # noqa: E402
+from maskbatch.photos import reading  # noqa: E402
+from maskbatch.pipeline import face_crops  # noqa: E402
 from maskbatch.train import data as tdata  # noqa: E402
 from maskbatch.train import head  # noqa: E402
 
@@ -77,11 +78,9 @@ def box_features(base: head.BaseFeatures, detections: pd.DataFrame, size: int
     probs, feats = np.zeros(len(detections)), None
     for name, index in detections.groupby("name").groups.items():
         image = reading.load_image(str(data_dir() / SET / "images" / name))
-        rows = detections.loc[index]
         # submission order: x1, x2, y1, y2 hold left, top, right, bottom
-        crops = [fit_crop(pixels.crop(image, (int(r.x1), int(r.x2), int(r.y1), int(r.y2))), size)
-                 for r in rows.itertuples()]
-        p, f = base(preprocess(crops, size))
+        boxes = detections.loc[index, ["x1", "x2", "y1", "y2"]].to_numpy()
+        p, f = base(preprocess(face_crops(image, boxes, size), size))
         feats = np.zeros((len(detections), f.shape[1])) if feats is None else feats
         probs[index], feats[index] = p, f
     return probs, feats

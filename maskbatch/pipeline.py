@@ -201,12 +201,17 @@ def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classif
     ``detector.min_face``, crop, classify. A probability that is not a finite number fails the
     image (ImageError NON_FINITE)."""
     found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
-    crops = [fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))),
-                      classifier.input_size) for x1, y1, x2, y2, _ in found]
-    probs = classifier.class_probabilities(crops)
+    probs = classifier.class_probabilities(face_crops(image, found, classifier.input_size))
     if not np.isfinite(probs).all():
         raise ImageError(NON_FINITE)
     return found, probs
+
+
+def face_crops(image: np.ndarray, boxes: np.ndarray, size: int) -> list[np.ndarray]:
+    """The classifier's input for each box (left, top, right, bottom, ...): its pixels, fitted
+    to `size` x `size`."""
+    return [fit_crop(pixels.crop(image, (int(x1), int(y1), int(x2), int(y2))), size)
+            for x1, y1, x2, y2, *_ in boxes]
 
 
 def face_rows(name: str, found: np.ndarray, probs: np.ndarray, classifier: Classifier,
