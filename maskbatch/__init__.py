@@ -11,15 +11,9 @@ first use: a worker process that imports maskbatch.tasks never loads the jobs' d
 from __future__ import annotations
 
 import importlib
-import os
 from typing import TYPE_CHECKING, Any
 
-from maskbatch.config import CLASS_NAMES, MASK, MAX_PIXELS_CEILING, NO_MASK, __version__
-
-# OpenCV reads its decoder limit once per process: set to the ceiling of --max-pixels, so that the
-# per-photo limit a run chooses (checked in the header, and on the decoded picture) is the one
-# that holds; a header over the ceiling is still refused by OpenCV before it allocates.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS_CEILING))
+from maskbatch.config import CLASS_NAMES, MASK, NO_MASK, __version__
 
 _JOBS = {"predict": "maskbatch.jobs.predict", "extract": "maskbatch.jobs.extract"}
 

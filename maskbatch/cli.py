@@ -22,6 +22,7 @@ if "__mp_main__" in sys.modules and sys.modules["__mp_main__"] is sys.modules.ge
 
 from maskbatch.config import (  # noqa: E402
     CROP_SIZE,
+    DETECTOR_MODES,
     MIN_RESAMPLES,
     RESAMPLES,
     VIDEO_FPS,
@@ -37,7 +38,6 @@ from maskbatch.jobs.console import extract_table, format_table, predict_table  #
 from maskbatch.jobs.evaluate import evaluate  # noqa: E402
 from maskbatch.jobs.extract import extract  # noqa: E402
 from maskbatch.jobs.predict import predict  # noqa: E402
-from maskbatch.models.detect import MODES  # noqa: E402
 from maskbatch.runtime import cluster  # noqa: E402
 from maskbatch.storage import describe_error  # noqa: E402
 from maskbatch.train import (  # noqa: E402
@@ -81,26 +81,24 @@ def _probability(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
-    return value
-
-
-def _mode_names() -> list[str]:
-    """The detector modes, listed in --mode's help."""
-
-    return list(MODES)
-
-
 def _non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
+
+
+def _integer(text: str) -> int:
+    """A whole number, any sign: its range is the settings' to check (maskbatch.config)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    """A number, any value: its range is the settings' to check (maskbatch.config)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _amount(text: str, unit: int) -> int:
@@ -111,8 +109,8 @@ def _amount(text: str, unit: int) -> int:
         value = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number such as 64M, got {text!r}") from None
-    if not math.isfinite(value) or value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number such as 64M, got {text!r}")
     return int(value)
 
 
@@ -129,13 +127,13 @@ def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int | None)
     g.add_argument("--scheduler", metavar="ADDR",
                    help="existing Dask scheduler, e.g. tcp://host:8786 (default: "
                         "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
-    g.add_argument("--workers", type=_positive_int, metavar="N",
+    g.add_argument("--workers", type=_integer, metavar="N",
                    help="local cluster worker processes (default: one per core)")
-    g.add_argument("--threads-per-worker", type=_positive_int, default=1, metavar="N",
+    g.add_argument("--threads-per-worker", type=_integer, default=1, metavar="N",
                    help="threads per local worker process (default: 1)")
     chosen = ("chosen for the run from the number of images and the cluster's threads, "
               "16 to 1024" if partition_default is None else partition_default)
-    g.add_argument("--partition-size", type=_positive_int, default=partition_default, metavar="N",
+    g.add_argument("--partition-size", type=_integer, default=partition_default, metavar="N",
                    help=f"images per Dask task (default: {chosen})")
     g.add_argument("--tls-ca-file", metavar="PEM", help="CA certificate for a TLS scheduler")
     g.add_argument("--tls-cert", metavar="PEM", help="client certificate for a TLS scheduler")
@@ -149,7 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"maskbatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
                                 metavar="{extract,train,train-detector,predict,evaluate}")
+    _add_extract(sub)
+    _add_train(sub)
+    _add_train_detector(sub)
+    _add_predict(sub)
+    _add_evaluate(sub)
+    return parser
 
+
+def _add_extract(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("extract", help="crop labelled faces of a dataset into Parquet shards",
                        description="Crop every labelled face of a dataset folder (Kaggle JSON/CSV,"
                        " Pascal VOC or folder-per-class) to Parquet shards, on Dask.")
@@ -173,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier output folder")
     _add_cluster_args(p, partition_default=32)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train the mask classifier and export it to ONNX",
                        description="Train a mask/no-mask CNN on crops from `maskbatch extract` "
                        "and export it to ONNX (needs the train extra: TensorFlow, tf2onnx).")
@@ -201,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "face_with_mask_incorrect (no TensorFlow; how the bundled 3-class model "
                         "was made, docs/classifier.md)")
 
+
+def _add_train_detector(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-detector", help="fine-tune the face detector on labelled photos",
                        description="Fine-tune the YuNet face detector on labelled photos (every "
                        "face box counts, whatever its class), export it to ONNX for "
@@ -215,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, help=argparse.SUPPRESS)  # smoke runs, tests
     p.add_argument("--limit", type=_positive_int, help=argparse.SUPPRESS)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="detect faces and classify them: the batch job",
                        description="Detect every face in a folder of photos, classify mask / no "
                        "mask, write detections.parquet, submission.csv and images.parquet.")
@@ -229,17 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "default) or 3 (adds face_with_mask_incorrect); with --model, the "
                         "number of classes its card must have")
     p.add_argument("--mode", default=DetectorConfig.mode, metavar="MODE",
-                   help=f"detector mode, one of: {', '.join(_mode_names())} (default: "
+                   help=f"detector mode, one of: {', '.join(DETECTOR_MODES)} (default: "
                         f"{DetectorConfig.mode}; seed = the notebook's res10 pass; "
                         "docs/detector-modes.md)")
-    p.add_argument("--confidence", type=_probability,
+    p.add_argument("--confidence", type=_number,
                    help="detector confidence threshold (default: the mode's own)")
-    p.add_argument("--gamma", type=_positive_float, default=DetectorConfig.gamma,
+    p.add_argument("--gamma", type=_number, default=DetectorConfig.gamma,
                    help="gamma correction of the res10 detector's input only (default: 2.0; "
                         "the yunet mode takes the photo as it is)")
-    p.add_argument("--previews", type=_non_negative_int, default=0, metavar="N",
+    p.add_argument("--previews", type=_integer, default=0, metavar="N",
                    help="write the first N annotated images to OUT/previews/")
-    p.add_argument("--min-face", type=_non_negative_int, default=DetectorConfig.min_face,
+    p.add_argument("--min-face", type=_integer, default=DetectorConfig.min_face,
                    metavar="PX", help="drop faces whose shorter side is under PX pixels (default: "
                    f"{DetectorConfig.min_face}, the smallest labelled faces of the sample sets)")
     g = p.add_argument_group("per-photo budget (a photo over it fails alone, with the reason)")
@@ -248,19 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-pixels", type=_pixels, default=InputLimits.max_pixels, metavar="N",
                    help="largest width x height decoded, checked in the header, e.g. 100M "
                         f"(default: {InputLimits.max_pixels // 10**6}M)")
-    g.add_argument("--read-timeout", type=_positive_float, default=InputLimits.read_timeout,
+    g.add_argument("--read-timeout", type=_number, default=InputLimits.read_timeout,
                    metavar="S", help="seconds to read and decode one photo (default: "
                    f"{InputLimits.read_timeout:g})")
-    p.add_argument("--fps", type=_positive_float, default=VIDEO_FPS, metavar="F",
+    p.add_argument("--fps", type=_number, default=VIDEO_FPS, metavar="F",
                    help="video frames sampled per second, at t = 0, 1/F, 2/F ... (default: "
                         f"{VIDEO_FPS:g})")
-    p.add_argument("--segment-seconds", type=_positive_float, default=VIDEO_SEGMENT_SECONDS,
+    p.add_argument("--segment-seconds", type=_number, default=VIDEO_SEGMENT_SECONDS,
                    metavar="S", help="videos are cut into items of S seconds, spread over the "
                    f"workers and resumed one by one (default: {VIDEO_SEGMENT_SECONDS:g})")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     _add_cluster_args(p, partition_default=None)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score predictions against ground truth",
                        description="AP per class, mAP, recall by face size and a report.")
     p.add_argument("--truth", required=True,
@@ -281,8 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, choices=[2, 3],
                    help="score these classes instead of the run's model's: 3 adds "
                         "face_with_mask_incorrect (VOC's mask_weared_incorrect boxes, otherwise "
-                        "ignore regions)"),
-    return parser
+                        "ignore regions)")
 
 
 def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
@@ -308,21 +321,16 @@ def _net_options(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "extract":
-
         result = extract(args.dataset, args.out, layout=args.layout, annotations=args.annotations,
                          label_map=args.label_map, crop_size=args.crop_size,
                          cluster_config=_cluster_config(args), overwrite=args.overwrite,
                          split=args.split, classes=args.classes)
         print(extract_table(result))
     elif args.command == "predict":
-
         detector = DetectorConfig(mode=args.mode, confidence=args.confidence, gamma=args.gamma,
                                   min_face=args.min_face)
         limits = InputLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels,
                              read_timeout=args.read_timeout)
-
-        if args.mode not in MODES:
-            raise MaskbatchError(f"unknown --mode {args.mode!r}; choose from {', '.join(MODES)}")
         result = predict(args.images, args.out, images_dir=args.images_dir, model=args.model,
                          detector=detector, cluster_config=_cluster_config(args),
                          previews=args.previews, resume=args.resume, overwrite=args.overwrite,
@@ -344,12 +352,10 @@ def _run(args: argparse.Namespace) -> None:
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…); "
               f"grouped CV AP of face_with_mask_incorrect {cv['incorrect_ap']:.3f}")
     elif args.command == "train":
-
         card = train(args.crops, args.out, seed=args.seed, classes=args.classes,
                      **_net_options(args))
         print(f"model written to {args.out} (sha256 {card['onnx_sha256'][:12]}…)")
     elif args.command == "train-detector":
-
         card = train_detector(args.datasets, args.out, epochs=args.epochs, seed=args.seed,
                               part=None if args.split == "all" else args.split, steps=args.steps,
                               limit=args.limit)
@@ -357,8 +363,6 @@ def _run(args: argparse.Namespace) -> None:
                       for k, v in card.get("validation", {}).items())
         print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){val}")
     elif args.command == "evaluate":
-
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EvaluationWarning)  # format_table lists them
             metrics = evaluate(args.truth, args.pred, out_dir=args.out, iou=args.iou,
@@ -375,7 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskbatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-
         urls = [getattr(args, k, None) for k in ("images", "dataset", "crops", "truth", "pred",
                                                   "out", "images_dir")]
         message = describe_error(exc, urls)
@@ -384,7 +387,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskbatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-
         for noisy in ("asyncio", "distributed", "tornado"):  # a cluster closed mid-start
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
         print(f"maskbatch {args.command}: interrupted; finished partitions are kept "

@@ -33,7 +33,7 @@ import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
 
-from maskbatch.config import DetectorConfig, InputLimits
+from maskbatch.config import DetectorConfig, InputLimits, PredictSettings
 from maskbatch.errors import MaskbatchError
 from maskbatch.models import classifier, detect
 from maskbatch.models.classifier import ModelRef, read_model
@@ -82,6 +82,7 @@ def predict_with_manifest(paths: db.Bag, *, detector: DetectorConfig = DetectorC
     computed together (`dask.compute(d, m)`), each partition's photos are processed once."""
     if not isinstance(paths, db.Bag):
         raise MaskbatchError(f"paths must be a dask.bag.Bag, got {type(paths).__name__}")
+    PredictSettings(detector=detector, limits=limits, model=model)  # what the batch job checks
     detect.load_mode(detector.mode)  # a missing detector fails here, once, not in every task
     both = paths.map_partitions(_predict_records, detector=detector, model=model_ref(model),
                                 limits=limits, token="maskbatch-predict")

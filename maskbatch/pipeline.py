@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from maskbatch.config import CROP_SIZE, MASK, NO_MASK, DetectorConfig, InputLimits
+from maskbatch.config import CROP_SIZE, DetectorConfig, InputLimits
 from maskbatch.datasets import FaceBox, ImageRecord
 from maskbatch.errors import ImageError, SkippedInput
 from maskbatch.models import detect
@@ -21,9 +21,9 @@ from maskbatch.models.classifier import Classifier, ModelRef, fit_crop, get_clas
 from maskbatch.outputs.writers import (
     CROP_COLUMNS,
     EXTRACT_MANIFEST_COLUMNS,
-    FRAME_COLUMNS,
     PREDICT_MANIFEST_COLUMNS,
     detection_columns,
+    frame_columns,
 )
 from maskbatch.photos import decoding, pixels, reading, video
 
@@ -145,7 +145,8 @@ def predict_partition(items: list[tuple[str, str | video.Segment]], detector: De
 def predict_partition_frames(items: list[tuple[str, str | video.Segment]], detector: DetectorConfig,
                              model: ModelRef, limits: InputLimits = InputLimits()
                              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """predict_partition, plus the table of sampled video frames (FRAME_COLUMNS)."""
+    """predict_partition, plus the table of sampled video frames (frame_columns of the model's
+    classes: a face count per class)."""
     return _predict(items, detector, model, limits)
 
 
@@ -190,7 +191,7 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
     manifest_frame = pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
     manifest_frame["frames"] = manifest_frame["frames"].astype("Int64")
     manifest_frame["duration_s"] = manifest_frame["duration_s"].astype("float64")
-    frame_table = pd.DataFrame(frames, columns=FRAME_COLUMNS)
+    frame_table = pd.DataFrame(frames, columns=frame_columns(classifier.class_names))
     return detections, manifest_frame, frame_table
 
 
@@ -248,7 +249,7 @@ def _predict_segment(name: str, segment: video.Segment, detector: DetectorConfig
             own_rows.extend(face_rows(video.frame_name(video.video_of(name), time_s), found, probs,
                                       classifier, width, height, index, round(time_s, 6)))
             own_frames.append((video.video_of(name), name, index, round(time_s, 6),
-                               labels.count(MASK), labels.count(NO_MASK)))
+                               *(labels.count(c) for c in classifier.class_names)))
     except ImageError as exc:
         row["reason"] = str(exc)
         row["status"] = "failed" if not read.frames else "ok"

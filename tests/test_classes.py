@@ -27,7 +27,8 @@ from maskbatch.errors import MaskbatchError
 from maskbatch.evaluation.scoring import score_detections
 from maskbatch.jobs.console import format_table, predict_table
 from maskbatch.jobs.evaluate import evaluate
-from maskbatch.jobs.predict import check_model_loads, predict
+from maskbatch.jobs.plan import check_model_loads
+from maskbatch.jobs.predict import predict
 from maskbatch.models.classifier import Classifier, read_model, sha256_bytes
 from maskbatch.outputs import writers
 from maskbatch.outputs.draw import COLOURS, label_text

@@ -26,10 +26,11 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 
 from maskbatch import files
-from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig
+from maskbatch.config import MASK, NO_MASK, ClusterConfig, DetectorConfig, InputLimits, PredictSettings
 from maskbatch.errors import MaskbatchError
 from maskbatch.jobs.outdir import check_resumable as check_resumable
-from maskbatch.jobs.predict import _run_record, list_inputs, predict
+from maskbatch.jobs.plan import list_inputs, run_record
+from maskbatch.jobs.predict import predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
 from maskbatch.outputs import writers
 from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS, SUBMISSION_COLUMNS
@@ -178,13 +179,14 @@ def test_resume_refuses_another_model_detector_or_input(photos: Path, tmp_path: 
 def test_check_resumable_compares_each_recorded_key(tmp_path: Path):
     inputs = [("a.jpg", "/x/a.jpg"), ("b.jpg", "/x/b.jpg")]
     ref = ModelRef("f" * 64, str(default_model_dir() / "model.onnx"))
-    record = _run_record(inputs, ref, DetectorConfig(), 16)
+    sixteen = PredictSettings(cluster=ClusterConfig(partition_size=16))
+    record = run_record(inputs, ref, sixteen)
     check_resumable(str(tmp_path), record)  # no run.json yet: nothing to compare
     writers.write_json_atomic(record, str(tmp_path / "run.json"))
     check_resumable(str(tmp_path), dict(record, partition_size=4))  # may change on resume
     for key, value in (("model_sha256", "0" * 64), ("detector", DetectorConfig("seed").as_dict()),
-                       ("inputs_sha1", _run_record(inputs[:1], ref, DetectorConfig(), 16)
-                        ["inputs_sha1"])):
+                       ("limits", InputLimits(max_pixels=10**6).as_dict()),
+                       ("inputs_sha1", run_record(inputs[:1], ref, sixteen)["inputs_sha1"])):
         with pytest.raises(MaskbatchError, match=f"different {key}"):
             check_resumable(str(tmp_path), dict(record, **{key: value}))
 

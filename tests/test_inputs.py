@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from maskbatch import files
-from maskbatch.config import DetectorConfig
+from maskbatch.config import PredictSettings
 from maskbatch.errors import ImageError
-from maskbatch.jobs.predict import _run_record, list_inputs
+from maskbatch.jobs.plan import list_inputs, run_record
 from maskbatch.models.classifier import ModelRef
 from maskbatch.outputs import writers
 from maskbatch.photos import inputs, reading
@@ -48,7 +48,7 @@ def test_non_utf8_name_is_listed_as_text_and_opens(tmp_path):
     assert name == "caf\\xe9.jpg" and name.encode("utf-8")  # valid text for Parquet, CSV, JSON
     assert os.fsencode(files.os_path(path)) == raw
     assert reading.load_image(path).shape == (20, 30, 3)
-    record = _run_record([(name, path)], ModelRef("x" * 64), DetectorConfig(), 16)
+    record = run_record([(name, path)], ModelRef("x" * 64), PredictSettings())
     json.dumps(record).encode("utf-8")
     pd.DataFrame({"name": [name], "path": [path]}).to_parquet(io.BytesIO())
 

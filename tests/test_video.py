@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 
 from maskbatch.config import ClusterConfig, DetectorConfig, InputLimits
-from maskbatch.jobs.predict import _weight, predict
+from maskbatch.jobs.plan import item_weight as _weight
+from maskbatch.jobs.predict import predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
 from maskbatch.outputs.parts import CommitLog
 from maskbatch.outputs.run_digest import Digest, gallery_jobs

@@ -11,12 +11,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from maskbatch import files
-from maskbatch.config import CROP_SIZE, INCORRECT, MASK, NO_MASK, ClusterConfig, __version__
+from maskbatch.config import (
+    CROP_SIZE,
+    INCORRECT,
+    MASK,
+    NO_MASK,
+    ClusterConfig,
+    __version__,
+    resolved_cluster,
+)
 from maskbatch.datasets import class_names_for, load_records, parse_label_map, splits
 from maskbatch.errors import MaskbatchError
 from maskbatch.jobs.outdir import prepare_out_dir
 from maskbatch.outputs import writers
-from maskbatch.runtime import cluster, window
+from maskbatch.runtime.executor import JobSession
 from maskbatch.tasks import extract_and_write, extract_poisoned
 
 
@@ -56,15 +64,11 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
                              files.join(out_dir, "run.json"))
     started = time.perf_counter()
     manifests: dict[int, pd.DataFrame] = {}
-    with cluster.dask_client(cluster_config) as client:
-        size = cluster_config.partition_size or window.choose_partition_size(
-            len(records), window.total_threads(client))
-        window.run_partitions(
-            client, window.contiguous_partitions(enumerate(records), size), extract_and_write,
-            lambda pairs, m: manifests.__setitem__(pairs[0][0], m),
-            on_poison=extract_poisoned, total_items=len(records),
-            progress=cluster_config.progress, label="extract", label_map=mapping,
-            crop_size=crop_size, out_dir=out_dir)
+    with JobSession(resolved_cluster(cluster_config)) as session:
+        session.run(list(enumerate(records)), extract_and_write,
+                    lambda pairs, m: manifests.__setitem__(pairs[0][0], m),
+                    size=session.partition_size(len(records)), on_poison=extract_poisoned,
+                    label="extract", label_map=mapping, crop_size=crop_size, out_dir=out_dir)
     seconds = time.perf_counter() - started
     manifest = pd.concat([manifests[i] for i in sorted(manifests)], ignore_index=True)
     writers.write_parquet_atomic(manifest, files.join(out_dir, "manifest.parquet"))

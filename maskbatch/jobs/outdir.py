@@ -12,11 +12,22 @@ from maskbatch import files, storage
 from maskbatch.errors import MaskbatchError
 from maskbatch.outputs import coco, parts, run_page
 
+# The files a predict run writes at its end from the committed parts: a run (and --resume) removes
+# them first, so that an interrupted run never leaves an earlier run's final files behind.
+FINAL_OUTPUTS = ("detections.parquet", "submission.csv", "images.parquet", "frames.parquet",
+                 "summary.json", coco.RESULTS_FILE, coco.DATASET_FILE, run_page.REPORT_FILE)
 # What predict and extract write into --out; --overwrite removes these (and the `*.tmp-XXXXXXXX`
 # leftovers of interrupted writes), nothing else.
-OUTPUT_NAMES = ("run.json", "summary.json", "detections.parquet", "submission.csv",
-                "images.parquet", coco.RESULTS_FILE, coco.DATASET_FILE, run_page.REPORT_FILE,
-                parts.PARTS_DIR, "previews", "manifest.parquet", "class_counts.png", "crops")
+OUTPUT_NAMES = ("run.json", *FINAL_OUTPUTS, parts.PARTS_DIR, "previews", "manifest.parquet",
+                "class_counts.png", "crops")
+
+
+def remove_final_outputs(out_dir: str) -> None:
+    """Delete the final files of an earlier (or interrupted) run: they are written anew."""
+    for name in FINAL_OUTPUTS:
+        fs, path = files.filesystem(files.join(out_dir, name))
+        if fs.exists(path):
+            fs.rm(path)
 
 
 def _place(url: str) -> tuple[str, str]:
@@ -127,7 +138,7 @@ def check_resumable(out_dir: str, record: dict) -> None:
     if old.get("command") != "predict":
         raise MaskbatchError(f"cannot --resume {out_dir}: it holds a maskbatch "
                              f"{old.get('command')} run, not a predict run")
-    for key in ("model_sha256", "detector", "inputs_sha1", "video"):
+    for key in ("model_sha256", "detector", "limits", "inputs_sha1", "video"):
         if old.get(key) != record.get(key):
             raise MaskbatchError(f"cannot --resume {out_dir}: its run used a different {key} "
                                  "(use --overwrite to start again)")

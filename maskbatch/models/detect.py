@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from maskbatch.config import DetectorConfig, setting
+from maskbatch.config import DETECTOR_MODES, DetectorConfig, setting
 from maskbatch.errors import MaskbatchError
 from maskbatch.models import weights, yunet
 from maskbatch.models.per_thread import per_thread
@@ -108,6 +108,7 @@ MODES: dict[str, Mode] = {
                   Pass(area=440_000, net="yunet"), tighten=True, gamma=False),
     "seed": Mode("seed", 0.2, "the notebook: one res10 300x300 pass over the gamma-corrected photo"),
 }
+assert tuple(MODES) == DETECTOR_MODES  # the names settings are checked against (maskbatch.config)
 
 
 def locate_weights(folder: str | os.PathLike | None = None) -> tuple[Path, Path]:

@@ -56,7 +56,8 @@ def write_part(out_dir: str, first: int, detections: pd.DataFrame, manifest: pd.
     writers.write_table_atomic(detections, writers.schema_of_columns(list(detections.columns)),
                                base + ".detections.parquet")
     if frames is not None and len(frames):
-        writers.write_table_atomic(frames, writers.FRAME_SCHEMA, base + ".frames.parquet")
+        classes = [c for c in frames.columns if c not in writers.FRAME_KEY_COLUMNS]
+        writers.write_table_atomic(frames, writers.frame_schema(classes), base + ".frames.parquet")
     writers.write_table_atomic(manifest, writers.MANIFEST_SCHEMA, base + ".images.parquet")
     return {"part": stem, "first": first, "count": len(manifest),
             "failed": int((manifest["status"] != "ok").sum()), "faces": len(detections)}
@@ -236,23 +237,24 @@ def compact(out_dir: str, names: list[str], previews: int = 0,
             _count(stats, manifest, detections, previews)
         dets.flush()
         imgs.flush()
-    _compact_frames(out_dir, fs, parts_dir, chosen)
+    _compact_frames(out_dir, fs, parts_dir, chosen, writers.frame_schema(class_names))
     _remove_orphans(fs, parts_dir, {e["part"] for e in chosen})
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def _compact_frames(out_dir: str, fs: object, parts_dir: str, chosen: list[dict]) -> None:
+def _compact_frames(out_dir: str, fs: object, parts_dir: str, chosen: list[dict],
+                    schema: pa.Schema) -> None:
     """frames.parquet from the parts' .frames.parquet files, in input order (none: no file)."""
     found = [f"{parts_dir}/{e['part']}.frames.parquet" for e in chosen]
     found = [p for p in found if fs.exists(p)]  # type: ignore[attr-defined]
     if not found:
         return
     with writers.open_write_all([files.join(out_dir, "frames.parquet")]) as (frames_file,), \
-            pq.ParquetWriter(frames_file, writers.FRAME_SCHEMA) as writer:
+            pq.ParquetWriter(frames_file, schema) as writer:
         gather = _Gather(writer)
         for path in found:
-            gather.add(_read_table(fs, path, writers.FRAME_SCHEMA))
+            gather.add(_read_table(fs, path, schema))
         gather.flush()
 
 

@@ -52,8 +52,10 @@ PREDICT_MANIFEST_COLUMNS = [
     "name", "path", "status", "reason", "n_faces", "width", "height", "seconds", "frames",
     "duration_s",
 ]
-# One row per sampled video frame: the video, the segment (images.parquet's name), faces per class.
-FRAME_COLUMNS = ["video", "segment", "frame", "time_s", "face_with_mask", "face_no_mask"]
+# One row per sampled video frame: the video, the segment (images.parquet's name), then the faces
+# of each class of the model's card, one column per class named as the class (frame_columns).
+FRAME_KEY_COLUMNS = ["video", "segment", "frame", "time_s"]
+FRAME_COLUMNS = FRAME_KEY_COLUMNS + list(CLASS_NAMES)
 # Columns added for videos: a table made without them (photos only, older code) gets nulls.
 NULLABLE_COLUMNS = ("frame", "time_s", "frames", "duration_s")
 
@@ -76,10 +78,17 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 
 
-FRAME_SCHEMA = pa.schema([
-    ("video", pa.string()), ("segment", pa.string()), ("frame", pa.int64()),
-    ("time_s", pa.float64()), ("face_with_mask", pa.int64()), ("face_no_mask", pa.int64()),
-])
+def frame_schema(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> pa.Schema:
+    """frames.parquet's schema for a model with these classes: a face count per class."""
+    return pa.schema([("video", pa.string()), ("segment", pa.string()), ("frame", pa.int64()),
+                      ("time_s", pa.float64()), *((name, pa.int64()) for name in class_names)])
+
+
+def frame_columns(class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> list[str]:
+    return FRAME_KEY_COLUMNS + list(class_names)
+
+
+FRAME_SCHEMA = frame_schema(CLASS_NAMES)
 
 
 def _nullable_ints(schema: pa.Schema, columns: tuple[str, ...]) -> pa.Schema:

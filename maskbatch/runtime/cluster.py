@@ -113,15 +113,11 @@ LOCAL_ALLOWED_FAILURES = 1
 DASHBOARD_ADDRESS = "127.0.0.1:0"
 
 
-def scheduler_address(config: ClusterConfig) -> str | None:
-    """--scheduler, else $DASK_SCHEDULER_ADDRESS, else None (start a local cluster)."""
-    return config.scheduler or setting("DASK_SCHEDULER_ADDRESS")
-
-
 @contextlib.contextmanager
 def dask_client(config: ClusterConfig) -> Iterator[Client]:
-    """A connected Client: to an existing scheduler, or to a LocalCluster of worker processes."""
-    address = scheduler_address(config)
+    """A connected Client: to the scheduler `config` names (the jobs resolve it from the flag or
+    the environment: maskbatch.config.resolved_cluster), else to a LocalCluster of processes."""
+    address = config.scheduler
     if address:
         # without flags, Security() takes TLS settings from dask config (distributed.comm.tls.*)
         security = config.security or Security()
