@@ -21,11 +21,11 @@ from maskbatch.models.classifier import Classifier, ModelRef, fit_crop, get_clas
 from maskbatch.outputs.writers import (
     CROP_COLUMNS,
     EXTRACT_MANIFEST_COLUMNS,
-    PREDICT_MANIFEST_COLUMNS,
     detection_columns,
     frame_columns,
 )
 from maskbatch.photos import decoding, pixels, reading, video
+from maskbatch.records import Faces, ImageRow, InputItem, image_table
 
 NON_FINITE = "the model gave a P(mask) that is not a finite number (NaN or infinity) for a face"
 
@@ -154,58 +154,59 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
              model: ModelRef, limits: InputLimits
              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     classifier = get_classifier(model)
-    n_classes = len(classifier.class_names)
     detect.load_mode(detector.mode)
-    manifest: list[dict] = []
+    manifest: list[ImageRow] = []
     rows: list[tuple] = []
     frames: list[tuple] = []
-    for name, path in items:
+    for item in map(InputItem._make, items):
         started = time.perf_counter()
-        if isinstance(path, video.Segment):
-            row = _predict_segment(name, path, detector, classifier, limits, rows, frames)
-            manifest.append(_finish(row, started))
-            continue
-        row = {"name": name, "path": "" if reading.refused_reason(path) else path, "status": "ok",
-               "reason": "", "n_faces": 0, "width": 0, "height": 0, "seconds": 0.0,
-               "frames": None, "duration_s": None}
-        found, probs = np.zeros((0, 5)), np.zeros((0, n_classes), np.float32)
-        try:
-            photo = reading.load_photo(path, limits)
-            row.update(height=photo.image.shape[0], width=photo.image.shape[1], reason=photo.note)
-            found, probs = image_faces(photo.image, detector, classifier)
-            del photo
-        except SkippedInput as exc:
-            row.update(status="skipped", reason=str(exc))
-        except ImageError as exc:
-            row.update(status="failed", reason=str(exc))
-        except Exception as exc:  # one photo's surprise (a detector error...) must not end the job
-            row.update(status="failed", reason=unexpected_reason(exc))
-        if row["status"] != "ok":
-            found, probs = np.zeros((0, 5)), np.zeros((0, n_classes), np.float32)
-        row["n_faces"] = len(found)
-        rows.extend(face_rows(name, found, probs, classifier, row["width"], row["height"]))
-        manifest.append(_finish(row, started))
+        if item.segment is not None:
+            row = _predict_segment(item, detector, classifier, limits, rows, frames)
+        else:
+            row = _predict_photo(item, detector, classifier, limits, rows)
+        row.seconds = round(time.perf_counter() - started, 4)
+        manifest.append(row)
     detections = pd.DataFrame(rows, columns=detection_columns(classifier.class_names))
     detections["frame"] = detections["frame"].astype("Int64")
     detections["time_s"] = detections["time_s"].astype("float64")
-    manifest_frame = pd.DataFrame(manifest, columns=PREDICT_MANIFEST_COLUMNS)
-    manifest_frame["frames"] = manifest_frame["frames"].astype("Int64")
-    manifest_frame["duration_s"] = manifest_frame["duration_s"].astype("float64")
     frame_table = pd.DataFrame(frames, columns=frame_columns(classifier.class_names))
-    return detections, manifest_frame, frame_table
+    return detections, image_table(manifest), frame_table
 
 
-def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classifier
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """One decoded image (a photo or a video frame) -> its faces (x1, y1, x2, y2, score) and
-    the probability of each class of the model's card, (faces, classes): detect, drop faces under
-    ``detector.min_face``, crop, classify. A probability that is not a finite number fails the
-    image (ImageError NON_FINITE)."""
+def _predict_photo(item: InputItem, detector: DetectorConfig, classifier: Classifier,
+                   limits: InputLimits, rows: list[tuple]) -> ImageRow:
+    """One photo: read within `limits`, its faces' rows added to `rows`; its manifest row."""
+    path = item.path
+    row = ImageRow(item.name, "" if reading.refused_reason(path) else path)
+    faces = Faces.none(len(classifier.class_names))
+    try:
+        photo = reading.load_photo(path, limits)
+        row.height, row.width = photo.image.shape[:2]
+        row.reason = photo.note
+        faces = image_faces(photo.image, detector, classifier)
+        del photo
+    except SkippedInput as exc:
+        row.fail(str(exc), "skipped")
+    except ImageError as exc:
+        row.fail(str(exc))
+    except Exception as exc:  # one photo's surprise (a detector error...) must not end the job
+        row.fail(unexpected_reason(exc))
+    if row.status == "ok":
+        row.n_faces = len(faces)
+        rows.extend(face_rows(item.name, faces, classifier, row.width, row.height))
+    return row
+
+
+def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classifier) -> Faces:
+    """One decoded image (a photo or a video frame) -> its Faces: detect, drop faces under
+    ``detector.min_face``, crop, classify (the probability of each class of the model's card).
+    A probability that is not a finite number fails the image (ImageError NON_FINITE)."""
     found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
     probs = classifier.class_probabilities(face_crops(image, found, classifier.input_size))
     if not np.isfinite(probs).all():
         raise ImageError(NON_FINITE)
-    return found, probs
+    found = np.asarray(found).reshape(-1, 5)
+    return Faces(found[:, :4], found[:, 4], probs, classifier.label(probs))
 
 
 def face_crops(image: np.ndarray, boxes: np.ndarray, size: int) -> list[np.ndarray]:
@@ -215,52 +216,52 @@ def face_crops(image: np.ndarray, boxes: np.ndarray, size: int) -> list[np.ndarr
             for x1, y1, x2, y2, *_ in boxes]
 
 
-def face_rows(name: str, found: np.ndarray, probs: np.ndarray, classifier: Classifier,
-              width: int, height: int, frame: int | None = None, time_s: float | None = None
-              ) -> list[tuple]:
+def face_rows(name: str, faces: Faces, classifier: Classifier, width: int, height: int,
+              frame: int | None = None, time_s: float | None = None) -> list[tuple]:
     """Detection rows (detection_columns of the model's classes) of one image's faces."""
     # mask_prob = P(face_with_mask); an N-class model adds every class's P (prob_<class>)
+    probs = faces.probs
     mask = classifier.mask_column
     mask_prob = probs[:, mask] if mask is not None else np.full(len(probs), np.nan)
-    # Submission order: left, top, right, bottom under the header x1, x2, y1, y2.
-    return [(name, int(x1), int(y1), int(x2), int(y2), label, float(score), float(p),
+    # The submission's order: left, top, right, bottom, under the header x1, x2, y1, y2.
+    return [(name, int(left), int(top), int(right), int(bottom), label, float(score), float(p),
              width, height, classifier.sha256, frame, time_s,
              *(map(float, each) if classifier.softmax else ()))
-            for (x1, y1, x2, y2, score), p, label, each
-            in zip(found, mask_prob, classifier.label(probs), probs)]
+            for (left, top, right, bottom), score, p, label, each
+            in zip(faces.boxes, faces.scores, mask_prob, faces.labels, probs)]
 
 
-def _predict_segment(name: str, segment: video.Segment, detector: DetectorConfig,
-                     classifier: Classifier, limits: InputLimits, rows: list[tuple],
-                     frames: list[tuple]) -> dict:
+def _predict_segment(item: InputItem, detector: DetectorConfig, classifier: Classifier,
+                     limits: InputLimits, rows: list[tuple], frames: list[tuple]) -> ImageRow:
     """One video segment: every sampled frame through image_faces; its manifest row."""
-    info = segment.info
-    row = {"name": name, "path": segment.path, "status": "ok", "reason": "", "n_faces": 0,
-           "width": info.width, "height": info.height, "seconds": 0.0, "frames": 0,
-           "duration_s": round(segment.stop - segment.start, 3)}
+    segment = item.segment
+    assert segment is not None
+    clip = video.video_of(item.name)
+    row = ImageRow(item.name, segment.path, width=segment.info.width,
+                   height=segment.info.height, frames=0, duration_s=item.duration_s)
     read = video.SegmentRead()
     own_rows: list[tuple] = []
     own_frames: list[tuple] = []
     try:
         for index, time_s, image in video.read_segment(segment, limits, read):
-            found, probs = image_faces(image, detector, classifier)
+            faces = image_faces(image, detector, classifier)
             height, width = image.shape[:2]
-            labels = classifier.label(probs)
-            own_rows.extend(face_rows(video.frame_name(video.video_of(name), time_s), found, probs,
-                                      classifier, width, height, index, round(time_s, 6)))
-            own_frames.append((video.video_of(name), name, index, round(time_s, 6),
-                               *(labels.count(c) for c in classifier.class_names)))
+            own_rows.extend(face_rows(video.frame_name(clip, time_s), faces, classifier, width,
+                                      height, index, round(time_s, 6)))
+            own_frames.append((clip, item.name, index, round(time_s, 6),
+                               *(faces.count(c) for c in classifier.class_names)))
     except ImageError as exc:
-        row["reason"] = str(exc)
-        row["status"] = "failed" if not read.frames else "ok"
+        stopped = str(exc)
     except Exception as exc:  # a detector's surprise on one frame ends this segment alone
-        row["reason"] = unexpected_reason(exc)
-        row["status"] = "failed" if not read.frames else "ok"
+        stopped = unexpected_reason(exc)
+    else:
+        stopped = None
     if read.problem:
-        row["reason"] = read.problem
-        if not read.frames:
-            row["status"] = "failed"
-    row.update(frames=read.frames, n_faces=len(own_rows))
+        stopped = read.problem
+    if stopped is not None:  # the segment read in part is ok (its reason says so); none: failed
+        row.reason = stopped
+        row.status = "ok" if read.frames else "failed"
+    row.frames, row.n_faces = read.frames, len(own_rows)
     rows.extend(own_rows)
     frames.extend(own_frames)
     return row

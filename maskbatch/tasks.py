@@ -14,6 +14,7 @@ from maskbatch.config import DetectorConfig, InputLimits
 from maskbatch.models.classifier import ModelRef
 from maskbatch.outputs import parts, writers
 from maskbatch.pipeline import extract_partition, predict_partition_frames
+from maskbatch.records import ImageRow, InputItem, image_table
 
 
 def part_name(names: list[str]) -> str:
@@ -68,14 +69,9 @@ POISON_REASON = "the worker died while reading it ({attempts} attempts)"
 def predict_poisoned(out_dir: str, pairs: list[tuple[int, tuple[str, object]]], attempts: int
                      ) -> dict:
     """Driver side: a photo (or video segment) whose workers kept dying gets a failed row."""
-    (index, (name, path)), = pairs
-    segment = getattr(path, "info", None)
-    manifest = pd.DataFrame([{"name": name, "path": str(path), "status": "failed",
-                              "reason": POISON_REASON.format(attempts=attempts), "n_faces": 0,
-                              "width": 0, "height": 0, "seconds": 0.0,
-                              "frames": 0 if segment else None,
-                              "duration_s": round(path.stop - path.start, 3) if segment else None}],
-                            columns=writers.PREDICT_MANIFEST_COLUMNS)
+    (index, pair), = pairs
+    item = InputItem._make(pair)
+    row = ImageRow(item.name, item.path, "failed", POISON_REASON.format(attempts=attempts),
+                   frames=0 if item.segment is not None else None, duration_s=item.duration_s)
     detections = pd.DataFrame(columns=writers.DETECTION_COLUMNS)
-    return parts.write_part(out_dir, index, detections, manifest)
-
+    return parts.write_part(out_dir, index, detections, image_table([row]))

@@ -248,9 +248,9 @@ def test_worker_restarts_are_counted_and_reported():
         while workers_lost(client, since) == 0 and time.time() < deadline:
             time.sleep(0.2)
         assert workers_lost(client, since) == 1
-    result = PredictResult("out", 1.0, 0, worker_restarts=1,
-                           detections=pd.DataFrame(columns=DETECTION_COLUMNS),
-                           manifest=pd.DataFrame(columns=PREDICT_MANIFEST_COLUMNS))
+    result = PredictResult("out", 1.0, 0, worker_restarts=1, tables={
+        "detections.parquet": pd.DataFrame(columns=DETECTION_COLUMNS),
+        "images.parquet": pd.DataFrame(columns=PREDICT_MANIFEST_COLUMNS)})
     assert "1 worker process(es) died and were restarted" in predict_table(result)
 
 

@@ -36,6 +36,7 @@ from maskbatch.models.classifier import (
 )
 from maskbatch.outputs import writers
 from maskbatch.photos import inputs, video
+from maskbatch.records import InputItem
 
 
 @dataclass(frozen=True)
@@ -104,16 +105,15 @@ def run_record(items: list, model: ModelRef, settings: PredictSettings) -> dict:
               "detector": settings.detector.as_dict(), "limits": settings.limits.as_dict(),
               "partition_size": partition_size, "inputs": len(items),
               "inputs_sha1": hashlib.sha1("\n".join(n for n, _ in items).encode()).hexdigest()}
-    if any(isinstance(path, video.Segment) for _, path in items):
+    if any(InputItem(*item).segment is not None for item in items):
         record["video"] = {"fps": settings.video.fps,
                            "segment_seconds": settings.video.segment_seconds}
     return record
 
 
-def item_weight(path: object) -> int:
-    """Units of work of one item: 1 for a photo, the frames it samples for a video segment (a
-    task holds about as many frames as it would photos; a long video spreads over the workers)."""
-    return len(video.sampled_frames(path)) if isinstance(path, video.Segment) else 1
+def item_weight(path: str | video.Segment) -> int:
+    """Units of work of one item's source (records.InputItem.weight)."""
+    return InputItem("", path).weight
 
 
 def check_model_loads(onnx_bytes: bytes, card: dict, where: str) -> None:

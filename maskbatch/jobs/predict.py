@@ -52,12 +52,13 @@ class PredictResult:
     stats: window.RunStats = field(default_factory=window.RunStats)
     worker_restarts: int = 0  # worker processes lost while this call ran
     class_names: tuple[str, ...] = CLASS_NAMES  # the model card's, in its order
-    _frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    # the final tables read so far, by file name (detections.parquet, images.parquet)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     def _read(self, name: str) -> pd.DataFrame:
-        if name not in self._frames:
-            self._frames[name] = writers.read_parquet(files.join(self.out_dir, name))
-        return self._frames[name]
+        if name not in self.tables:
+            self.tables[name] = writers.read_parquet(files.join(self.out_dir, name))
+        return self.tables[name]
 
     @property
     def detections(self) -> pd.DataFrame:

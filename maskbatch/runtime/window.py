@@ -136,6 +136,66 @@ class RunStats:
     cpu_seconds: float = 0.0  # this process's CPU time (all threads) while the tasks ran
 
 
+class _Flight:
+    """The tasks in flight of one run_partitions call, refilled from the stream of partitions."""
+
+    def __init__(self, client: Client, source: Iterator[Sequence], work: Callable[..., Any],
+                 kwargs: dict, token: str, window_per_thread: int, stats: RunStats) -> None:
+        self.client, self.source, self.work, self.kwargs = client, source, work, kwargs
+        self.token, self.window_per_thread, self.stats = token, window_per_thread, stats
+        self.pending = as_completed()
+        self.tasks: dict[Any, tuple[Sequence, bool]] = {}  # future -> (partition, is a suspect)
+        self.suspects: collections.deque[Sequence] = collections.deque()
+        self.threads, self.checked = total_threads(client), time.monotonic()
+        self.exhausted = False
+
+    def submit(self, batch: list[tuple[Sequence, bool]]) -> None:
+        """One small bag for the partitions of this refill; each bag partition one task."""
+        if not batch:
+            return
+        bag = partition_bag([part for part, _ in batch]).map_partitions(
+            self.work, token=self.token, **self.kwargs)
+        futures = self.client.compute(bag.to_delayed())  # one graph per refill, one future a task
+        for (part, suspect), future in zip(batch, futures, strict=True):
+            self.tasks[future] = (part, suspect)
+            self.pending.add(future)
+            self.stats.tasks += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, len(self.tasks))
+            if self.stats.first_submit is None:
+                self.stats.first_submit = time.perf_counter()
+
+    def fill(self) -> None:
+        """Submit partitions until the window is full (a suspect alone: its death names it)."""
+        if time.monotonic() - self.checked > WINDOW_REFRESH_S:
+            self.threads, self.checked = total_threads(self.client), time.monotonic()
+        window = max(2, self.window_per_thread * self.threads)
+        batch: list[tuple[Sequence, bool]] = []
+        if self.suspects and not any(s for _, s in self.tasks.values()):
+            batch.append((self.suspects.popleft(), True))
+        while not self.exhausted and len(self.tasks) + len(batch) < window:
+            part = next(self.source, None)
+            if part is None:
+                self.exhausted = True
+            elif len(part):
+                batch.append((part, False))
+        self.submit(batch)
+
+    def next_done(self) -> tuple[Sequence, Any]:
+        """The next task to finish: (its partition, its future)."""
+        future = next(self.pending)
+        part, _ = self.tasks.pop(future)
+        return part, future
+
+    def narrow(self, part: Sequence) -> None:
+        """Run the halves of a partition that killed its workers again, one suspect at a time."""
+        half = len(part) // 2
+        self.suspects.extendleft([part[half:], part[:half]])
+
+    def cancel(self) -> None:
+        for future in self.tasks:
+            future.cancel()
+
+
 def run_partitions(client: Client, partitions: Iterable[Sequence], work: Callable[..., Any],
                    on_result: Callable[[Sequence, Any], None], *,
                    on_poison: Callable[[Sequence, int], Any] | None = None,
@@ -157,54 +217,16 @@ def run_partitions(client: Client, partitions: Iterable[Sequence], work: Callabl
     """
     stats = RunStats()
     cpu_started = time.process_time()
-    source = iter(partitions)
     bar = ProgressBar(total_items or 0, label, enabled=progress)
-    pending = as_completed()
-    in_flight: dict[Any, tuple[Sequence, bool]] = {}  # future -> (partition, is a suspect)
-    suspects: collections.deque[Sequence] = collections.deque()
-    wrapped = functools.partial(_work_then_trim, work=work)
     # keys unique to this call (as client.submit(pure=False) made them): two runs on one
     # scheduler never share a task, whatever their inputs
     token = f"{label or getattr(work, '__name__', 'work')}-{uuid.uuid4().hex[:8]}"
-    threads, checked = total_threads(client), time.monotonic()
-    exhausted = False
-
-    def submit(batch: list[tuple[Sequence, bool]]) -> None:
-        """One small bag for the partitions of this refill; each bag partition one task."""
-        if not batch:
-            return
-        bag = partition_bag([part for part, _ in batch]).map_partitions(wrapped, token=token,
-                                                                         **kwargs)
-        futures = client.compute(bag.to_delayed())  # one graph per refill, one future per task
-        for (part, suspect), future in zip(batch, futures, strict=True):
-            in_flight[future] = (part, suspect)
-            pending.add(future)
-            stats.tasks += 1
-            stats.max_in_flight = max(stats.max_in_flight, len(in_flight))
-            if stats.first_submit is None:
-                stats.first_submit = time.perf_counter()
-
-    def fill() -> None:
-        nonlocal exhausted, threads, checked
-        if time.monotonic() - checked > WINDOW_REFRESH_S:
-            threads, checked = total_threads(client), time.monotonic()
-        window = max(2, window_per_thread * threads)
-        batch: list[tuple[Sequence, bool]] = []
-        if suspects and not any(s for _, s in in_flight.values()):
-            batch.append((suspects.popleft(), True))  # one suspect at a time: a death names its culprit
-        while not exhausted and len(in_flight) + len(batch) < window:
-            part = next(source, None)
-            if part is None:
-                exhausted = True
-            elif len(part):
-                batch.append((part, False))
-        submit(batch)
-
+    flight = _Flight(client, iter(partitions), functools.partial(_work_then_trim, work=work),
+                     kwargs, token, window_per_thread, stats)
     try:
-        fill()
-        while in_flight:
-            future = next(pending)
-            part, _ = in_flight.pop(future)
+        flight.fill()
+        while flight.tasks:
+            part, future = flight.next_done()
             try:
                 # raises what the task raised; a result lost with its worker is computed again
                 result = future.result()
@@ -213,8 +235,7 @@ def run_partitions(client: Client, partitions: Iterable[Sequence], work: Callabl
                     raise
                 stats.killed += 1
                 if len(part) > 1:
-                    half = len(part) // 2
-                    suspects.extendleft([part[half:], part[:half]])
+                    flight.narrow(part)
                 else:
                     stats.poisoned += 1
                     on_result(part, on_poison(part, killed.allowed_failures + 1))
@@ -225,11 +246,10 @@ def run_partitions(client: Client, partitions: Iterable[Sequence], work: Callabl
                 stats.completed += 1
                 bar.advance(len(part))
             del future
-            fill()
+            flight.fill()
     finally:
         bar.close()
-        for future in in_flight:
-            future.cancel()
+        flight.cancel()
         stats.cpu_seconds = time.process_time() - cpu_started
     return stats
 
