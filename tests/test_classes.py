@@ -205,6 +205,32 @@ def test_three_class_card_drives_csv_parquet_coco_report_summary(three_class_run
     assert len(list((out / "previews").iterdir())) == 2
 
 
+def test_a_three_class_video_counts_every_class_of_the_card_per_frame(photos, tmp_path):
+    """frames.parquet of a 3-class run kept two classes: the third was dropped without a word."""
+    import cv2
+    clip = tmp_path / "videos" / "clip.mp4"
+    clip.parent.mkdir()
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 2.0, (640, 480))
+    for name in (*VOC, *MEDICAL):
+        image = cv2.resize(cv2.imread(str(photos / name)), (640, 480), interpolation=cv2.INTER_AREA)
+        writer.write(image)
+        writer.write(image)
+    writer.release()
+    out = tmp_path / "out"
+    predict(str(clip.parent), str(out), model=write_model(tmp_path / "model"),
+            cluster_config=LOCAL)
+    frames = pd.read_parquet(out / "frames.parquet")
+    assert list(frames.columns) == ["video", "segment", "frame", "time_s", *THREE_CLASS_NAMES]
+    detections = pd.read_parquet(out / "detections.parquet")
+    per_frame = detections.groupby("frame")["classname"].value_counts().unstack(fill_value=0)
+    for cls in THREE_CLASS_NAMES:
+        expected = per_frame[cls] if cls in per_frame else 0
+        counted = frames.set_index("frame")[cls]
+        assert (counted.reindex(per_frame.index, fill_value=0) == expected).all(), cls
+    assert frames[INCORRECT].sum() == (detections["classname"] == INCORRECT).sum() > 0
+    assert pq.read_schema(out / "frames.parquet").field(INCORRECT).type == "int64"
+
+
 def test_previews_colour_and_label_the_third_class():
     assert INCORRECT in COLOURS and len(set(COLOURS.values())) == 3
     assert label_text(INCORRECT, 0.1, 0.8) == "mask below nose 0.80"

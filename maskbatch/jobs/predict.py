@@ -76,7 +76,8 @@ class Execution:
     processed: int  # inputs run now (the rest were committed by an earlier run)
     partition_size: int
     stats: window.RunStats
-    seconds: float  # from the first task submitted to the last committed
+    started: float  # time.perf_counter() when the first partition was asked for
+    seconds: float  # from then to the last committed
     timeline: run_digest.Timeline  # photos committed over time, for report.html
 
 
@@ -134,7 +135,7 @@ def execute(plan: PredictPlan, session: JobSession) -> Execution:
                             limits=plan.settings.limits)
     finally:
         log.close()
-    return Execution(len(todo), size, stats, time.perf_counter() - started, timeline)
+    return Execution(len(todo), size, stats, started, time.perf_counter() - started, timeline)
 
 
 def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> PredictResult:
@@ -154,10 +155,12 @@ def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> Pr
     coco.write_coco(plan.out_dir, plan.class_names)
     counts.seconds = time.perf_counter() - finished
     result = PredictResult(
-        plan.out_dir, execution.seconds, execution.processed, counts, session.dashboard,
-        time.perf_counter() - plan.called,
-        (execution.stats.first_submit or finished) - plan.called, execution.partition_size,
-        execution.stats, session.workers_lost(), plan.class_names)
+        out_dir=plan.out_dir, seconds=execution.seconds, processed=execution.processed,
+        counts=counts, dashboard=session.dashboard,
+        wall_seconds=time.perf_counter() - plan.called,
+        startup_seconds=(execution.stats.first_submit or execution.started) - plan.called,
+        partition_size=execution.partition_size, stats=execution.stats,
+        worker_restarts=session.workers_lost(), class_names=plan.class_names)
     totals = summary(result)
     writers.write_json_atomic(totals, files.join(plan.out_dir, "summary.json"))
     run_page.write_run_report(plan.out_dir, summary=totals,

@@ -246,8 +246,10 @@ def video_timelines(out_dir: str, max_videos: int = MAX_VIDEO_PLOTS
         return {}, 0
     shown: dict[str, list[pd.DataFrame]] = {}
     seen: set[str] = set()
-    for batch in writers.read_parquet_batches(files.join(out_dir, "frames.parquet"),
-                                              ["video", "time_s", MASK, NO_MASK]):
+    url = files.join(out_dir, "frames.parquet")
+    classes = [c for c in writers.read_parquet_schema(url).names
+               if c not in writers.FRAME_KEY_COLUMNS]  # the model card's classes, in its order
+    for batch in writers.read_parquet_batches(url, ["video", "time_s", *classes]):
         for name, rows in batch.groupby("video", sort=False):
             seen.add(name)
             if name in shown or len(shown) < max_videos:

@@ -104,14 +104,17 @@ def throughput_png(points: Sequence[tuple[float, int]]) -> bytes:
     return _png(fig)
 
 
+VIDEO_LINES = {MASK: ("#4c9f70", "with mask"), NO_MASK: ("#c44e52", "without mask")}
+
+
 def videos_png(timelines: dict[str, pd.DataFrame]) -> bytes:
     """Per video, faces per class on each sampled frame against its time: one panel each."""
     fig = Figure(figsize=(10, 2.4 * len(timelines)))
     axes = fig.subplots(len(timelines), 1, squeeze=False)[:, 0]
     for ax, (name, frames) in zip(axes, timelines.items()):
-        ax.step(frames["time_s"], frames[MASK], where="post", color="#4c9f70", label="with mask")
-        ax.step(frames["time_s"], frames[NO_MASK], where="post", color="#c44e52",
-                label="without mask")
+        for column in frames.columns.drop("time_s"):  # one line per class of the model's card
+            colour, label = VIDEO_LINES.get(column, ("#dd8452", column.replace("_", " ")))
+            ax.step(frames["time_s"], frames[column], where="post", color=colour, label=label)
         ax.set_title(str(name), fontsize=10)
         ax.set_ylabel("faces")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))

@@ -251,6 +251,13 @@ def write_json_atomic(obj: object, url: str) -> None:
     write_bytes_atomic(url, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
+def read_parquet_schema(url: str) -> pa.Schema:
+    """A Parquet file's Arrow schema, read from its footer alone."""
+    fs, path = files.filesystem(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_schema(f)
+
+
 def read_parquet(url: str, columns: list[str] | None = None) -> pd.DataFrame:
     fs, path = files.filesystem(url)
     with fs.open(path, "rb") as f:
