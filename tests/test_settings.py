@@ -156,3 +156,24 @@ def test_importing_maskbatch_sets_no_environment_variable():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_resume_with_another_per_photo_budget_is_refused(data, tmp_path):
+    """A run with --max-pixels 1M, then --resume without it: 12 photos stayed failed for a limit
+    no longer asked for. The budget is in run.json now, and --resume compares it."""
+    import json
+    import shutil
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("0001.jpg", "0002.jpg"):
+        shutil.copy(data / "medical-mask" / "images" / name, photos / name)
+    out = tmp_path / "out"
+    local = ClusterConfig(workers=1, processes=False, progress=False)
+    small = InputLimits(max_pixels=100_000)
+    maskbatch.predict(str(photos), str(out), cluster_config=local, limits=small)
+    assert json.loads((out / "run.json").read_text())["limits"] == small.as_dict()
+    with pytest.raises(MaskbatchError, match="its run used a different limits"):
+        maskbatch.predict(str(photos), str(out), cluster_config=local, resume=True)
+    resumed = maskbatch.predict(str(photos), str(out), cluster_config=local, limits=small,
+                                resume=True)
+    assert resumed.processed == 0 and len(resumed.manifest) == 2
