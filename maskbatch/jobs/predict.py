@@ -142,17 +142,18 @@ def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> Pr
     """The final files from the committed parts: tables, previews, COCO, summary, report."""
     finished = time.perf_counter()
     previews = plan.settings.outputs.previews
-    counts = parts.compact(plan.out_dir, [name for name, _ in plan.inputs], previews,
-                           plan.class_names)
+    # one read of the committed parts, in input order, feeds every final file: the tables, the
+    # COCO files and the report's digest (the driver holds one part at a time)
+    digest = run_digest.Digest.for_run(float(plan.card.get("threshold", 0.5)),
+                                       n_first=min(previews, 8) or run_digest.N_FIRST,
+                                       class_names=plan.class_names)
+    with coco.CocoWriter(plan.out_dir, plan.class_names) as coco_files:
+        counts = parts.compact(plan.out_dir, [name for name, _ in plan.inputs], previews,
+                               plan.class_names, sinks=[digest, coco_files])
+    digest.finish()
     if previews:
         _write_previews(session, plan.out_dir, counts.previews)
-    # the report's digest and the COCO files read the final tables in batches: the driver
-    # never holds every detection (docs/benchmarks.md)
-    digest = run_digest.Digest.of_out_dir(plan.out_dir, float(plan.card.get("threshold", 0.5)),
-                                          n_first=min(previews, 8) or run_digest.N_FIRST,
-                                          class_names=plan.class_names)
     gallery = run_digest.draw_gallery(digest, session.call_each)
-    coco.write_coco(plan.out_dir, plan.class_names)
     counts.seconds = time.perf_counter() - finished
     result = PredictResult(
         out_dir=plan.out_dir, seconds=execution.seconds, processed=execution.processed,

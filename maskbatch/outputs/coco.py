@@ -3,8 +3,11 @@ one COCO image, and so is each sampled frame of a video)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -100,78 +103,145 @@ DATASET_HEAD = {"info": {"description": "maskbatch predictions", "format": "COCO
 
 
 BATCH_ROWS = 65_536  # rows of a Parquet file read at a time by write_coco
+DETECTION_FIELDS = ["name", "x1", "x2", "y1", "y2", "classname", "score", "mask_prob"]
+
+
+class CocoWriter:
+    """detections.coco.json and images.coco.json, written as they are fed: images (id, name,
+    status, width, height; `image_rows`) and the detections of those images, both in input order.
+
+    The image list comes before the annotations in images.coco.json, so the annotations wait in
+    a local temporary file until the end. Both files appear whole when the block ends without an
+    error (written under temporary names, then renamed); memory does not grow with the run.
+    """
+
+    def __init__(self, out_dir: str, class_names: tuple[str, ...] | list[str] = CLASS_NAMES
+                 ) -> None:
+        self.paths = [files.join(out_dir, RESULTS_FILE), files.join(out_dir, DATASET_FILE)]
+        self.class_names = tuple(class_names)
+        self.columns = DETECTION_FIELDS + writers.prob_columns(self.class_names)
+        self.results = 0
+        self._stack = contextlib.ExitStack()
+        self._image_comma = self._result_comma = ""
+        self._part_images = PartImages()
+
+    def __enter__(self) -> CocoWriter:
+        self._results, self._dataset = self._stack.enter_context(
+            writers.open_write_all(self.paths))
+        self._annotations = self._stack.enter_context(tempfile.TemporaryFile())
+        head = json.dumps(DATASET_HEAD, separators=(",", ":"))[:-1]
+        self._dataset.write(f'{head},"categories":{_json(categories(self.class_names))},'
+                            '"images":['.encode())
+        self._results.write(b"[")
+        return self
+
+    def add_images(self, images: pd.DataFrame) -> None:
+        entries = image_entries(images)
+        if entries:
+            self._dataset.write((self._image_comma + _json(entries)[1:-1]).encode())
+            self._image_comma = ","
+
+    def add_detections(self, detections: pd.DataFrame, image_ids: dict[str, int]) -> None:
+        """Detections of images already added; `image_ids`: {name: id} of the read ones."""
+        results, annotations = result_json(detections, image_ids, self.results + 1,
+                                           self.class_names)
+        if results:
+            self._results.write((self._result_comma + ",".join(results)).encode())
+            self._annotations.write((self._result_comma + ",".join(annotations)).encode())
+            self._result_comma = ","
+            self.results += len(results)
+
+    def add_part(self, manifest: pd.DataFrame, detections: pd.DataFrame,
+                 frames: pd.DataFrame | None) -> None:
+        """One committed part of a run (maskbatch.outputs.parts.compact): its images (photos and
+        sampled frames), then its detections."""
+        images, ids = self._part_images.of_part(manifest, frames)
+        self.add_images(images)
+        unknown = set(pd.unique(detections["name"])) - set(images["name"])
+        if unknown:
+            raise MaskbatchError(f"detections of {sorted(unknown)[0]!r} are not in their part's "
+                                 "images; cannot write the COCO files")
+        self.add_detections(detections, ids)
+
+    def __exit__(self, exc_type: type | None, *rest: object) -> bool | None:
+        if exc_type is None:
+            self._results.write(b"]")
+            self._dataset.write(b'],"annotations":[')
+            self._annotations.seek(0)
+            shutil.copyfileobj(self._annotations, self._dataset, 1 << 20)
+            self._dataset.write(b"]}")
+        return self._stack.__exit__(exc_type, *rest)
 
 
 def write_coco(out_dir: str, class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> list[str]:
-    """Write detections.coco.json and images.coco.json from OUT_DIR's images.parquet and
-    detections.parquet; their paths. `class_names`: the model card's (the categories, in order).
-
-    Streamed: both tables are read BATCH_ROWS rows at a time, in their (input) order, and the
-    JSON is written as it goes, so memory does not grow with the run. Each file appears whole
-    (written under a temporary name, then renamed).
-    """
-    paths = [files.join(out_dir, RESULTS_FILE), files.join(out_dir, DATASET_FILE)]
-    with writers.open_write_all(paths) as (results_file, dataset_file):
-        head = json.dumps(DATASET_HEAD, separators=(",", ":"))[:-1]
-        dataset_file.write(f'{head},"categories":{_json(categories(class_names))},"images":['
-                           .encode())
-        comma = ""
+    """Write detections.coco.json and images.coco.json from OUT_DIR's final tables (images.parquet,
+    frames.parquet, detections.parquet; a run writes them as its parts stream by instead,
+    maskbatch.outputs.parts.compact); their paths. Read BATCH_ROWS rows at a time, in order."""
+    with CocoWriter(out_dir, class_names) as writer:
         for batch in _images(out_dir):
-            entries = image_entries(batch)
-            if entries:
-                dataset_file.write((comma + _json(entries)[1:-1]).encode())
-                comma = ","
-        dataset_file.write(b'],"annotations":[')
-        results_file.write(b"[")
+            writer.add_images(batch)
         ids = _ImageIds(_images(out_dir))
-        n, comma = 0, ""
-        for batch in _batches(out_dir, "detections.parquet",
-                              ["name", "x1", "x2", "y1", "y2", "classname", "score",
-                               "mask_prob", *writers.prob_columns(class_names)]):
-            results, annotations = result_json(batch, ids.of(batch["name"]), n + 1, class_names)
-            if results:
-                results_file.write((comma + ",".join(results)).encode())
-                dataset_file.write((comma + ",".join(annotations)).encode())
-                comma = ","
-                n += len(results)
-        results_file.write(b"]")
-        dataset_file.write(b"]}")
-    return paths
+        for batch in _batches(out_dir, "detections.parquet", writer.columns):
+            writer.add_detections(batch, ids.of(batch["name"]))
+    return writer.paths
+
+
+class PartImages:
+    """COCO image ids of a run's parts as they stream by (compact): photos and sampled frames
+    numbered in input order from 1, and each part's {name: id} for its detections."""
+
+    def __init__(self) -> None:
+        self.next_id = 1
+
+    def of_part(self, manifest: pd.DataFrame, frames: pd.DataFrame | None
+                ) -> tuple[pd.DataFrame, dict[str, int]]:
+        """(the part's images: id, name, status, width, height; {name: id} of the read ones)."""
+        rows = iter(()) if frames is None else frames[["segment", "time_s"]].itertuples(
+            index=False, name=None)
+        images, self.next_id = image_rows(manifest, rows, self.next_id)
+        ok = images[images["status"] == "ok"]
+        return images, dict(zip(ok["name"], ok["id"].tolist()))
+
+
+def image_rows(batch: pd.DataFrame, frames: Iterator[tuple], next_id: int
+               ) -> tuple[pd.DataFrame, int]:
+    """COCO images (id, name, status, width, height) of a manifest batch in input order: one per
+    photo (a photo that was not read keeps its id, unused), one per sampled frame of a video
+    segment, named as its detections are (``clip.mp4#t=12.000``), taken from `frames`
+    ((segment, time_s) rows in order); and the next id."""
+    columns = ["name", "status", "width", "height"]
+    if "frames" not in batch or batch["frames"].isna().all():
+        ids = np.arange(next_id, next_id + len(batch))
+        return batch[columns].assign(id=ids), next_id + len(batch)
+    out, pending = [], None
+    for row in batch.itertuples(index=False):
+        if pd.isna(row.frames):
+            out.append((next_id, row.name, row.status, row.width, row.height))
+            next_id += 1
+            continue
+        for _ in range(int(row.frames)):
+            pending = pending or next(frames, None)
+            if pending is None or pending[0] != row.name:
+                raise MaskbatchError(f"frames.parquet lacks frames of {row.name!r}; cannot "
+                                     "write the COCO files")
+            name = frame_name(video_of(row.name), float(pending[1]))
+            out.append((next_id, name, "ok", row.width, row.height))
+            next_id, pending = next_id + 1, None
+    return pd.DataFrame(out, columns=["id", "name", "status", "width", "height"]), next_id
 
 
 def _images(out_dir: str) -> Iterator[pd.DataFrame]:
-    """COCO images in input order, as batches (id, name, status, width, height): one per photo
-    (a photo that was not read keeps its id, unused), one per sampled frame of a video segment,
-    named as its detections are (``clip.mp4#t=12.000``), from frames.parquet."""
+    """COCO images of a run's final tables in input order, as batches (image_rows)."""
     frames_path = files.join(out_dir, "frames.parquet")
     fs, local = files.filesystem(frames_path)
     frames = _rows(_batches(out_dir, "frames.parquet", ["segment", "time_s"])) \
         if fs.exists(local) else iter(())
-    pending: tuple | None = None
     next_id = 1
     columns = ["name", "status", "width", "height"]
     for batch in _batches(out_dir, "images.parquet",
                           columns + (["frames"] if _has_frames(out_dir) else [])):
-        if "frames" not in batch or batch["frames"].isna().all():
-            ids = np.arange(next_id, next_id + len(batch))
-            next_id += len(batch)
-            yield batch[columns].assign(id=ids)
-            continue
-        out = []
-        for row in batch.itertuples(index=False):
-            if pd.isna(row.frames):
-                out.append((next_id, row.name, row.status, row.width, row.height))
-                next_id += 1
-                continue
-            for _ in range(int(row.frames)):
-                pending = pending or next(frames, None)
-                if pending is None or pending[0] != row.name:
-                    raise MaskbatchError(f"frames.parquet lacks frames of {row.name!r}; cannot "
-                                         "write the COCO files")
-                name = frame_name(video_of(row.name), float(pending[1]))
-                out.append((next_id, name, "ok", row.width, row.height))
-                next_id, pending = next_id + 1, None
-        yield pd.DataFrame(out, columns=["id", "name", "status", "width", "height"])
+        images, next_id = image_rows(batch, frames, next_id)
+        yield images
 
 
 def _has_frames(out_dir: str) -> bool:

@@ -15,8 +15,9 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import pandas as pd
 import pyarrow as pa
@@ -191,21 +192,29 @@ class _Gather:
         self.tables, self.rows = [], 0
 
 
+class PartSink(Protocol):
+    """A final output fed with each committed part's tables as compact streams them (the run
+    report's digest, the COCO files): every output comes from one read of the parts."""
+
+    def add_part(self, manifest: pd.DataFrame, detections: pd.DataFrame,
+                 frames: pd.DataFrame | None) -> None: ...
+
+
 def compact(out_dir: str, names: list[str], previews: int = 0,
-            class_names: tuple[str, ...] = CLASS_NAMES) -> Compacted:
+            class_names: tuple[str, ...] = CLASS_NAMES, sinks: Sequence[PartSink] = ()
+            ) -> Compacted:
     """Write detections.parquet, images.parquet and submission.csv (and frames.parquet, where
-    videos were read) from the committed parts.
+    videos were read) from the committed parts, and feed each part to `sinks`.
 
     `class_names`: the model card's classes (an N-class model's detections have prob_* columns).
 
     Reads each committed part once, in input order, holding one part (and one row group) at a
-    time; the three files appear only when all are complete. Part files no committed entry
-    names (a task that finished after its driver was gone) are removed.
+    time; the files appear only when all are complete. Part files no committed entry names (a
+    task that finished after its driver was gone) are removed.
     """
     started = time.perf_counter()
     n = len(names)
-    log = CommitLog(out_dir)
-    chosen = tiling(log.entries(), n)
+    chosen = tiling(CommitLog(out_dir).entries(), n)
     covered = sum(e["count"] for e in chosen)
     if covered != n:
         raise MaskbatchError(f"{n - covered} images have no committed result (e.g. "
@@ -217,45 +226,63 @@ def compact(out_dir: str, names: list[str], previews: int = 0,
                for k in ("detections.parquet", "images.parquet", "submission.csv")]
     with writers.open_write_all(targets) as (det_file, img_file, csv_file), \
             pq.ParquetWriter(det_file, schema) as det_writer, \
-            pq.ParquetWriter(img_file, writers.MANIFEST_SCHEMA) as img_writer:
+            pq.ParquetWriter(img_file, writers.MANIFEST_SCHEMA) as img_writer, \
+            _FramesFile(out_dir, writers.frame_schema(class_names)) as frames_file:
         dets, imgs = _Gather(det_writer), _Gather(img_writer)
-        header = True
-        for entry in chosen:
+        for k, entry in enumerate(chosen):
             base = f"{parts_dir}/{entry['part']}"
             manifest = _read_table(fs, base + ".images.parquet", writers.MANIFEST_SCHEMA)
             detections = _read_detections(fs, base + ".detections.parquet", schema)
+            frames = frames_file.add(fs, base + ".frames.parquet")
             first = entry["first"]
-            part_names = manifest.column("name").to_pylist()
-            if part_names != names[first:first + entry["count"]]:
+            if manifest.column("name").to_pylist() != names[first:first + entry["count"]]:
                 raise MaskbatchError(f"part {entry['part']} does not hold the inputs it was "
                                      "committed for; run again with --overwrite")
             imgs.add(manifest)
             dets.add(detections)
-            csv_file.write(writers.csv_bytes(
-                writers.submission_frame(detections.to_pandas(use_threads=False)), header=header))
-            header = False
-            _count(stats, manifest, detections, previews)
+            rows = detections.to_pandas(use_threads=False)
+            csv_file.write(writers.csv_bytes(writers.submission_frame(rows), header=k == 0))
+            _count(stats, manifest, rows, previews)
+            if sinks:
+                table = manifest.to_pandas(use_threads=False)
+                frame_rows = None if frames is None else frames.to_pandas(use_threads=False)
+                for sink in sinks:
+                    sink.add_part(table, rows, frame_rows)
         dets.flush()
         imgs.flush()
-    _compact_frames(out_dir, fs, parts_dir, chosen, writers.frame_schema(class_names))
     _remove_orphans(fs, parts_dir, {e["part"] for e in chosen})
     stats.seconds = time.perf_counter() - started
     return stats
 
 
-def _compact_frames(out_dir: str, fs: object, parts_dir: str, chosen: list[dict],
-                    schema: pa.Schema) -> None:
-    """frames.parquet from the parts' .frames.parquet files, in input order (none: no file)."""
-    found = [f"{parts_dir}/{e['part']}.frames.parquet" for e in chosen]
-    found = [p for p in found if fs.exists(p)]  # type: ignore[attr-defined]
-    if not found:
-        return
-    with writers.open_write_all([files.join(out_dir, "frames.parquet")]) as (frames_file,), \
-            pq.ParquetWriter(frames_file, schema) as writer:
-        gather = _Gather(writer)
-        for path in found:
-            gather.add(_read_table(fs, path, schema))
-        gather.flush()
+class _FramesFile:
+    """frames.parquet from the parts' .frames.parquet files, in input order: opened at the first
+    part with frames (a run without videos writes none), renamed into place at the end."""
+
+    def __init__(self, out_dir: str, schema: pa.Schema) -> None:
+        self.url, self.schema = files.join(out_dir, "frames.parquet"), schema
+        self._stack = contextlib.ExitStack()
+        self._gather: _Gather | None = None
+
+    def __enter__(self) -> _FramesFile:
+        return self
+
+    def add(self, fs: object, path: str) -> pa.Table | None:
+        """The part's frames (None where it has none), added to frames.parquet."""
+        if not fs.exists(path):  # type: ignore[attr-defined]
+            return None
+        table = _read_table(fs, path, self.schema)
+        if self._gather is None:
+            (handle,) = self._stack.enter_context(writers.open_write_all([self.url]))
+            self._gather = _Gather(self._stack.enter_context(pq.ParquetWriter(handle,
+                                                                               self.schema)))
+        self._gather.add(table)
+        return table
+
+    def __exit__(self, exc_type: type | None, *rest: object) -> bool | None:
+        if exc_type is None and self._gather is not None:
+            self._gather.flush()
+        return self._stack.__exit__(exc_type, *rest)
 
 
 def _read_table(fs: object, path: str, schema: pa.Schema) -> pa.Table:
@@ -277,16 +304,16 @@ def _read_detections(fs: object, path: str, schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
 
 
-def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews: int) -> None:
+def _count(stats: Compacted, manifest: pa.Table, rows: pd.DataFrame, previews: int) -> None:
     status = manifest.column("status").to_pylist()
     stats.images += len(status)
     ok = status.count("ok")
     stats.ok += ok
     stats.failed += status.count("failed")
     stats.skipped += status.count("skipped")
-    stats.faces += detections.num_rows
-    for name in detections.column("classname").to_pylist():
-        stats.faces_per_class[name] = stats.faces_per_class.get(name, 0) + 1
+    stats.faces += len(rows)
+    for name, n in rows["classname"].value_counts(sort=False).items():
+        stats.faces_per_class[name] = stats.faces_per_class.get(name, 0) + int(n)
     frames = manifest.column("frames").to_pylist()
     if any(f is not None for f in frames):
         stats.frames += sum(f for f in frames if f is not None)
@@ -302,7 +329,6 @@ def _count(stats: Compacted, manifest: pa.Table, detections: pa.Table, previews:
             if state != "ok" and len(listed) < FAILURES_LISTED:
                 listed[name] = reason
     if len(stats.previews) < previews and ok:
-        rows = detections.to_pandas(use_threads=False)
         for name, path, state, frames in zip(manifest.column("name").to_pylist(),
                                              manifest.column("path").to_pylist(), status,
                                              manifest.column("frames").to_pylist()):

@@ -99,9 +99,10 @@ class Digest:
     """What report.html shows, gathered from the final tables a batch at a time, so that the
     page of a run of millions of photos needs no more memory than one of a hundred.
 
-    Feed every manifest batch (add_images), then every detections batch (add_detections), both
-    in input order; then finish() with a way to read the manifest again (for the paths of the
-    least certain faces).
+    Feed a run's parts as they stream by (add_part: a part's manifest and detections, in input
+    order), then finish(); or, from the final tables, every manifest batch (add_images), then
+    every detections batch (add_detections), both in input order, then finish() with a way to
+    read the manifest again (for the paths of the least certain faces).
     """
 
     threshold: float = 0.5
@@ -123,6 +124,20 @@ class Digest:
     boxes: dict[str, list[tuple]] = field(default_factory=dict)
     _carry: pd.DataFrame | None = None  # the last photo's faces of the batch before
     _rows: int = 0
+    _paths: dict[str, str] | None = None  # add_part: the part's photos' and videos' paths
+
+    # ---- a part: its manifest, then its detections (a photo's faces are in its own part)
+    def add_part(self, manifest: pd.DataFrame, detections: pd.DataFrame,
+                 frames: pd.DataFrame | None = None) -> None:
+        """One committed part. Its photos' boxes are kept while they may still be shown: a
+        photo out of the first or most crowded ones now can never enter them later."""
+        self.add_images(manifest.reindex(columns=IMAGE_COLUMNS))
+        videos = manifest["frames"].notna() if "frames" in manifest else pd.Series(False)
+        self._paths = dict(zip(manifest["name"], manifest["path"]))
+        self._paths.update(zip(manifest["name"][videos].map(video_of), manifest["path"][videos]))
+        self.add_detections(detections.reindex(columns=DETECTION_FIELDS))
+        shown = set(self.first["name"]) | set(self.crowded["name"])
+        self.boxes = {name: boxes for name, boxes in self.boxes.items() if name in shown}
 
     # ---- the manifest
     def add_images(self, batch: pd.DataFrame) -> None:
@@ -151,6 +166,10 @@ class Digest:
     def add_detections(self, batch: pd.DataFrame) -> None:
         batch = batch.assign(_order=np.arange(self._rows, self._rows + len(batch)))
         self._rows += len(batch)
+        if self._paths is not None:  # a part's faces: the path each is drawn from, known now
+            owner = [frame_video(n) if pd.notna(f) else n
+                     for n, f in zip(batch["name"], batch["frame"])]
+            batch = batch.assign(path=[self._paths.get(o) for o in owner])
         classes = batch["classname"].to_numpy()
         sizes = face_sizes(batch)
         for cls in dict.fromkeys([*self.per_class, *pd.unique(classes)]):  # an N-class model's too
@@ -177,11 +196,16 @@ class Digest:
         self.unmasked = _top(_concat(self.unmasked, table), ["unmasked", "faces"], [False, False],
                              MAX_UNMASKED_ROWS)
 
-    def finish(self, images: Callable[[], Iterable[pd.DataFrame]]) -> Digest:
-        """Close the last photo's faces; give the least certain faces their photo's path."""
+    def finish(self, images: Callable[[], Iterable[pd.DataFrame]] | None = None) -> Digest:
+        """Close the last photo's faces; give the least certain faces their photo's path (read
+        from `images`, the manifest's batches, unless the parts gave them)."""
         if self._carry is not None and len(self._carry):
             self._add_unmasked(self._carry)
         self._carry = None
+        if images is None:
+            order = [c for c in self.uncertain.columns if c != "path"] + ["path"]
+            self.uncertain = self.uncertain.reindex(columns=order)
+            return self
         wanted = set(self.uncertain["name"])
         paths: dict[str, str] = {}
         frames = self.uncertain["frame"].notna().to_numpy()
@@ -213,6 +237,13 @@ class Digest:
         return digest.finish(lambda: [manifest])
 
     @classmethod
+    def for_run(cls, threshold: float = 0.5, n_first: int = N_FIRST,
+                class_names: Sequence[str] = (MASK, NO_MASK)) -> Digest:
+        """An empty digest of a run whose model has `class_names`, to be fed its parts."""
+        return cls(threshold=threshold, n_first=n_first,
+                   per_class=dict.fromkeys([MASK, NO_MASK, *class_names], 0))
+
+    @classmethod
     def of_out_dir(cls, out_dir: str, threshold: float = 0.5, n_first: int = N_FIRST,
                    batch_rows: int = 65_536, class_names: Sequence[str] = (MASK, NO_MASK)
                    ) -> Digest:
@@ -221,8 +252,7 @@ class Digest:
         def batches(name: str, columns: list[str]) -> Iterable[pd.DataFrame]:
             return writers.read_parquet_batches(files.join(out_dir, name), columns, batch_rows)
 
-        digest = cls(threshold=threshold, n_first=n_first,
-                     per_class=dict.fromkeys([MASK, NO_MASK, *class_names], 0))
+        digest = cls.for_run(threshold, n_first, class_names)
         for batch in batches("images.parquet", IMAGE_COLUMNS):
             digest.add_images(batch)
         for batch in batches("detections.parquet", DETECTION_FIELDS):
