@@ -54,23 +54,30 @@ class SegmentRead:
 _DONE = object()
 
 
-Decoder = Callable[[str, list[int]], Iterator[tuple[int, np.ndarray]]]
+# (path, wanted frame indices) -> (index, image, or None for a frame handed over already)
+Decoder = Callable[[str, list[int]], Iterator[tuple[int, np.ndarray | None]]]
 
 
 def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
                  decoder: Decoder | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(frame index, time in s, BGR image) of each sampled frame of the segment, in order.
+    """(frame index, time in s, BGR image) of each frame sampled in the segment, in order, each
+    frame once (a frame shown at several sample times comes at the first).
 
     The decoder (`decode_frames` unless one is given) runs in a helper thread and decodes a frame
     only when this generator asks for the next one, so a worker uses one core; the time spent
     waiting for it counts against ``limits.read_timeout`` for the whole segment. A frame over
     ``limits.max_pixels``, a file that ends early or a stalled decoder stops the segment with
-    `result.problem` set; the frames before it have been handed over.
+    `result.problem` set; the frames before it have been handed over. A segment wholly after the
+    stream's last frame is not opened.
     """
     info = segment.info
     if info.width * info.height > limits.max_pixels:
         raise ImageError(f"{info.width} x {info.height} pixels, over the "
                          f"{limits.max_pixels / 1e6:g} megapixel limit per frame (see --max-pixels)")
+    if info.end_s is not None and segment.start >= info.end_s - 1e-9:
+        result.problem = (f"video ends early: no frame read from t={segment.start:.3f} s of "
+                          f"{info.duration:.3f} s (its last frame ends at t={info.end_s:.3f} s)")
+        return
     wanted = sampled_frames(segment)
     if not wanted:
         return
@@ -83,7 +90,7 @@ def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
     helper.start()
     budget = limits.read_timeout if limits.read_timeout and math.isfinite(limits.read_timeout) \
         else math.inf
-    waited = 0.0
+    waited, covered = 0.0, []  # covered: the wanted indices the decoder has answered
     try:
         while True:
             ask.release()
@@ -96,19 +103,14 @@ def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
                 return
             waited += time.perf_counter() - began
             if got is _DONE:
-                # a container's frame count may be an estimate: a frame or two short at the very
-                # end is not damage
-                short = result.last_time is None or \
-                    round(result.last_time * info.fps) < min(wanted[-1], info.frames - 3)
-                if result.frames < len(wanted) and short:
-                    result.problem = "video ends early: " + (
-                        f"read frames up to t={result.last_time:.3f} s of "
-                        f"{info.duration:.3f} s" if result.last_time is not None else
-                        f"no frame read from t={segment.start:.3f} s of {info.duration:.3f} s")
+                result.problem = _ended(segment, wanted, covered, result)
                 return
             if isinstance(got, BaseException):
                 raise got
             index, image = got
+            covered.append(index)
+            if image is None:  # shown at an earlier sample time too: handed over then
+                continue
             if image.shape[0] * image.shape[1] > limits.max_pixels:
                 raise ImageError(f"{image.shape[1]} x {image.shape[0]} pixels, over the "
                                  f"{limits.max_pixels / 1e6:g} megapixel limit per frame "
@@ -119,6 +121,22 @@ def read_segment(segment: Segment, limits: InputLimits, result: SegmentRead,
     finally:
         stop.set()
 
+
+def _ended(segment: Segment, wanted: list[int], covered: list[int], result: SegmentRead) -> str:
+    """Why the segment's reading stopped where it did, or "" where nothing was missed."""
+    info = segment.info
+    # a container's frame count may be an estimate: a frame or two short at the very end is not
+    # damage
+    short = not covered or covered[-1] < min(wanted[-1], info.grid_frames - 3)
+    if len(covered) < len(wanted) and short:
+        return "video ends early: " + (
+            f"read frames up to t={result.last_time:.3f} s of {info.duration:.3f} s"
+            if result.last_time is not None else
+            f"no frame read from t={segment.start:.3f} s of {info.duration:.3f} s")
+    if not info.timed and segment.stop >= info.duration - 1e-9:
+        return (f"its length is the header's ({info.duration:.3f} s), with no time stamps to "
+                "check it: frames after that, if any, are not read")
+    return ""
 
 
 def _where(result: SegmentRead, segment: Segment) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import av
@@ -29,19 +29,22 @@ def read_frame(path: str, index: int) -> np.ndarray:
     raise ImageError(f"cannot read frame {index} of the video")
 
 
-def decode_frames(path: str, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, BGR image) of the frames `wanted` (ascending indices) of a local video.
+def decode_frames(path: str, wanted: list[int]) -> Iterator[tuple[int, np.ndarray | None]]:
+    """(index, BGR image) for each of the frame indices `wanted` (ascending) of a local video: the
+    frame shown at t = index / fps (fps: the stream's guessed rate), turned as its display matrix
+    says; None instead of the image where that frame was handed over already (a frame shown at
+    several sample times of a variable-frame-rate video).
 
-    A frame's index is its presentation time times the frame rate, from the stream's start
-    (what OpenCV's CAP_PROP_POS_FRAMES counts in a constant-rate file). The demuxer seeks to the
-    keyframe at or before the first wanted frame; from there every packet is read, but a packet
-    is decoded only when a wanted frame needs it: the packets since the last keyframe at or
-    before the next wanted frame are held and decoded once a packet at or past that frame comes.
-    A wanted frame missing from the file (a gap in the time stamps) gets the next frame there is.
+    The frame shown at t is the last frame whose time stamp is at or before t, on the 1 / fps grid
+    (in a constant-rate file, frame number `index`, what OpenCV's CAP_PROP_POS_FRAMES counts);
+    the last frame of the stream stays shown for its duration; a t before the first frame gets the
+    first. The demuxer seeks to the keyframe at or before the first wanted frame; from there every
+    packet is read, but a packet is decoded only when a wanted frame needs it: the packets since
+    the last keyframe at or before the next wanted frame are held and decoded once a packet at or
+    past that frame comes. Where the stream ends before a wanted frame, the iterator ends.
     """
     container, stream = _open_stream(path)
     try:
-        codec = stream.codec_context
         rate, base, origin = stream_rate(stream), stream.time_base, stream.start_time or 0
         if not rate or not base:
             raise ImageError("a video without a usable frame rate")
@@ -56,34 +59,82 @@ def decode_frames(path: str, wanted: list[int]) -> Iterator[tuple[int, np.ndarra
             except av.FFmpegError:  # no index to seek with (a truncated AVI): from the start
                 container.close()
                 container, stream = _open_stream(path)
-                codec = stream.codec_context
-        targets = iter(wanted)
-        target = next(targets)
-        held: list[av.Packet] = []  # read, not yet decoded; they follow what the decoder was fed
-        restart = False  # the decoder's state is from frames before `held`'s keyframe
-        for packet in container.demux(stream):
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if stamp is not None and index_of(stamp) < target:
-                if packet.is_keyframe:  # decoding can start here instead of earlier
-                    held.clear()
-                    restart = True
-                held.append(packet)
-                continue
-            if restart:
-                codec.flush_buffers()
-                restart = False
-            held.append(packet)  # the flush packet at the end (no stamp) drains the decoder
-            for one in held:
-                for frame in codec.decode(one):
-                    shown = index_of(frame.pts) if frame.pts is not None else target
-                    while shown >= target:
-                        yield target, frame.to_ndarray(format="bgr24")
-                        target = next(targets, None)
-                        if target is None:
-                            return
-            held.clear()
+        picker = _Picker(wanted, index_of)
+        for frames in _decoded(container, stream, index_of, picker):
+            for frame in frames:
+                yield from picker.shown(frame)
+                if picker.target is None:
+                    return
+        yield from picker.stream_ended(max(1, round(1 / (rate * base))))
     finally:
         container.close()
+
+
+def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+             index_of: Callable[[int], int], picker: _Picker) -> Iterator[list[av.VideoFrame]]:
+    """The frames decoded from the stream's packets, in showing order, decoding only the packets
+    the picker's next target needs (from the last keyframe before it on)."""
+    codec = stream.codec_context
+    held: list[av.Packet] = []  # read, not yet decoded; they follow what the decoder was fed
+    restart = False  # the decoder's state is from frames before `held`'s keyframe
+    for packet in container.demux(stream):
+        stamp = packet.pts if packet.pts is not None else packet.dts
+        if stamp is not None and picker.target is not None and index_of(stamp) < picker.target:
+            if packet.is_keyframe:  # decoding can start here instead of earlier
+                held.clear()
+                restart = True
+            held.append(packet)
+            continue
+        if restart:
+            codec.flush_buffers()
+            picker.last = None  # frames before the skipped packets are not shown at the target
+            restart = False
+        held.append(packet)  # the flush packet at the end (no stamp) drains the decoder
+        for one in held:
+            yield codec.decode(one)
+        held.clear()
+
+
+class _Picker:
+    """Which decoded frame is shown at each wanted index, fed the frames in showing order."""
+
+    def __init__(self, wanted: list[int], index_of: Callable[[int], int]) -> None:
+        self.targets, self.index_of = iter(wanted), index_of
+        self.target: int | None = next(self.targets)
+        self.last: av.VideoFrame | None = None  # the latest frame at or before the target
+        self.handed: av.VideoFrame | None = None
+
+    def shown(self, frame: av.VideoFrame) -> Iterator[tuple[int, np.ndarray | None]]:
+        at = self.index_of(frame.pts) if frame.pts is not None else self.target
+        while self.target is not None and at > self.target:  # the frame before it is shown
+            yield self._hand(self.last if self.last is not None else frame)
+        self.last = frame
+        if self.target is not None and at == self.target:
+            yield self._hand(frame)
+
+    def stream_ended(self, one_frame: int) -> Iterator[tuple[int, np.ndarray | None]]:
+        """The last frame is shown up to its end (its duration, else one frame at the rate)."""
+        last = self.last
+        if last is None or last.pts is None:
+            return
+        ends = self.index_of(last.pts + (last.duration or one_frame))
+        while self.target is not None and self.target < ends:
+            yield self._hand(last)
+
+    def _hand(self, frame: av.VideoFrame) -> tuple[int, np.ndarray | None]:
+        target, self.target = self.target, next(self.targets, None)
+        if frame is self.handed:
+            return target, None
+        self.handed = frame
+        return target, upright(frame)
+
+
+def upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as BGR pixels turned as a player shows it (its display matrix's rotation,
+    to the nearest quarter turn; PyAV's `rotation` is counter-clockwise, as np.rot90 turns)."""
+    image = frame.to_ndarray(format="bgr24")
+    turns = round(frame.rotation / 90) % 4 if frame.side_data else 0
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _open_stream(path: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
@@ -99,4 +150,4 @@ def _open_stream(path: str) -> tuple[av.container.InputContainer, av.video.strea
 
 
 
-__all__ = ["decode_frames", "read_frame"]
+__all__ = ["decode_frames", "read_frame", "upright"]

@@ -3,11 +3,12 @@ count, frame rate, size), read through PyAV (FFmpeg's libraries) within a time b
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
@@ -18,22 +19,41 @@ from maskbatch.photos import decoding, reading
 
 SNIFF_BYTES = 32
 NOT_A_VIDEO = "not a video (unrecognised file signature)"
+TAIL_SEEK = 2**62  # a time stamp past any end: seeking there lands on the last keyframe
 REMOTE = "a video in object storage: videos are read from local paths only (not opened)"
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What a video's container header says."""
+    """What a video's container header says, checked against the time stamps of its packets.
+
+    `frames` and `fps` are the header's frame count (or an estimate from its duration) and
+    FFmpeg's guessed frame rate; `width` x `height` is the frame as a player shows it, after the
+    display matrix's turn (`rotation`, degrees counter-clockwise: 0, 90, 180 or 270). The length is
+    frames / fps unless the packets' time stamps say otherwise: `length_s` where the stream runs
+    longer (variable frame rate: frames / guessed rate is too short), `end_s` where its last frame
+    ends before the header's length (a file cut short, or a header that lies); `timed` is False
+    where no time stamp could be read to check the header with.
+    """
 
     frames: int
     fps: float
     width: int
     height: int
+    length_s: float | None = None
+    end_s: float | None = None
+    rotation: int = 0
+    timed: bool = True
 
     @property
     def duration(self) -> float:
-        return self.frames / self.fps
+        """The stream's length in seconds."""
+        return self.length_s if self.length_s is not None else self.frames / self.fps
 
+    @property
+    def grid_frames(self) -> int:
+        """Steps of 1 / fps in the stream's length: the frame indices sampling can ask for."""
+        return max(1, round(self.duration * self.fps))
 
 
 def looks_like_video(path: str) -> str | None:
@@ -89,16 +109,61 @@ def _probe_into(path: str, box: dict) -> None:
                 raise ImageError("cannot open it as a video (no video stream in it)")
             stream = container.streams.video[0]
             fps = stream_rate(stream)
-            info = VideoInfo(stream.frames or _estimated_frames(container, stream, fps), float(fps),
-                             stream.codec_context.width, stream.codec_context.height)
-        if not (math.isfinite(info.fps) and info.fps > 0):
-            raise ImageError(f"a video without a usable frame rate ({info.fps:g} frames/s)")
-        if info.frames <= 0:
+            if not (fps > 0 and math.isfinite(fps)):
+                raise ImageError(f"a video without a usable frame rate ({float(fps):g} frames/s)")
+            frames = stream.frames or _estimated_frames(container, stream, fps)
+            width, height = stream.codec_context.width, stream.codec_context.height
+            end, rotation = _tail(container, stream, fps)
+        if frames <= 0 and end:
+            frames = math.floor(end * fps + Fraction(1, 2))  # no length in the header at all
+        if frames <= 0:
             raise ImageError("a video with no frames")
-        box["info"] = info
+        box["info"] = _checked(VideoInfo(frames, float(fps), width, height), end, rotation)
     except Exception as exc:  # handed to the waiting thread
         box["error"] = exc if isinstance(exc, ImageError) else ImageError(
             f"cannot open it as a video ({type(exc).__name__}: {decoding.first_line(exc)})")
+
+
+def _checked(header: VideoInfo, end: Fraction | None, rotation: int) -> VideoInfo:
+    """The header's info with the length its time stamps give (where they differ by more than a
+    frame) and the display turn applied to its size."""
+    if rotation in (90, 270):
+        header = replace(header, width=header.height, height=header.width)
+    if end is None:
+        return replace(header, rotation=rotation, timed=False)
+    slack = 1 / header.fps + 1e-3
+    seconds = float(end)
+    return replace(header, rotation=rotation,
+                   length_s=seconds if seconds > header.duration + slack else None,
+                   end_s=seconds if seconds < header.duration - slack else None)
+
+
+def _tail(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+          fps: Fraction) -> tuple[Fraction | None, int]:
+    """Where the stream's last frame ends (s from its start, from the packets' time stamps; None
+    where none has one) and the turn of its display matrix, read from its last keyframe on: the
+    packets are only read, one frame is decoded for the matrix (FFmpeg puts it on every frame)."""
+    base, origin = stream.time_base, stream.start_time or 0
+    if not base:
+        return None, 0
+    one_frame = max(1, round(1 / (fps * base)))
+    with contextlib.suppress(av.FFmpegError):  # no index to seek with: read from where it is
+        container.seek(origin + TAIL_SEEK, stream=stream, backward=True, any_frame=False)
+    codec = stream.codec_context
+    codec.thread_count = 1
+    end: int | None = None
+    rotation: float | None = None
+    with contextlib.suppress(av.FFmpegError):  # damage: the frames end where reading stops
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is not None:
+                stop = stamp + (packet.duration or one_frame)
+                end = stop if end is None else max(end, stop)
+            if rotation is None:
+                with contextlib.suppress(av.FFmpegError):
+                    rotation = next((frame.rotation for frame in codec.decode(packet)), None)
+    turn = round((rotation or 0) / 90) % 4 * 90  # a player turns by quarter turns only
+    return (None if end is None else (end - origin) * base), turn
 
 
 def stream_rate(stream: av.video.stream.VideoStream) -> Fraction:
