@@ -20,6 +20,9 @@ from maskbatch.photos import decoding, reading
 SNIFF_BYTES = 32
 NOT_A_VIDEO = "not a video (unrecognised file signature)"
 TAIL_SEEK = 2**62  # a time stamp past any end: seeking there lands on the last keyframe
+# Packets read from the last keyframe to find where a stream ends: a keyframe interval is a few
+# hundred; a file without an index to seek with (an AVI cut short) is read from its start.
+TAIL_PACKETS = 20_000
 REMOTE = "a video in object storage: videos are read from local paths only (not opened)"
 
 
@@ -151,10 +154,13 @@ def _tail(container: av.container.InputContainer, stream: av.video.stream.VideoS
         container.seek(origin + TAIL_SEEK, stream=stream, backward=True, any_frame=False)
     codec = stream.codec_context
     codec.thread_count = 1
-    end: int | None = None
+    end: int | None = None  # in the stream's time base
     rotation: float | None = None
     with contextlib.suppress(av.FFmpegError):  # damage: the frames end where reading stops
-        for packet in container.demux(stream):
+        for count, packet in enumerate(container.demux(stream)):
+            if count >= TAIL_PACKETS:  # no index to seek with, and long: the end is not known
+                end = None
+                break
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is not None:
                 stop = stamp + (packet.duration or one_frame)

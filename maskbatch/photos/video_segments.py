@@ -84,7 +84,7 @@ def expand_videos(inputs: list[tuple[str, str]], fps: float = VIDEO_FPS,
                   limits: InputLimits = InputLimits()) -> list[tuple[str, str | Segment]]:
     """The job's partition items: photos as they are, each video as its segments (probed here,
     once); a video that cannot be probed is one failed item with the reason."""
-    if not (0 < fps < math.inf and 0 < segment_seconds < math.inf):
+    if not (0 < fps < math.inf and segment_seconds > 0):  # NaN fails both
         raise MaskbatchError(f"frames per second ({fps:g}) and segment seconds "
                              f"({segment_seconds:g}) must be positive numbers")
     items: list[tuple[str, str | Segment]] = []
