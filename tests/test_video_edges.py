@@ -17,7 +17,7 @@ import pytest
 
 from maskbatch.config import DetectorConfig, InputLimits
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model
-from maskbatch.photos import video
+from maskbatch.photos import video, video_probe
 from maskbatch.photos.video_segments import MAX_SEGMENTS_PER_VIDEO, video_segments
 from maskbatch.pipeline import predict_partition
 
@@ -29,10 +29,11 @@ def write_video(path: Path, images: list[np.ndarray], times: list[float], rate: 
     """BGR `images` shown from `times` (s) on, in the container `path`'s extension names; with a
     display matrix turning them `rotation` degrees counter-clockwise (PyAV's sense) if given."""
     height, width = images[0].shape[:2]
+    ticks = Fraction(1, rate) if path.suffix == ".avi" else TICKS  # AVI counts frames
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = TICKS
+        stream.time_base = ticks
         if codec == "libx264":
             stream.options = {"crf": "16", "preset": "fast"}
         else:
@@ -41,7 +42,7 @@ def write_video(path: Path, images: list[np.ndarray], times: list[float], rate: 
             stream.set_display_rotation(rotation)
         for image, t in zip(images, times):
             frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            frame.pts, frame.time_base = round(t / TICKS), TICKS
+            frame.pts, frame.time_base = round(t / ticks), ticks
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
@@ -311,3 +312,23 @@ def test_sampling_at_once_gives_the_frames_the_loop_gave():
                 for _, segment in video_segments("c", "c", info, fps, seconds):
                     assert video.sampled_frames(segment) == reference_sampled_frames(segment), \
                         (frames, rate, fps, seconds, segment.start)
+
+
+def test_where_the_length_cannot_be_checked_the_last_row_says_what_was_not_read(
+        tmp_path, monkeypatch):
+    """An AVI without its index (the idx1 chunk at its end, as a recorder that crashed leaves it):
+    finding its end reads it from the start, past a limit of 5 packets here (20,000 in a run): its
+    length is the header's, and its last row says what that leaves unread."""
+    clip = write_video(tmp_path / "long.avi", [grey(30 + 8 * i) for i in range(25)],
+                       [i / 5 for i in range(25)], rate=5)
+    data = clip.read_bytes()
+    clip.write_bytes(data[:data.rindex(b"idx1")])
+    assert video.probe(str(clip), 10) == video.VideoInfo(25, 5.0, 64, 48)
+    monkeypatch.setattr(video_probe, "TAIL_PACKETS", 5)
+    info = video.probe(str(clip), 10)
+    assert (info.duration, info.timed) == (5.0, False)
+    items = video.expand_videos([("long.avi", str(clip))], 1.0, 2.0)
+    got, problems = read_all(items)
+    assert [n for _, _, n in got] == [0, 5, 10, 15, 20]
+    assert problems == ["", "", "its length is the header's (5.000 s), with no time stamps to "
+                                "check it: frames after that, if any, are not read"]
