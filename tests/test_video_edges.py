@@ -174,6 +174,22 @@ def test_a_sideways_phone_clip_is_turned_as_a_player_shows_it(phone_clips):
     assert video.read_frame(sideways, 10).shape == (960, 720, 3)
 
 
+@pytest.mark.parametrize("rotation", [-90, 90, 180, 270])
+def test_every_quarter_turn_of_the_display_matrix_is_undone(tmp_path, rotation):
+    """A 96 x 64 picture with a bright corner block, stored turned the other way from each
+    display rotation (as np.rot90 turns: counter-clockwise): decoded, it is upright again."""
+    upright = np.zeros((64, 96, 3), np.uint8)
+    upright[:, :, 1] = np.linspace(0, 200, 96, dtype=np.uint8)[None, :]
+    upright[4:20, 4:28] = 255
+    stored = np.ascontiguousarray(np.rot90(upright, -rotation // 90))
+    clip = write_video(tmp_path / "turned.mp4", [stored] * 5, [i / 5 for i in range(5)], 5,
+                       rotation=rotation)
+    info = video.probe(str(clip), 10)
+    assert (info.width, info.height, info.rotation) == (96, 64, rotation % 360)
+    image = video.read_frame(str(clip), 2)
+    assert image.shape == upright.shape and np.abs(image.astype(int) - upright).mean() < 6
+
+
 def test_a_sideways_phone_clip_finds_the_faces_of_its_upright_copy(phone_clips, model_ref):
     results = {}
     for kind in ("upright", "sideways"):
