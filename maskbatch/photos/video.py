@@ -1,18 +1,24 @@
 """Video files as inputs: probe once, cut into time segments, decode a segment's sampled frames.
 
-The driver probes each video (frame count, frame rate, size, through PyAV: FFmpeg's libraries)
-and turns it into segments of VIDEO_SEGMENT_SECONDS, each one partition item named
-``clip.mp4@0000.000-0060.000`` whose path is a Segment. A worker opens the file, seeks to the
-keyframe at or before the segment's first sampled frame and reads its packets forward, handing back
-the frames at t = 0, 1/F, 2/F ... that fall in [start, stop). Packets are cheap to read; only the
+The driver probes each video (frame count, frame rate, size, display matrix, through PyAV:
+FFmpeg's libraries) and checks the header's length against the time stamps of the stream's last
+packets: a variable-frame-rate stream is as long as its time stamps say, not frames / guessed
+rate, and a header that says more than the frames hold is cut where they end. It turns the video
+into segments of VIDEO_SEGMENT_SECONDS, each one partition item named
+``clip.mp4@0000.000-0060.000`` whose path is a Segment (no more segments than frames to sample;
+whatever lies past the last frame is one item). A worker opens the file, seeks to the keyframe at
+or before the segment's first sampled frame and reads its packets forward, handing back the frame
+shown at each t = 0, 1/F, 2/F ... in [start, stop) (the last frame whose time stamp is at or
+before t), each frame once, turned as a player shows it. Packets are cheap to read; only the
 frames from the last keyframe before a sampled frame up to it are decoded (with FFmpeg in one
 thread), and only sampled frames are converted to BGR. Decoding runs in a helper thread, one frame
 at a time on request, within the segment's --read-timeout budget; a file that ends before its
 header said keeps the frames read and says where it stopped.
 
-The work is split by job: video_probe (is it a video, what its header says), video_segments (the
-partition items and their sampled frames), video_frames (decoding frames by index); this module
-reads a segment's frames within its budget, and keeps the names the rest of maskbatch uses.
+The work is split by job: video_probe (is it a video, what its header and time stamps say),
+video_segments (the partition items and their sampled frames), video_frames (decoding the frames
+shown at given indices); this module reads a segment's frames within its budget, and keeps the
+names the rest of maskbatch uses.
 """
 
 from __future__ import annotations
