@@ -153,8 +153,8 @@ class CocoWriter:
 
     def add_part(self, manifest: pd.DataFrame, detections: pd.DataFrame,
                  frames: pd.DataFrame | None) -> None:
-        """One committed part of a run (maskbatch.outputs.parts.compact): its images (photos and
-        sampled frames), then its detections."""
+        """Consecutive committed parts of a run (maskbatch.outputs.parts.compact): their images
+        (photos and sampled frames), then their detections."""
         images, ids = self._part_images.of_part(manifest, frames)
         self.add_images(images)
         unknown = set(pd.unique(detections["name"])) - set(images["name"])

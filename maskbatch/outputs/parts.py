@@ -36,6 +36,7 @@ LOG_PREFIX = "commits-"
 SEGMENT_SECONDS = 10.0
 # Rows gathered from consecutive parts before one Parquet row group is written.
 ROW_GROUP_ROWS = 65_536
+FEED_ROWS = 65_536  # rows of consecutive parts handed to the final step's other outputs at once
 # summary.json lists at most this many failed photos by name (images.parquet has them all).
 FAILURES_LISTED = 1000
 
@@ -228,7 +229,7 @@ def compact(out_dir: str, names: list[str], previews: int = 0,
             pq.ParquetWriter(det_file, schema) as det_writer, \
             pq.ParquetWriter(img_file, writers.MANIFEST_SCHEMA) as img_writer, \
             _FramesFile(out_dir, writers.frame_schema(class_names)) as frames_file:
-        dets, imgs = _Gather(det_writer), _Gather(img_writer)
+        dets, imgs, fed = _Gather(det_writer), _Gather(img_writer), _Feed(sinks)
         for k, entry in enumerate(chosen):
             base = f"{parts_dir}/{entry['part']}"
             manifest = _read_table(fs, base + ".images.parquet", writers.MANIFEST_SCHEMA)
@@ -243,16 +244,44 @@ def compact(out_dir: str, names: list[str], previews: int = 0,
             rows = detections.to_pandas(use_threads=False)
             csv_file.write(writers.csv_bytes(writers.submission_frame(rows), header=k == 0))
             _count(stats, manifest, rows, previews)
-            if sinks:
-                table = manifest.to_pandas(use_threads=False)
-                frame_rows = None if frames is None else frames.to_pandas(use_threads=False)
-                for sink in sinks:
-                    sink.add_part(table, rows, frame_rows)
+            fed.add(manifest, rows, frames)
+        fed.flush()
         dets.flush()
         imgs.flush()
     _remove_orphans(fs, parts_dir, {e["part"] for e in chosen})
     stats.seconds = time.perf_counter() - started
     return stats
+
+
+class _Feed:
+    """Consecutive whole parts handed to the sinks together, about FEED_ROWS rows at a time (a
+    photo's manifest row and its faces are always in the same call): per part, the digest's
+    and the COCO writer's per-call work cost the driver a third more CPU at 100k photos."""
+
+    def __init__(self, sinks: Sequence[PartSink]) -> None:
+        self.sinks = sinks
+        self.parts: list[tuple[pa.Table, pd.DataFrame, pa.Table | None]] = []
+        self.rows = 0
+
+    def add(self, manifest: pa.Table, detections: pd.DataFrame, frames: pa.Table | None) -> None:
+        if not self.sinks:
+            return
+        self.parts.append((manifest, detections, frames))
+        self.rows += max(manifest.num_rows, len(detections))
+        if self.rows >= FEED_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        manifest = pa.concat_tables([m for m, _, _ in self.parts]).to_pandas(use_threads=False)
+        found = [d for _, d, _ in self.parts if len(d)] or [self.parts[0][1]]
+        detections = pd.concat(found, ignore_index=True) if len(found) > 1 else found[0]
+        framed = [f for _, _, f in self.parts if f is not None]
+        frames = pa.concat_tables(framed).to_pandas(use_threads=False) if framed else None
+        for sink in self.sinks:
+            sink.add_part(manifest, detections, frames)
+        self.parts, self.rows = [], 0
 
 
 class _FramesFile:

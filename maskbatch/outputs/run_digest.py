@@ -126,11 +126,12 @@ class Digest:
     _rows: int = 0
     _paths: dict[str, str] | None = None  # add_part: the part's photos' and videos' paths
 
-    # ---- a part: its manifest, then its detections (a photo's faces are in its own part)
+    # ---- parts: their manifest, then their detections
     def add_part(self, manifest: pd.DataFrame, detections: pd.DataFrame,
                  frames: pd.DataFrame | None = None) -> None:
-        """One committed part. Its photos' boxes are kept while they may still be shown: a
-        photo out of the first or most crowded ones now can never enter them later."""
+        """Consecutive committed parts (a photo's faces are in its own part). Their photos'
+        boxes are kept while they may still be shown: a photo out of the first or most crowded
+        ones now can never enter them later."""
         self.add_images(manifest.reindex(columns=IMAGE_COLUMNS))
         videos = manifest["frames"].notna() if "frames" in manifest else pd.Series(False)
         self._paths = dict(zip(manifest["name"], manifest["path"]))
