@@ -167,10 +167,6 @@ class Digest:
     def add_detections(self, batch: pd.DataFrame) -> None:
         batch = batch.assign(_order=np.arange(self._rows, self._rows + len(batch)))
         self._rows += len(batch)
-        if self._paths is not None:  # a part's faces: the path each is drawn from, known now
-            owner = [frame_video(n) if pd.notna(f) else n
-                     for n, f in zip(batch["name"], batch["frame"])]
-            batch = batch.assign(path=[self._paths.get(o) for o in owner])
         classes = batch["classname"].to_numpy()
         sizes = face_sizes(batch)
         for cls in dict.fromkeys([*self.per_class, *pd.unique(classes)]):  # an N-class model's too
@@ -180,6 +176,12 @@ class Digest:
         gap = (batch["mask_prob"] - self.threshold).abs()
         self.uncertain = _top(_concat(self.uncertain, batch.assign(_gap=gap)), ["_gap"], [True],
                               N_UNCERTAIN)
+        if self._paths is not None:  # parts: the path a face is drawn from is in its own part
+            self.uncertain = self.uncertain.assign(path=[
+                path if isinstance(path, str) else self._paths.get(
+                    frame_video(name) if pd.notna(frame) else name)
+                for name, frame, path in zip(self.uncertain["name"], self.uncertain["frame"],
+                                             self.uncertain.get("path", [None] * N_UNCERTAIN))])
         shown = set(self.first["name"]) | set(self.crowded["name"])
         for row in batch[batch["name"].isin(shown)].itertuples(index=False):
             self.boxes.setdefault(row.name, []).append(
