@@ -26,7 +26,7 @@ from maskbatch.datasets import class_names_for, splits
 from maskbatch.errors import MaskbatchError
 from maskbatch.models.classifier import Classifier, sha256_bytes
 from maskbatch.outputs.writers import write_bytes_atomic, write_json_atomic
-from maskbatch.train import DEFAULT_ARCH, architecture_list
+from maskbatch.train.architecture_names import DEFAULT_ARCH, architecture_list
 from maskbatch.train import data as tdata
 from maskbatch.train.export import (
     CLASS_PROBS_NAME,
