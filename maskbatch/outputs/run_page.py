@@ -207,64 +207,86 @@ def _figures(items: list[tuple[str, str, str]], pictures: list[bytes], section: 
     return "".join(cells) or "<p class='muted'>none</p>"
 
 
-def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, detector: dict,
-                timeline: Sequence[tuple[float, int]], gallery: Gallery,
-                videos: tuple[dict[str, pd.DataFrame], int] = ({}, 0)) -> str:
-    """The page as a string: everything inlined. `videos`: run_digest.video_timelines."""
+def _kpis_html(digest: Digest, summary: dict) -> str:
+    """The counts at the top: photos, read, failed, faces per class, photos/s."""
     per_class = digest.per_class
-    unmasked, n_unmasked = digest.unmasked, digest.unmasked_photos
-    failed, n_failed = digest.failed_rows, digest.failed
-    threshold = model_card.get("threshold", 0.5)
-    items, pictures = gallery
-
-    kpis = "".join([
-        _kpi("photos", digest.photos), _kpi("read", digest.read), _kpi("failed", n_failed),
+    return "".join([
+        _kpi("photos", digest.photos), _kpi("read", digest.read), _kpi("failed", digest.failed),
         _kpi("faces", digest.faces), _kpi("with mask", per_class[MASK]),
         _kpi("without mask", per_class[NO_MASK]),
         *(_kpi(c.replace("_", " "), n) for c, n in per_class.items() if c not in (MASK, NO_MASK)),
-        _kpi("photos with an unmasked face", n_unmasked),
+        _kpi("photos with an unmasked face", digest.unmasked_photos),
         _kpi("photos/s", summary.get("images_per_second") or "–"),
     ])
-    unmasked_rows = "".join(
+
+
+def _unmasked_html(digest: Digest) -> str:
+    """The photos with at least one unmasked face (the first MAX_UNMASKED_ROWS)."""
+    unmasked, n_unmasked = digest.unmasked, digest.unmasked_photos
+    if not n_unmasked:
+        return "<p>No photo has an unmasked face.</p>"
+    rows = "".join(
         f"<tr><td class='l'>{html.escape(str(r.name))}</td><td>{r.unmasked}</td><td>{r.faces}"
         "</td></tr>" for r in unmasked.head(MAX_UNMASKED_ROWS).itertuples(index=False))
-    unmasked_more = (f"<p class='muted'>… and {n_unmasked - MAX_UNMASKED_ROWS} more "
-                     "(detections.parquet has them all)</p>"
-                     if n_unmasked > MAX_UNMASKED_ROWS else "")
-    unmasked_table = (f"<table><tr><th class='l'>photo</th><th>unmasked faces</th>"
-                      f"<th>faces</th></tr>{unmasked_rows}</table>{unmasked_more}"
-                      if n_unmasked else "<p>No photo has an unmasked face.</p>")
-    failed_rows = "".join(
+    more = (f"<p class='muted'>… and {n_unmasked - MAX_UNMASKED_ROWS} more "
+            "(detections.parquet has them all)</p>" if n_unmasked > MAX_UNMASKED_ROWS else "")
+    return (f"<table><tr><th class='l'>photo</th><th>unmasked faces</th>"
+            f"<th>faces</th></tr>{rows}</table>{more}")
+
+
+def _failed_html(digest: Digest) -> str:
+    """The ten commonest reasons and the failed photos (the first MAX_FAILED_ROWS)."""
+    failed, n_failed = digest.failed_rows, digest.failed
+    if not n_failed:
+        return "<p>Every photo was read.</p>"
+    rows = "".join(
         f"<tr><td class='l'>{html.escape(str(r.name))}</td><td class='l'>{html.escape(str(r.status))}"
         f"</td><td class='l'>{html.escape(str(r.reason))}</td></tr>"
         for r in failed.head(MAX_FAILED_ROWS).itertuples(index=False))
-    failed_more = (f"<p class='muted'>… and {n_failed - MAX_FAILED_ROWS} more "
-                   "(images.parquet has them all)</p>" if n_failed > MAX_FAILED_ROWS else "")
+    more = (f"<p class='muted'>… and {n_failed - MAX_FAILED_ROWS} more "
+            "(images.parquet has them all)</p>" if n_failed > MAX_FAILED_ROWS else "")
     reasons = sorted(digest.reasons.items(), key=lambda kv: -kv[1])[:10]
     reason_list = "".join(f"<li>{n} × {html.escape(str(r))}</li>" for r, n in reasons)
-    failed_html = (f"<ul>{reason_list}</ul><table><tr><th class='l'>photo</th>"
-                   f"<th class='l'>status</th><th class='l'>reason</th></tr>{failed_rows}</table>"
-                   f"{failed_more}" if n_failed else "<p>Every photo was read.</p>")
-    hist = _data_uri(histograms_png(digest), "image/png")
+    return (f"<ul>{reason_list}</ul><table><tr><th class='l'>photo</th>"
+            f"<th class='l'>status</th><th class='l'>reason</th></tr>{rows}</table>{more}")
+
+
+def _speed_html(summary: dict, timeline: Sequence[tuple[float, int]]) -> str:
+    """Photos committed over this call's seconds, and its speed in words."""
     if timeline:
         speed = (f"<img class='plot' src='{_data_uri(throughput_png(timeline), 'image/png')}' "
                  "alt='photos committed over time'>")
     else:
         speed = "<p class='muted'>No partition ran in this call (everything was already done).</p>"
-    speed += (f"<p>{summary.get('processed_now', '–')} photos processed by this call in "
-              f"{summary.get('seconds', '–')} s ({summary.get('images_per_second') or '–'} "
-              f"photos/s); the whole call took {summary.get('wall_seconds', '–')} s, cluster "
-              "start-up and final files included.</p>")
-    inputs = html.escape(str(run.get("images", "")))
+    return speed + (f"<p>{summary.get('processed_now', '–')} photos processed by this call in "
+                    f"{summary.get('seconds', '–')} s ({summary.get('images_per_second') or '–'} "
+                    f"photos/s); the whole call took {summary.get('wall_seconds', '–')} s, cluster "
+                    "start-up and final files included.</p>")
+
+
+def _videos_html(videos: tuple[dict[str, pd.DataFrame], int]) -> str:
+    """Faces per class over time of the first videos; empty without videos."""
     timelines, n_videos = videos
-    video_html = ""
-    if timelines:
-        more = (f"<p class='muted'>… and {n_videos - len(timelines)} more videos "
-                "(frames.parquet has every frame)</p>" if n_videos > len(timelines) else "")
-        video_html = (f"<h2>Videos: faces over time ({n_videos})</h2><p>Faces per class on each "
-                      "sampled frame.</p><img class='plot' src='"
-                      f"{_data_uri(videos_png(timelines), 'image/png')}' alt='faces per class "
-                      f"over time, per video'>{more}")
+    if not timelines:
+        return ""
+    more = (f"<p class='muted'>… and {n_videos - len(timelines)} more videos "
+            "(frames.parquet has every frame)</p>" if n_videos > len(timelines) else "")
+    return (f"<h2>Videos: faces over time ({n_videos})</h2><p>Faces per class on each "
+            "sampled frame.</p><img class='plot' src='"
+            f"{_data_uri(videos_png(timelines), 'image/png')}' alt='faces per class "
+            f"over time, per video'>{more}")
+
+
+def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, detector: dict,
+                timeline: Sequence[tuple[float, int]], gallery: Gallery,
+                videos: tuple[dict[str, pd.DataFrame], int] = ({}, 0)) -> str:
+    """The page as a string: everything inlined. `videos`: run_digest.video_timelines."""
+    threshold = model_card.get("threshold", 0.5)
+    items, pictures = gallery
+    hist = _data_uri(histograms_png(digest), "image/png")
+    speed = _speed_html(summary, timeline)
+    inputs = html.escape(str(run.get("images", "")))
+    video_html = _videos_html(videos)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -274,7 +296,7 @@ def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, d
 maskbatch {html.escape(__version__)}, detector mode <code>{html.escape(detector['mode'])}</code>,
 classifier <code>{html.escape(str(model_card.get('onnx_sha256', ''))[:12])}</code>, written
 {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>
-<div class="kpi">{kpis}</div>
+<div class="kpi">{_kpis_html(digest, summary)}</div>
 <h2>Faces</h2>
 <img class="plot" src="{hist}" alt="histograms: faces per photo and face size">
 {video_html}
@@ -284,10 +306,10 @@ classifier <code>{html.escape(str(model_card.get('onnx_sha256', ''))[:12])}</cod
 <h3>The least certain faces</h3>
 <p>P(mask) nearest the classifier's threshold ({threshold}): the faces most worth a second
 look.</p><div class="faces">{_figures(items, pictures, 'uncertain')}</div>
-<h2>Photos with at least one unmasked face ({n_unmasked})</h2>
-{unmasked_table}
-<h2>Failed and skipped photos ({n_failed})</h2>
-{failed_html}
+<h2>Photos with at least one unmasked face ({digest.unmasked_photos})</h2>
+{_unmasked_html(digest)}
+<h2>Failed and skipped photos ({digest.failed})</h2>
+{_failed_html(digest)}
 <h2>Throughput</h2>
 {speed}
 <h2>Detector</h2>

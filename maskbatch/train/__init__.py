@@ -8,9 +8,8 @@ when it is missing. Inference never needs this package (see :mod:`maskbatch.clas
 from __future__ import annotations
 
 from maskbatch.errors import MaskbatchError
+from maskbatch.train.architecture_names import ARCHITECTURES, DEFAULT_ARCH, architecture_list
 
-ARCHITECTURES = ("compact", "seed", "backbone")
-DEFAULT_ARCH = "compact+backbone"
 TRAIN_EXTRA_HINT = "training needs the train extra: pip install 'maskbatch[train]'"
 
 
@@ -31,20 +30,6 @@ def require_onnx() -> None:
         import onnx  # noqa: F401
     except ImportError:
         raise MaskbatchError(TRAIN_EXTRA_HINT) from None
-
-
-def architecture_list(arch: str) -> list[str]:
-    """The nets of an architecture spec: one name, or names joined by '+' (an ensemble of one net
-    per name, e.g. 'compact+backbone'); raises MaskbatchError on an unknown or repeated name."""
-
-    names = arch.split("+")
-    for name in names:
-        if name not in ARCHITECTURES:
-            raise MaskbatchError(f"unknown architecture {name!r}; choose from "
-                                 f"{', '.join(ARCHITECTURES)}, or join them with '+'")
-    if len(set(names)) < len(names):
-        raise MaskbatchError(f"architecture {arch!r} names a net twice")
-    return names
 
 
 def train(crops_dir: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,

@@ -15,7 +15,7 @@ import keras
 from keras import layers
 
 from maskbatch.models.yunet import read_tuned_card, tuned_dir
-from maskbatch.train import ARCHITECTURES
+from maskbatch.train.architecture_names import ARCHITECTURES
 
 INPUT_SIZES = {"compact": 124, "seed": 124, "backbone": 124}
 DESCRIPTIONS = {

@@ -106,34 +106,20 @@ def build_model(pretrained: str):  # noqa: ANN201 - keras.Model
     return model
 
 
-def fit(model: object, photos: list[Photo], recipe: Recipe = Recipe(), log: bool = True,
-        steps: int | None = None, on_epoch: Callable[[int, object], None] | None = None
-        ) -> list[dict]:
-    """Fine-tune `model` in place on augmented samples of `photos`; returns per-epoch losses.
+def learning_rate(recipe: Recipe, total: int, step: int) -> float:
+    """Linear warm-up over recipe.warmup_steps, then cosine decay to 1e-5 at step `total`."""
+    if step < recipe.warmup_steps:
+        return recipe.learning_rate * (step + 1) / recipe.warmup_steps
+    t = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
+    return 1e-5 + (recipe.learning_rate - 1e-5) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
-    `steps` caps the number of optimizer steps (tests and smoke runs); `on_epoch(epoch, model)`
-    runs after each epoch (checkpoints)."""
+
+def _train_step(model: object, optimizer: object, grid: object) -> Callable:
+    """The compiled step: the losses of one batch (see the module docstring), clipped gradients
+    applied to the trainable variables; returns (loss, obj, cls, box)."""
     import tensorflow as tf
 
-    setup_tensorflow(recipe.seed)
-    grid_np = priors(recipe.size)
-    grid = tf.constant(grid_np)
-    per_epoch = max(1, len(photos) // recipe.batch_size)
-    total = per_epoch * recipe.epochs if steps is None else steps
-
-    def lr(step: int) -> float:
-        if step < recipe.warmup_steps:
-            return recipe.learning_rate * (step + 1) / recipe.warmup_steps
-        t = (step - recipe.warmup_steps) / max(1, total - recipe.warmup_steps)
-        return 1e-5 + (recipe.learning_rate - 1e-5) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-
-    optimizer = tf.keras.optimizers.Adam(recipe.learning_rate)
     variables = model.trainable_variables
-
-    @tf.function(reduce_retracing=True)
-    def predict(x):  # noqa: ANN001, ANN202
-        cls, obj, bbox = _split_outputs(model(x, training=False))
-        return cls * obj, bbox
 
     @tf.function(reduce_retracing=True)
     def train_step(x, positive, obj_weight, iou_t, boxes_t):  # noqa: ANN001, ANN202
@@ -153,6 +139,46 @@ def fit(model: object, photos: list[Photo], recipe: Recipe = Recipe(), log: bool
         optimizer.apply_gradients(zip(grads, variables))
         return loss, loss_obj, loss_cls, loss_box
 
+    return train_step
+
+
+def _batch(photos: list[Photo], chosen: np.ndarray, recipe: Recipe, rng: np.random.Generator,
+           predict: Callable, grid_np: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One batch: the augmented samples of `chosen` and their targets, assigned from the model's
+    own predictions on them: (x, positive, obj_weight, iou, boxes)."""
+    samples = [augment(photos[i], recipe.size, rng, recipe.area, recipe.max_upscale,
+                       (recipe.zoom_min, recipe.zoom_max)) for i in chosen]
+    x = np.stack([s[0] for s in samples]).astype(np.float32)
+    score, bbox = (t.numpy() for t in predict(x))
+    targets = [assign(grid_np, score[i], decode(grid_np, bbox[i]), faces, ignore)
+               for i, (_, faces, ignore) in enumerate(samples)]
+    return (x, np.stack([t.positive for t in targets]).astype(np.float32),
+            np.stack([t.obj_weight for t in targets]), np.stack([t.iou for t in targets]),
+            np.stack([t.boxes for t in targets]))
+
+
+def fit(model: object, photos: list[Photo], recipe: Recipe = Recipe(), log: bool = True,
+        steps: int | None = None, on_epoch: Callable[[int, object], None] | None = None
+        ) -> list[dict]:
+    """Fine-tune `model` in place on augmented samples of `photos`; returns per-epoch losses.
+
+    `steps` caps the number of optimizer steps (tests and smoke runs); `on_epoch(epoch, model)`
+    runs after each epoch (checkpoints)."""
+    import tensorflow as tf
+
+    setup_tensorflow(recipe.seed)
+    grid_np = priors(recipe.size)
+    grid = tf.constant(grid_np)
+    per_epoch = max(1, len(photos) // recipe.batch_size)
+    total = per_epoch * recipe.epochs if steps is None else steps
+    optimizer = tf.keras.optimizers.Adam(recipe.learning_rate)
+
+    @tf.function(reduce_retracing=True)
+    def predict(x):  # noqa: ANN001, ANN202
+        cls, obj, bbox = _split_outputs(model(x, training=False))
+        return cls * obj, bbox
+
+    train_step = _train_step(model, optimizer, grid)
     rng = np.random.default_rng(recipe.seed)
     history, step = [], 0
     started = time.perf_counter()
@@ -164,18 +190,9 @@ def fit(model: object, photos: list[Photo], recipe: Recipe = Recipe(), log: bool
             if step >= total:
                 break
             chosen = order[b * recipe.batch_size:(b + 1) * recipe.batch_size]
-            samples = [augment(photos[i], recipe.size, rng, recipe.area, recipe.max_upscale,
-                               (recipe.zoom_min, recipe.zoom_max)) for i in chosen]
-            x = np.stack([s[0] for s in samples]).astype(np.float32)
-            score, bbox = (t.numpy() for t in predict(x))
-            targets = [assign(grid_np, score[i], decode(grid_np, bbox[i]), faces, ignore)
-                       for i, (_, faces, ignore) in enumerate(samples)]
-            optimizer.learning_rate.assign(lr(step))
-            losses = train_step(
-                x, np.stack([t.positive for t in targets]).astype(np.float32),
-                np.stack([t.obj_weight for t in targets]), np.stack([t.iou for t in targets]),
-                np.stack([t.boxes for t in targets]))
-            sums += [float(v) for v in losses]
+            batch = _batch(photos, chosen, recipe, rng, predict, grid_np)
+            optimizer.learning_rate.assign(learning_rate(recipe, total, step))
+            sums += [float(v) for v in train_step(*batch)]
             batches += 1
             step += 1
         if batches == 0:

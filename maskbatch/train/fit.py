@@ -4,38 +4,47 @@ Steps: read crops -> drop duplicate crops -> grouped 80/20 split -> shared prepr
 Keras fit (augmentation layers inside the model, class weights, fixed seed, early stopping that
 restores the best epoch) -> tf2onnx export -> parity check on validation crops -> metrics from
 the ONNX model (validation, and cross-dataset on other crops) -> model.onnx, model.keras,
-model_card.json, history.json, accuracy.png, loss.png, confusion_matrix.png.
+model_card.json, history.json, accuracy.png, loss.png, confusion_matrix.png. The card's words
+are :mod:`maskbatch.train.fit_card`'s.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
-import onnxruntime
 import pandas as pd
 
 from maskbatch import files
-from maskbatch.config import CLASS_NAMES, __version__, setting
-from maskbatch.datasets import class_names_for, splits
+from maskbatch.config import setting
+from maskbatch.datasets import class_names_for
 from maskbatch.errors import MaskbatchError
 from maskbatch.models.classifier import Classifier, sha256_bytes
 from maskbatch.outputs.writers import write_bytes_atomic, write_json_atomic
-from maskbatch.train import DEFAULT_ARCH, architecture_list
 from maskbatch.train import data as tdata
+from maskbatch.train.architecture_names import DEFAULT_ARCH, architecture_list
 from maskbatch.train.export import (
     CLASS_PROBS_NAME,
-    INPUT_NAME,
-    OPSET,
     OUTPUT_NAME,
     parity_check,
     time_inference,
     to_onnx,
+)
+from maskbatch.train.fit_card import (
+    LEARNING_RATE,
+    PATIENCE,
+    PLATEAU_PATIENCE,
+    Fitted,
+    Measured,
+    TrainRequest,
+    data_summary,
+    loss_name,
+    model_card,
+    print_result,
+    training_section,
 )
 from maskbatch.train.metrics import choose_threshold, classification_report, multiclass_report
 from maskbatch.train.plots import confusion_sets_png, write_plots
@@ -46,37 +55,7 @@ from maskbatch.train.plots import confusion_sets_png, write_plots
 # seed: about 3 minutes per epoch on medical-mask alone; backbone: 50-80 s per epoch on the three
 # sets, best tune epoch 8 of 11 in v4.
 DEFAULT_EPOCHS = {"compact": 15, "seed": 12, "backbone": 15}
-PATIENCE = 3
-PLATEAU_PATIENCE = 2
-LEARNING_RATE = 1e-3
 PARITY_CROPS = 256
-
-
-def _versions() -> dict[str, str]:
-    import keras
-    import onnx
-    import tensorflow as tf
-    import tf2onnx
-
-
-    return {"maskbatch": __version__, "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
-            "numpy": np.__version__}
-
-
-def _command(crops_dirs: list[str], out_dir: str, arch: str, epochs: int, batch_size: int,
-             seed: int, eval_crops: str | None, limit: int | None, classes: int = 2) -> str:
-    parts = ["maskbatch", "train", *crops_dirs, "--out", out_dir, "--arch", arch,
-             "--epochs", str(epochs), "--batch-size", str(batch_size), "--seed", str(seed)]
-    if classes != 2:
-        parts += ["--classes", str(classes)]
-    if eval_crops:
-        parts += ["--eval-crops", eval_crops]
-    if limit is not None:
-        parts += ["--limit", str(limit)]
-    return shlex.join(parts)
 
 
 def _seed_everything(seed: int) -> None:
@@ -86,45 +65,6 @@ def _seed_everything(seed: int) -> None:
     keras.backend.clear_session()  # fresh layer-name counters: same ONNX names in any process
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
-
-
-def _part_summary(df: object, parts: np.ndarray, part: str,
-                  class_names: tuple[str, ...] = CLASS_NAMES) -> dict:
-    rows = df[parts == part]
-    images = rows["set"].astype(str) + "/" + rows["source_image"].astype(str)
-    return {"crops": int(len(rows)), "images": int(images.nunique()),
-            "counts": tdata.class_counts(rows, class_names)}
-
-
-def _summary(df: object, parts: np.ndarray, dedup: dict, info: dict,
-             class_names: tuple[str, ...] = CLASS_NAMES) -> dict:
-    """The card's training_data: per set and in all, what trained, tuned and validated."""
-
-    known = set(splits.known_datasets())
-    sets = {}
-    for name in sorted(info):
-        in_set = (df["set"] == name).to_numpy()
-        sets[name] = {
-            **info[name],
-            "crops_used": int(in_set.sum()),
-            "datasets": sorted(df.loc[in_set, "source_dataset"].astype(str).unique().tolist()),
-            "split": (f"committed image-level split (maskbatch/datasets/splits/{name}.*.txt)"
-                      if name in known else "80/20 by groups: crops sharing a source image or a "
-                      "pixel_hash stay together (union-find), classes kept near 20% each"),
-            **{part: _part_summary(df[in_set], parts[in_set], part, class_names)
-               for part in tdata.PARTS},
-        }
-    return {
-        "sets": sets,
-        **dedup,
-        "crops_dropped_as_copies_of_val_crops": int((parts == "dropped").sum()),
-        "crops_used": int((parts != "dropped").sum()),
-        "counts": tdata.class_counts(df[parts != "dropped"], class_names),
-        **{part: _part_summary(df, parts, part, class_names) for part in tdata.PARTS},
-        "split": "val: each set's committed split, else a grouped 80/20; tune: a grouped "
-                 f"{tdata.TUNE_FRACTION:.0%} of the rest (early stopping, threshold); train: the "
-                 "rest. No source image or pixel-identical crop is on two sides.",
-    }
 
 
 def evaluate_crops(classifier: Classifier, crops_dir: str, batch: int = 256) -> dict:
@@ -161,7 +101,7 @@ def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
 
     _seed_everything(seed)
     model = build_model(arch, seed, n_classes)
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=_loss(n_classes),
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss=loss_name(n_classes),
                   metrics=["accuracy"])
     early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=PATIENCE,
                                           restore_best_weights=True)
@@ -175,10 +115,6 @@ def fit_model(arch: str, train: tdata.Arrays, val: tdata.Arrays, epochs: int,
                      callbacks=[early, plateau], verbose=verbose)
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     return model, history
-
-
-def _loss(n_classes: int) -> str:
-    return "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
 
 
 TRAIN_THREADS = 2  # TensorFlow intra-op threads: results depend on it, so it is fixed
@@ -219,25 +155,24 @@ def _set_report(classifier: Classifier, arrays: tdata.Arrays, threshold: float |
     return report
 
 
-def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
-        epochs: int | None = None, batch_size: int = 32, seed: int = 0,
-        eval_crops: str | None = None, limit: int | None = None, verbose: int = 2,
-        threads: int | None = None, classes: int = 2) -> dict:
-    """Train, export and document one model; returns its card. See :func:`maskbatch.train.train`."""
-    class_names = class_names_for(classes)
-    n_classes = len(class_names)
-    output_name = OUTPUT_NAME if n_classes == 2 else CLASS_PROBS_NAME
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    thread_pools = pin_threads(threads)
+@dataclass
+class _Prepared:
+    """The split crops of a run: the rows and their parts, the tune arrays, the class weights and
+    the card's summary of it all."""
 
-    from maskbatch.train.architectures import (
-        AUGMENTATIONS,
-        INPUT_SIZES,
-        average_models,
-        pretrained_backbone,
-    )
+    df: pd.DataFrame
+    parts: np.ndarray
+    tune: tdata.Arrays
+    weights: dict[int, float]
+    summary: dict  # the card's training_data
 
-    started = time.perf_counter()
+
+def _request(crops_dirs: str | list[str], out_dir: str, arch: str, epochs: int | None,
+             batch_size: int, seed: int, eval_crops: str | None, limit: int | None,
+             classes: int, class_names: tuple[str, ...]) -> TrainRequest:
+    """The run's arguments checked and resolved; raises MaskbatchError on one that cannot run."""
+    from maskbatch.train.architectures import INPUT_SIZES
+
     crops_dirs = [crops_dirs] if isinstance(crops_dirs, str) else list(crops_dirs)
     if not crops_dirs:
         raise MaskbatchError("give at least one crops folder")
@@ -248,11 +183,16 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
     size = INPUT_SIZES[archs[0]]
     if any(INPUT_SIZES[a] != size for a in archs):
         raise MaskbatchError(f"the nets of {arch!r} take different input sizes")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return TrainRequest(crops_dirs, out_dir, arch, archs, epochs, batch_size, seed, eval_crops,
+                        limit, classes, class_names, size)
 
-    # ---- data: per set, val by the committed split (else grouped), tune out of the rest
-    raw, info = tdata.load_sets(crops_dirs, limit=limit, seed=seed, class_names=class_names)
+
+def _prepare(request: TrainRequest) -> tuple[_Prepared, tdata.Arrays]:
+    """Per set, val by the committed split (else grouped), tune out of the rest; the parts and
+    the train arrays. Raises MaskbatchError when too little is left to fit."""
+    class_names = request.class_names
+    raw, info = tdata.load_sets(request.crops_dirs, limit=request.limit, seed=request.seed,
+                                class_names=class_names)
     frames, dedup = [], {"duplicates_dropped": 0, "conflicting_label_crops_dropped": 0}
     for _, group in raw.groupby("set", sort=True):
         kept, d = tdata.drop_duplicates(group.reset_index(drop=True))
@@ -260,52 +200,54 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
         for k in dedup:
             dedup[k] += d[k]
     df = pd.concat(frames, ignore_index=True)
-    parts = tdata.assign_parts(df, seed=seed, class_names=class_names)
-    train = tdata.to_arrays(df[parts == "train"], size, class_names)
-    tune = tdata.to_arrays(df[parts == "tune"], size, class_names)
+    parts = tdata.assign_parts(df, seed=request.seed, class_names=class_names)
+    train = tdata.to_arrays(df[parts == "train"], request.size, class_names)
+    tune = tdata.to_arrays(df[parts == "tune"], request.size, class_names)
     if len(np.unique(train.y)) < 2 or len(tune.y) == 0:
         raise MaskbatchError("the training part holds only one class or too few images; "
                              "give more crops")
-    weights = tdata.class_weights(train.y, n_classes)
-    summary = _summary(df, parts, dedup, info, class_names)
-    print(f"train: {summary['train']['counts']}  tune: {summary['tune']['counts']}  "
-          f"val: {summary['val']['counts']}  duplicates dropped: {dedup['duplicates_dropped']}  "
-          f"class weights: { {k: round(v, 3) for k, v in weights.items()} }  "
-          f"TensorFlow threads: {thread_pools}")
+    weights = tdata.class_weights(train.y, request.n_classes)
+    summary = data_summary(df, parts, dedup, info, class_names)
+    return _Prepared(df, parts, tune, weights, summary), train
 
-    # ---- fit (early stopping on the tune part); an ensemble fits each net on the same parts
-    fit_started = time.perf_counter()
-    fitted, member_cards = [], []
-    plan = [(a, seed) for a in archs]
+
+def _fit_members(request: TrainRequest, train: tdata.Arrays, tune: tdata.Arrays,
+                 verbose: int) -> Fitted:
+    """Fit each net of the spec on the same parts (early stopping on tune); one model that
+    averages their outputs."""
+    from maskbatch.train.architectures import average_models
+
+    started = time.perf_counter()
+    fitted, members = [], []
+    plan = [(a, request.seed) for a in request.archs]
     for k, (net, net_seed) in enumerate(plan):
         if len(plan) > 1:
             print(f"member {k + 1} of {len(plan)} ({net}, seed {net_seed})", flush=True)
-        member, member_history = fit_model(net, train, tune, epochs=epochs,
-                                           batch_size=batch_size, seed=net_seed,
-                                           verbose=verbose, n_classes=n_classes)
-        best = int(np.argmin(member_history["val_loss"]))
-        member_cards.append({"architecture": net, "seed": net_seed,
-                             "epochs_run": len(member_history["loss"]),
-                             "best_epoch": best + 1,
-                             "tune_loss": round(member_history["val_loss"][best], 5),
-                             "tune_accuracy_at_0.5": round(member_history["val_accuracy"][best], 4)})
-        fitted.append((member, member_history))
-    model = average_models([member for member, _ in fitted], size)
-    histories = [member_history for _, member_history in fitted]
-    history = histories[0]
-    fit_seconds = time.perf_counter() - fit_started
-    best_epoch = member_cards[0]["best_epoch"]
+        member, history = fit_model(net, train, tune, epochs=request.epochs,
+                                    batch_size=request.batch_size, seed=net_seed,
+                                    verbose=verbose, n_classes=request.n_classes)
+        best = int(np.argmin(history["val_loss"]))
+        members.append({"architecture": net, "seed": net_seed,
+                        "epochs_run": len(history["loss"]),
+                        "best_epoch": best + 1,
+                        "tune_loss": round(history["val_loss"][best], 5),
+                        "tune_accuracy_at_0.5": round(history["val_accuracy"][best], 4)})
+        fitted.append((member, history))
+    model = average_models([member for member, _ in fitted], request.size)
+    return Fitted(model, [history for _, history in fitted], members,
+                  time.perf_counter() - started)
 
-    # ---- export + parity on real tune crops
-    onnx_bytes = to_onnx(model, size, output_name=output_name)
-    parity = parity_check(model, onnx_bytes, tune.x[:PARITY_CROPS])
 
-    # ---- metrics from the ONNX model (what inference runs): threshold chosen on tune,
-    # every reported number on val
+def _measure(request: TrainRequest, prepared: _Prepared, onnx_bytes: bytes,
+             output_name: str) -> Measured:
+    """The ONNX model's numbers (what inference runs): the threshold chosen on tune, every
+    reported number on val (each set's too) and on the eval crops; its speed."""
+    size, class_names = request.size, request.class_names
+    tune, df, parts = prepared.tune, prepared.df, prepared.parts
     provisional = {"input_size": size, "threshold": 0.5, "onnx_sha256": sha256_bytes(onnx_bytes),
                    "output_name": output_name, "class_names": list(class_names)}
     classifier = Classifier(onnx_bytes, provisional)
-    if n_classes == 2:
+    if request.n_classes == 2:
         tune_prob = classifier.predict_batch(tune.x)
         threshold: float | None = choose_threshold(tune.y, tune_prob)
         classifier.threshold = threshold
@@ -313,7 +255,6 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
     else:  # the label is the argmax: no threshold to choose
         threshold = None
         tune_report = _set_report(classifier, tune, None)
-    del train
     val = tdata.to_arrays(df[parts == "val"], size, class_names)
     validation = _set_report(classifier, val, threshold)
     per_set = {}
@@ -324,108 +265,64 @@ def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
                 classifier, tdata.Arrays(val.x[in_set], val.y[in_set], val.rows[in_set]),
                 threshold)
     cross = {}
-    if eval_crops:
-        cross[files.basename(eval_crops)] = evaluate_crops(classifier, eval_crops)
+    if request.eval_crops:
+        cross[files.basename(request.eval_crops)] = evaluate_crops(classifier, request.eval_crops)
     bench = time_inference(onnx_bytes, size, x=tune.x)
+    return Measured(threshold, tune_report, validation, per_set, cross, bench)
 
-    card = {
-        "format": "maskbatch-classifier/1",
-        "architecture": arch,
-        "architecture_description": _description(archs, seed),
-        "members": len(plan),
-        **({"pretrained": pretrained_backbone()} if "backbone" in archs else {}),
-        "parameters": int(model.count_params()),
-        "input_size": size,
-        "input_name": INPUT_NAME,
-        "output_name": output_name,
-        "outputs": [output_name],
-        "input_layout": "NHWC float32",
-        "color_order": "BGR",
-        "scaling": "x/255",
-        "preprocess": "maskbatch.models.classifier.preprocess: square bilinear resize to input_size, "
-                      "BGR kept, x/255",
-        "class_names": list(class_names),
-        **({"output": "P(face_with_mask)",
-            "threshold": threshold,
-            "threshold_rule": ">= threshold -> face_with_mask; chosen on the tune part of the "
-                              "training photos (best macro-averaged F1, median of ties), never on "
-                              "val"} if n_classes == 2 else
-           {"output": "softmax over class_names", "label_rule": "argmax over class_names"}),
-        "onnx_sha256": sha256_bytes(onnx_bytes),
-        "onnx_bytes": len(onnx_bytes),
-        "onnx_opset": OPSET,
-        "parity_max_abs_diff": parity,
-        "training_data": summary,
-        "training": {
-            "seed": seed, "epochs_max": epochs, "epochs_run": len(history["loss"]),
-            "best_epoch": best_epoch, "members": member_cards, "batch_size": batch_size, "limit": limit,
-            "optimizer": f"Adam lr={LEARNING_RATE:g}, ReduceLROnPlateau(tune loss, x0.5, "
-                         f"patience {PLATEAU_PATIENCE})",
-            "loss": _loss(n_classes),
-            "class_weight": ({CLASS_NAMES[0]: round(weights[1], 4),
-                              CLASS_NAMES[1]: round(weights[0], 4)} if n_classes == 2 else
-                             {c: round(weights[k], 4) for k, c in enumerate(class_names)}),
-            "augmentation": "; ".join(f"{a}: {AUGMENTATIONS[a]}" if len(archs) > 1 else
-                                      AUGMENTATIONS[a] for a in archs)
-                            + "; fill nearest; training only",
-            "early_stopping": f"tune loss, patience {PATIENCE}, best weights restored",
-            "tensorflow_threads": thread_pools,
-            "deterministic": "keras.utils.set_random_seed(seed), "
-                             "tf.config.experimental.enable_op_determinism(), fixed thread pools",
-            "fit_seconds": round(fit_seconds, 1),
-            "total_seconds": None,
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-        },
-        "tune": tune_report,
-        "validation": validation,
-        "validation_per_set": per_set,
-        "cross_dataset": cross,
-        "inference_benchmark": {"onnxruntime_threads": 1, "median_of_repeats": True, **bench,
-                                "machine": platform.machine(), "cpu_count": os.cpu_count()},
-        "versions": _versions(),
-        "command": _command(crops_dirs, out_dir, arch, epochs, batch_size, seed, eval_crops,
-                            limit, classes),
-    }
 
-    # ---- write the folder (model.onnx first, the card that vouches for it last)
+def _write_folder(out: Path, onnx_bytes: bytes, fitted: Fitted, measured: Measured,
+                  class_names: tuple[str, ...]) -> None:
+    """model.onnx first, then the Keras model, the history and the plots (the card comes last,
+    written by the caller)."""
     write_bytes_atomic(str(out / "model.onnx"), onnx_bytes)
-    model.save(str(out / "model.keras"))
-    write_json_atomic({"history": history, "best_epoch": best_epoch,
-                       "epochs_run": len(history["loss"]), "members": histories},
+    fitted.model.save(str(out / "model.keras"))
+    history = fitted.history
+    write_json_atomic({"history": history, "best_epoch": fitted.best_epoch,
+                       "epochs_run": len(history["loss"]), "members": fitted.histories},
                       str(out / "history.json"))
-    shown_threshold = 0.5 if threshold is None else threshold  # N classes: the argmax
-    write_plots(str(out), histories, validation["confusion_matrix"]["rows_true_cols_pred"],
-                list(class_names), shown_threshold,
-                names=[f"{m['architecture']}, seed {m['seed']}" for m in member_cards])
+    threshold = 0.5 if measured.threshold is None else measured.threshold  # N classes: argmax
+    write_plots(str(out), fitted.histories,
+                measured.validation["confusion_matrix"]["rows_true_cols_pred"],
+                list(class_names), threshold,
+                names=[f"{m['architecture']}, seed {m['seed']}" for m in fitted.members])
+    per_set = measured.per_set
     write_bytes_atomic(str(out / "confusion_per_set.png"), confusion_sets_png(
         {name: rep["confusion_matrix"]["rows_true_cols_pred"] for name, rep in per_set.items()},
-        {name: rep["accuracy"] for name, rep in per_set.items()}, list(class_names),
-        shown_threshold))
+        {name: rep["accuracy"] for name, rep in per_set.items()}, list(class_names), threshold))
+
+
+def run(crops_dirs: str | list[str], out_dir: str, arch: str = DEFAULT_ARCH,
+        epochs: int | None = None, batch_size: int = 32, seed: int = 0,
+        eval_crops: str | None = None, limit: int | None = None, verbose: int = 2,
+        threads: int | None = None, classes: int = 2) -> dict:
+    """Train, export and document one model; returns its card. See :func:`maskbatch.train.train`."""
+    class_names = class_names_for(classes)
+    output_name = OUTPUT_NAME if len(class_names) == 2 else CLASS_PROBS_NAME
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    thread_pools = pin_threads(threads)  # before TensorFlow starts
+    started = time.perf_counter()
+    request = _request(crops_dirs, out_dir, arch, epochs, batch_size, seed, eval_crops, limit,
+                       classes, class_names)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    prepared, train = _prepare(request)
+    summary = prepared.summary
+    print(f"train: {summary['train']['counts']}  tune: {summary['tune']['counts']}  "
+          f"val: {summary['val']['counts']}  duplicates dropped: {summary['duplicates_dropped']}  "
+          f"class weights: { {k: round(v, 3) for k, v in prepared.weights.items()} }  "
+          f"TensorFlow threads: {thread_pools}")
+    fitted = _fit_members(request, train, prepared.tune, verbose)
+    onnx_bytes = to_onnx(fitted.model, request.size, output_name=output_name)
+    parity = parity_check(fitted.model, onnx_bytes, prepared.tune.x[:PARITY_CROPS])
+    del train  # done with: its memory goes before val's arrays are made
+    measured = _measure(request, prepared, onnx_bytes, output_name)
+    card = model_card(request, onnx_bytes, output_name, parity, summary,
+                      training_section(request, fitted, prepared.weights, thread_pools),
+                      fitted, measured)
+    _write_folder(out, onnx_bytes, fitted, measured, class_names)
     card["training"]["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json_atomic(card, str(out / "model_card.json"))
-    _print_result(card)
+    print_result(card)
     return card
-
-
-def _description(archs: list[str], seed: int) -> str:
-    """The card's words for one net, or for an ensemble of `archs` (one net each)."""
-    from maskbatch.train.architectures import DESCRIPTIONS
-
-    if len(archs) == 1:
-        return DESCRIPTIONS[archs[0]]
-    nets = "; ".join(DESCRIPTIONS[a] for a in archs)
-    return (f"an ensemble: {' + '.join(archs)} (seed {seed} each), output = mean of their outputs; "
-            f"{nets}")
-
-
-def _print_result(card: dict) -> None:
-    v = card["validation"]
-    line = (f"{card['architecture']}: {card['parameters']:,} params, "
-            f"val acc {v['accuracy']:.4f} (threshold {card.get('threshold', 'argmax')}), "
-            f"no-mask recall {v['per_class'][CLASS_NAMES[1]]['recall']:.4f}")
-    for name, rep in card.get("validation_per_set", {}).items():
-        line += f", {name} val acc {rep['accuracy']:.4f}"
-    for name, rep in card["cross_dataset"].items():
-        line += f", {name} acc {rep['accuracy']:.4f}"
-    print(line)

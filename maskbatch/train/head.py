@@ -27,20 +27,26 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-from maskbatch.config import INCORRECT, __version__
+from maskbatch.config import INCORRECT
 from maskbatch.datasets import class_names_for
 from maskbatch.errors import MaskbatchError
 from maskbatch.models.classifier import Classifier, class_names_of, read_model, sha256_bytes
 from maskbatch.outputs.writers import write_bytes_atomic, write_json_atomic
 from maskbatch.train import data as tdata
 from maskbatch.train.export import CLASS_PROBS_NAME
+from maskbatch.train.head_card import (
+    FOLDS,
+    GRID,
+    PCA_DIMS,
+    FittedHead,
+    HeadCrops,
+    HeadRequest,
+    head_card,
+)
 from maskbatch.train.metrics import multiclass_report
 
-GRID = 3  # each feature map averaged to GRID x GRID cells
-PCA_DIMS = 256
 L2_GRID = (10.0, 30.0, 100.0)
 SHIFT_GRID = tuple(round(0.5 * k, 1) for k in range(-2, 9))  # added to the head's logit
-FOLDS = 5
 EPS = 1e-6
 BATCH = 256
 
@@ -271,107 +277,89 @@ def head_graph(base_bytes: bytes, maps: list[str], shapes: list[tuple[int, int, 
     return model.SerializeToString()
 
 
-def run(crops_dirs: list[str], out_dir: str, base_dir: str | None, limit: int | None = None,
-        seed: int = 0) -> dict:
-    """Train the head on the crops of `maskbatch extract --classes 3` folders over the 2-class
-    model in `base_dir` (default: the bundled one) and write a 3-class model folder."""
-    started = time.perf_counter()
-    base_bytes, base_card = read_model(base_dir)
-    if class_names_of(base_card) != class_names_for(2):
-        raise MaskbatchError("--base must be a 2-class model (face_with_mask, face_no_mask)")
-    threshold = float(base_card.get("threshold", 0.5))
+def _crops(request: HeadRequest, size: int) -> HeadCrops:
+    """The crops of the run, de-duplicated and split; raises MaskbatchError when no crop outside
+    val has the third class."""
     class_names = class_names_for(3)
-    size = int(base_card["input_size"])
-    df, info = tdata.load_sets(crops_dirs, limit=limit, seed=seed, class_names=class_names)
+    df, info = tdata.load_sets(request.crops_dirs, limit=request.limit, seed=request.seed,
+                               class_names=class_names)
     df, dedup = tdata.drop_duplicates(df)
     df = df.reset_index(drop=True)
-    parts = tdata.assign_parts(df, seed=seed, class_names=class_names)
+    parts = tdata.assign_parts(df, seed=request.seed, class_names=class_names)
     fitting = parts != "val"
     labels = df["label"].to_numpy()
     if not (labels[fitting] == INCORRECT).any():
         raise MaskbatchError(f"no {INCORRECT} crops outside val: extract with --classes 3 from a "
                              "set that labels them (voc-masks)")
-    base = BaseFeatures(base_bytes, base_card)
     arrays = tdata.to_arrays(df, size, class_names)
-    prob, feats, mirrored = features(base, arrays.x)
     y = labels == INCORRECT
-    groups = tdata.leakage_groups(df)
     sets = df["set"].to_numpy()
     labelling = sorted(set(sets[y]))  # the sets that label the third class
-    scored = np.isin(sets, labelling)
+    return HeadCrops(df, class_names, info, dedup, parts, labels, arrays, fitting, y, labelling,
+                     np.isin(sets, labelling))
+
+
+def _fit(base: BaseFeatures, crops: HeadCrops, threshold: float, seed: int) -> FittedHead:
+    """Cross-validate the head's L2 and logit shift over the crops outside val, then fit it on
+    all of them (each crop and its mirror image)."""
+    prob, feats, mirrored = features(base, crops.arrays.x)
+    fitting, y = crops.fitting, crops.y
+    groups = tdata.leakage_groups(crops.df)
     cv = cross_validate(prob[fitting], feats[fitting], mirrored[fitting], y[fitting],
-                        groups[fitting], threshold, scored[fitting], seed)
+                        groups[fitting], threshold, crops.scored[fitting], seed)
     weights, bias = fit_head(np.vstack([feats[fitting], mirrored[fitting]]),
                              np.concatenate([y[fitting], y[fitting]]).astype(float), cv["l2"])
     bias += cv["shift"]
-    onnx_bytes = head_graph(base_bytes, base.maps, base.shapes, base.output, weights, bias,
-                            threshold)
+    return FittedHead(prob, feats, mirrored, cv, weights, bias)
+
+
+def out_of_fold_scores(crops: HeadCrops, head: FittedHead, threshold: float) -> dict:
+    """The card's cross-validation numbers: the third class's out-of-fold AP and the 3-class
+    reports of the out-of-fold labels, on the sets that label the class and on all."""
+    fitting, class_names = crops.fitting, list(crops.class_names)
+    y, y3, logits = crops.y[fitting], crops.arrays.y[fitting], head.cv["logits"]
+    cv_probs = combine(head.prob[fitting], logits, threshold)
+    scored = crops.scored[fitting]
+    return {"incorrect_ap": average_precision(y[scored], logits[scored]),
+            "incorrect_ap_all_sets": average_precision(y, logits),
+            "report": multiclass_report(y3[scored], cv_probs[scored], class_names),
+            "report_all_sets": multiclass_report(y3, cv_probs, class_names)}
+
+
+def run(crops_dirs: list[str], out_dir: str, base_dir: str | None, limit: int | None = None,
+        seed: int = 0) -> dict:
+    """Train the head on the crops of `maskbatch extract --classes 3` folders over the 2-class
+    model in `base_dir` (default: the bundled one) and write a 3-class model folder."""
+    started = time.perf_counter()
+    request = HeadRequest(crops_dirs, out_dir, base_dir, limit, seed)
+    base_bytes, base_card = read_model(base_dir)
+    if class_names_of(base_card) != class_names_for(2):
+        raise MaskbatchError("--base must be a 2-class model (face_with_mask, face_no_mask)")
+    threshold = float(base_card.get("threshold", 0.5))
+    size = int(base_card["input_size"])
+    crops = _crops(request, size)
+    base = BaseFeatures(base_bytes, base_card)
+    head = _fit(base, crops, threshold, seed)
+    onnx_bytes = head_graph(base_bytes, base.maps, base.shapes, base.output, head.weights,
+                            head.bias, threshold)
 
     # parity: the graph against the numpy head on real crops
     card = {"input_size": size, "onnx_sha256": sha256_bytes(onnx_bytes),
-            "output_name": CLASS_PROBS_NAME, "class_names": list(class_names)}
-    classifier = Classifier(onnx_bytes, card)
-    probs = classifier.probabilities(arrays.x)
-    expected = combine(prob, feats @ weights + bias, threshold)
+            "output_name": CLASS_PROBS_NAME, "class_names": list(crops.class_names)}
+    probs = Classifier(onnx_bytes, card).probabilities(crops.arrays.x)
+    expected = combine(head.prob, head.feats @ head.weights + head.bias, threshold)
     parity = float(np.abs(probs - expected).max())
     if parity > 1e-4:
         raise MaskbatchError(f"the head's ONNX graph and its numpy twin differ by {parity:g}")
-
-    y3 = arrays.y  # each crop's class index (tdata.targets)
-    cv_probs = combine(prob[fitting], cv["logits"], threshold)
     by_set = {}
-    for name in sorted(df["set"].unique()):
-        sel = ((df["set"] == name).to_numpy()) & (parts == "val")
+    for name in sorted(crops.df["set"].unique()):
+        sel = ((crops.df["set"] == name).to_numpy()) & (crops.parts == "val")
         if sel.any():
-            by_set[name] = multiclass_report(y3[sel], probs[sel], list(class_names))
-    scored_fit = scored[fitting]
-    card.update({
-        "format": "maskbatch-classifier/1",
-        "architecture": f"{base_card.get('architecture', 'base')}+incorrect-head",
-        "architecture_description": (
-            f"the 2-class model {base_card['onnx_sha256'][:12]} kept whole, plus a logistic head "
-            f"on its feature maps ({', '.join(f'{c}x{h}x{w}' for c, h, w in base.shapes)}, each "
-            f"averaged to {GRID}x{GRID}) giving q = P({INCORRECT}); output [(1-q) m, (1-q)(1-m), "
-            f"q], m = sigmoid(logit(P(face_with_mask)) - logit({threshold:g}))"),
-        "base_model": {"onnx_sha256": base_card["onnx_sha256"], "threshold": threshold,
-                       "architecture": base_card.get("architecture")},
-        "input_name": base.input,
-        "outputs": [CLASS_PROBS_NAME],
-        "input_layout": "NHWC float32", "color_order": "BGR", "scaling": "x/255",
-        "preprocess": base_card.get("preprocess"),
-        "output": "P(class) over class_names", "label_rule": "argmax over class_names",
-        "onnx_bytes": len(onnx_bytes),
-        "parity_max_abs_diff": parity,
-        "parity": "ONNX graph vs the numpy head, every crop",
-        "training_data": {"sets": info, "duplicates": dedup,
-                          "parts": {p: {c: int(((parts == p) & (labels == c)).sum())
-                                        for c in class_names}
-                                    for p in ("train", "tune", "val", "dropped")}},
-        "head": {"features": int(feats.shape[1]), "pca_dims": PCA_DIMS, "l2": cv["l2"],
-                 "logit_shift": cv["shift"], "augmentation": "mirror image (each crop twice)",
-                 "fitted_on": "train + tune parts (every crop outside val)", "seed": seed},
-        "cross_validation": {
-            "rule": f"{FOLDS} folds of whole leakage groups (source photo, pixel copies) over "
-                    "the train + tune crops; L2 by CV AP of the third class, then the logit "
-                    "shift by CV F1 of its argmax label, both on the crops of the sets that "
-                    "label it",
-            "sets_labelling_the_class": labelling,
-            "ap_by_l2": {str(k): v for k, v in cv["cv_ap_by_l2"].items()},
-            "f1_by_shift": {str(k): v for k, v in cv["cv_f1_by_shift"].items()},
-            "incorrect_ap": average_precision(y[fitting][scored_fit], cv["logits"][scored_fit]),
-            "incorrect_ap_all_sets": average_precision(y[fitting], cv["logits"]),
-            "report": multiclass_report(y3[fitting][scored_fit], cv_probs[scored_fit],
-                                        list(class_names)),
-            "report_all_sets": multiclass_report(y3[fitting], cv_probs, list(class_names)),
-        },
-        "validation_per_set": by_set,
-        "command": "maskbatch train " + " ".join(crops_dirs) + f" --out {out_dir} --classes 3"
-                   + (f" --base {base_dir}" if base_dir else " --base bundled")
-                   + (f" --limit {limit}" if limit else "") + (f" --seed {seed}" if seed else ""),
-        "versions": {"maskbatch": __version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__, "numpy": np.__version__},
-        "train_seconds": round(time.perf_counter() - started, 1),
-    })
+            by_set[name] = multiclass_report(crops.arrays.y[sel], probs[sel],
+                                             list(crops.class_names))
+    card.update(head_card(request, base_card, base.input, base.shapes, threshold, onnx_bytes,
+                          parity, crops, head, out_of_fold_scores(crops, head, threshold),
+                          by_set, started))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(str(out / "model.onnx"), onnx_bytes)
