@@ -220,6 +220,22 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     return result[np.argsort(-result[:, 4], kind="stable")]
 
 
+def detect_faces_and_below(image: np.ndarray, config: DetectorConfig, floor: float,
+                           net: cv2.dnn.Net | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(detect_faces(image, config), every box scored above `floor`) from one pass: the pass
+    runs at the lower of `floor` and the run's threshold and its boxes are split. A box's score
+    never depends on the threshold and NMS keeps a box for the boxes that score higher, so the
+    first array is detect_faces' own (tests/test_privacy.py checks it on real photos)."""
+    mode = get_mode(config.mode)
+    threshold = mode.confidence if config.confidence is None else config.confidence
+    low = min(float(floor), threshold)
+    boxes = detect_faces(image, DetectorConfig(config.mode, low, config.gamma, config.min_face),
+                         net)
+    # the comparison the pass makes: res10's in float64, YuNet's NMS in float32
+    cut = float(np.float32(threshold)) if mode.scan.net in yunet.NETS else threshold
+    return boxes[boxes[:, 4] > cut], boxes
+
+
 def pass_size(width: int, height: int, area: int, max_upscale: float = 2.0, multiple: int = 8
               ) -> tuple[int, int]:
     """Input size (w, h) of about `area` pixels with the photo's aspect ratio, sides a multiple
