@@ -46,7 +46,8 @@ JPEG_QUALITY = 92
 BLUR_MARGIN = 0.25
 PIXEL_BLOCKS = 4
 CROP_SCHEMA = pa.schema([("name", pa.string()), ("face", pa.int64()), ("classname", pa.string()),
-                         ("file", pa.string()), ("width", pa.int64()), ("height", pa.int64())])
+                         ("file", pa.string()), ("crop_width", pa.int64()),
+                         ("crop_height", pa.int64())])
 CROP_COLUMNS = CROP_SCHEMA.names
 # Characters some file system refuses in a name (Windows: <>:"/\|?* and control characters).
 UNSAFE = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
