@@ -56,9 +56,14 @@ class VideoPiece:
     def add(self, image: np.ndarray, sample: int) -> None:
         """One BGR frame, shown at sample number `sample` (t = sample / fps)."""
         h, w = image.shape[:2]
-        if (w, h) != (self.stream.width, self.stream.height):
-            image = cv2.copyMakeBorder(image, 0, self.stream.height - h, 0, self.stream.width - w,
-                                       cv2.BORDER_REPLICATE)
+        width, height = self.stream.width, self.stream.height
+        if w > width or h > height:  # a frame larger than the first (a stream that changes size)
+            scale = min(width / w, height / h)
+            image = cv2.resize(image, (min(width, round(w * scale)), min(height, round(h * scale))),
+                               interpolation=cv2.INTER_AREA)
+            h, w = image.shape[:2]
+        if (w, h) != (width, height):
+            image = cv2.copyMakeBorder(image, 0, height - h, 0, width - w, cv2.BORDER_REPLICATE)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="bgr24")
         frame.pts = sample
         frame.time_base = self.time_base

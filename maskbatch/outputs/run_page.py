@@ -290,8 +290,7 @@ look.</p><div class="faces">{_figures(items, pictures, 'uncertain')}</div>
 <h2>Failed and skipped photos ({n_failed})</h2>
 {failed_html}
 <h2>Throughput</h2>
-{speed}
-{extra_html}
+{speed}{extra_html}
 <h2>Detector</h2>
 {_card_html(detector)}
 <h2>Classifier (model card)</h2>
