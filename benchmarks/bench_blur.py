@@ -126,6 +126,7 @@ def measure(photos: list, ways: list[tuple[str, float, float, float]]) -> list[l
                      labelled_found / max(labelled, 1), boxes_after / max(boxes_before, 1),
                      hidden / max(labelled, 1), hidden_boxes / len(photos),
                      1000 * seconds / len(photos)])
+        print("  done:", rows[-1], file=sys.stderr, flush=True)
     return rows
 
 
@@ -152,40 +153,44 @@ def choose(limit: int | None) -> None:
 
 
 def done_when(count: int = 100) -> None:
-    """predict --blur on `count` medical-mask photos (the first of the val split, then train);
-    the default detector on the blurred copies against the run's own detections."""
+    """predict --blur --save-crops on `count` medical-mask photos (the val split's first: photos
+    the choice above never saw), beside a run without the flags; then the default detector on the
+    blurred copies against the run's own detections."""
     from maskbatch.jobs.predict import predict
 
     root = data_dir() / "medical-mask"
     names = (split_names("medical-mask", "val") + split_names("medical-mask", "train"))[:count]
+    cluster = ClusterConfig(workers=1, threads_per_worker=1, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         photos = Path(tmp) / "photos"
         photos.mkdir()
         for name in names:
             (photos / name).symlink_to(root / "images" / name)
-        started = time.perf_counter()
-        result = predict(str(photos), str(Path(tmp) / "out"), blur=True, cluster_config=ClusterConfig(
-            workers=1, threads_per_worker=1, progress=False))
-        seconds = time.perf_counter() - started
-        detections = result.detections
-        summary = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+        plain = predict(str(photos), str(Path(tmp) / "plain"), cluster_config=cluster)
+        out = Path(tmp) / "out"
+        result = predict(str(photos), str(out), blur=True, save_crops=True, cluster_config=cluster)
+        summary = json.loads((out / "summary.json").read_text())
         faces = refound = boxes_after = 0
         for name in names:
-            found = detections[detections["name"] == name][["x1", "x2", "y1", "y2"]].to_numpy(float)
-            copy = reading.load_image(str(Path(tmp) / "out" / "blurred" / privacy.file_stem(name)) + ".jpg")
+            found = result.detections[result.detections["name"] == name]
+            copy = reading.load_image(str(out / "blurred" / f"{privacy.file_stem(name)}.jpg"))
             again = detect.detect_faces(copy, DetectorConfig())
             faces += len(found)
-            refound += found_again(found, again)
+            refound += found_again(found[["x1", "x2", "y1", "y2"]].to_numpy(float), again)
             boxes_after += len(again)
-        print(f"predict --blur on {len(names)} medical-mask photos ({seconds:.1f} s): the default "
-              f"detector found {faces} faces in the originals, {refound} of them again in the "
-              f"blurred copies ({100 * refound / max(faces, 1):.1f} %); {boxes_after} boxes in all "
-              f"in the copies; {summary['faces_blurred']} boxes blurred")
+        same = plain.detections.equals(result.detections)
+    print(f"predict --blur --save-crops on {len(names)} medical-mask val photos: the default "
+          f"detector found {faces} faces in the originals and {refound} of them again in the "
+          f"blurred copies ({100 * refound / max(faces, 1):.1f} %); {boxes_after} boxes in all "
+          f"in the copies; {summary['faces_blurred']} boxes blurred, {summary['crops']} crops; "
+          f"detections equal to the run without the flags: {same}; processing "
+          f"{plain.seconds:.1f} s without the flags, {result.seconds:.1f} s with them (one "
+          "worker)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=150)
+    parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--done-when", action="store_true")
     args = parser.parse_args()
     cv2.setNumThreads(1)

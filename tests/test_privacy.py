@@ -68,7 +68,7 @@ def test_one_pass_split_gives_the_detectors_own_faces(data):
     detect_faces reports at the run's threshold (the answers of a --blur run do not change)."""
     for path in sorted((data / "medical-mask" / "images").iterdir())[:8]:
         image = reading.load_image(str(path))
-        for mode in ("tuned", "seed"):
+        for mode in ("tuned", "yunet", "seed"):
             config = DetectorConfig(mode=mode)
             faces, below = detect.detect_faces_and_below(image, config, 0.05)
             np.testing.assert_array_equal(faces, detect.detect_faces(image, config))

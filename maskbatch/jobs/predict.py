@@ -151,8 +151,6 @@ def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> Pr
                            plan.class_names)
     if previews:
         _write_previews(session, plan.out_dir, counts.previews)
-    private = privacy.job(plan.out_dir, plan.settings.outputs, plan.inputs)  # --save-crops, --blur
-    shown = privacy.finish(plan.out_dir, private, plan.inputs, session) if private else {}
     # the report's digest and the COCO files read the final tables in batches: the driver
     # never holds every detection (docs/benchmarks.md)
     digest = run_digest.Digest.of_out_dir(plan.out_dir, float(plan.card.get("threshold", 0.5)),
@@ -161,6 +159,8 @@ def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> Pr
     gallery = run_digest.draw_gallery(digest, session.call_each)
     coco.write_coco(plan.out_dir, plan.class_names)
     counts.seconds = time.perf_counter() - finished
+    private = privacy.job(plan.out_dir, plan.settings.outputs, plan.inputs)  # --save-crops, --blur
+    shown = privacy.finish(plan.out_dir, private, plan.inputs, session) if private else {}
     result = PredictResult(
         out_dir=plan.out_dir, seconds=execution.seconds, processed=execution.processed,
         counts=counts, dashboard=session.dashboard,

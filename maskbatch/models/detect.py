@@ -14,6 +14,7 @@ of every size than any of them in a fraction of their time (docs/detector-modes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -229,8 +230,7 @@ def detect_faces_and_below(image: np.ndarray, config: DetectorConfig, floor: flo
     mode = get_mode(config.mode)
     threshold = mode.confidence if config.confidence is None else config.confidence
     low = min(float(floor), threshold)
-    boxes = detect_faces(image, DetectorConfig(config.mode, low, config.gamma, config.min_face),
-                         net)
+    boxes = detect_faces(image, dataclasses.replace(config, confidence=low), net)
     # the comparison the pass makes: res10's in float64, YuNet's NMS in float32
     cut = float(np.float32(threshold)) if mode.scan.net in yunet.NETS else threshold
     return boxes[boxes[:, 4] > cut], boxes
