@@ -14,6 +14,7 @@ from conftest import copy_photos
 
 from maskbatch.config import ClusterConfig, DetectorConfig, OutputOptions
 from maskbatch.errors import MaskbatchError
+from maskbatch.jobs import outdir
 from maskbatch.jobs.predict import predict
 from maskbatch.models import detect
 from maskbatch.outputs import blurred_video, parts, privacy
@@ -192,6 +193,17 @@ def test_overwrite_removes_both_folders_and_nothing_else(runs, photos, tmp_path)
     (out / "notes.txt").write_text("mine")
     predict(str(photos), str(out), cluster_config=THREADS, overwrite=True)
     assert not set(os.listdir(out)) & PRIVACY_FILES and (out / "notes.txt").read_text() == "mine"
+
+
+def test_extract_overwrite_removes_them_too(runs, tmp_path):
+    """`extract --overwrite` replaces a folder through the same policy (jobs.outdir): a predict
+    folder's crops/ (JPEGs, not extract's Parquet shards), blurred/ and crops.parquet go."""
+    _, private = runs
+    out = tmp_path / "out"
+    shutil.copytree(private.out_dir, out)
+    (out / "notes.txt").write_text("mine")
+    outdir.prepare_out_dir(str(out), overwrite=True)
+    assert os.listdir(out) == ["notes.txt"]
 
 
 # --------------------------------------------------------------------------- video

@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from maskbatch import files
+from maskbatch.config import BLUR_CONFIDENCE
 from maskbatch.outputs import writers
 from maskbatch.outputs.draw import fitting_stem
 from maskbatch.outputs.parts import part_stem
@@ -133,7 +134,7 @@ class PrivacyJob:
     out_dir: str
     save_crops: bool = False
     blur: bool = False
-    blur_confidence: float = 0.05
+    blur_confidence: float = BLUR_CONFIDENCE
     shared: frozenset[str] = field(default_factory=frozenset)
 
     def writer(self) -> PrivacyWriter:
