@@ -4,6 +4,7 @@ and which boxes (--blur-confidence), measured with the default detector on blurr
     python benchmarks/bench_blur.py                   # the choice: medical-mask train photos
     python benchmarks/bench_blur.py --limit 60        # fewer photos
     python benchmarks/bench_blur.py --done-when       # the issue's check: 100 photos through predict --blur
+    python benchmarks/bench_blur.py --video           # what --blur costs on a 720p video
 
 Each photo is detected once (default mode, every box above 0.02 kept, split at the thresholds);
 each way of hiding is applied to the boxes above --blur-confidence's default, and the default
@@ -188,14 +189,44 @@ def done_when(count: int = 100) -> None:
           "worker)")
 
 
+def video_cost(seconds: int = 120) -> None:
+    """predict on a made 720p video (25 fps, 1 frame/s sampled, 60 s segments), without the flags
+    and with --blur --save-crops, one worker each, twice in turns: processing seconds."""
+    from bench_video import make_video
+
+    from maskbatch.jobs.predict import predict
+    from maskbatch.outputs import blurred_video
+
+    cluster = ClusterConfig(workers=1, threads_per_worker=1, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "clip"
+        folder.mkdir()
+        make_video(folder / "clip.mp4", seconds, (1280, 720))
+        times: dict[str, list[float]] = {"plain": [], "--blur --save-crops": []}
+        for turn in range(2):
+            for label, flags in (("plain", {}), ("--blur --save-crops", {"blur": True,
+                                                                       "save_crops": True})):
+                out = Path(tmp) / f"{label[:5]}{turn}"
+                result = predict(str(folder), str(out), cluster_config=cluster, **flags)
+                times[label].append(result.seconds)
+        frames = blurred_video.frame_count((out / "blurred" / "clip.mp4").read_bytes())
+        size = (out / "blurred" / "clip.mp4").stat().st_size
+    print(f"{seconds} s of 1280x720 video, 1 frame/s sampled: processing "
+          + "; ".join(f"{k} {', '.join(f'{t:.1f}' for t in v)} s" for k, v in times.items())
+          + f"; blurred video: {frames} frames, {size / 1e6:.2f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--done-when", action="store_true")
+    parser.add_argument("--video", action="store_true", help="what --blur costs on a video")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     if args.done_when:
         done_when()
+    elif args.video:
+        video_cost()
     else:
         choose(args.limit)
 
