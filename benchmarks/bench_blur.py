@@ -5,6 +5,7 @@ and which boxes (--blur-confidence), measured with the default detector on blurr
     python benchmarks/bench_blur.py --limit 60        # fewer photos
     python benchmarks/bench_blur.py --done-when       # the issue's check: 100 photos through predict --blur
     python benchmarks/bench_blur.py --video           # what --blur costs on a 720p video
+    python benchmarks/bench_blur.py --encoder         # the blurred video's x264 preset and crf
 
 Each photo is detected once (default mode, every box above 0.02 kept, split at the thresholds);
 each way of hiding is applied to the boxes above --blur-confidence's default, and the default
@@ -216,17 +217,44 @@ def video_cost(seconds: int = 120) -> None:
           + f"; blurred video: {frames} frames, {size / 1e6:.2f} MB")
 
 
+def encoder_cost(count: int = 60) -> None:
+    """x264 presets and crf on `count` medical-mask photos resized to 1280x720 as the frames of
+    one piece (one thread), beside JPEG at the copies' quality."""
+    from maskbatch.outputs import blurred_video
+
+    photos = sorted((data_dir() / "medical-mask" / "images").iterdir())[:count]
+    frames = [cv2.resize(cv2.imread(str(p)), (1280, 720)) for p in photos]
+    started = time.perf_counter()
+    size = sum(len(privacy.jpeg(f)) for f in frames)
+    rows = [["JPEG", privacy.JPEG_QUALITY, 1000 * (time.perf_counter() - started) / count,
+             size / count / 1e3]]
+    for preset in ("ultrafast", "veryfast", "medium"):
+        for crf in ("20", "23"):
+            piece = blurred_video.VideoPiece(1.0, 1280, 720)
+            piece.stream.codec_context.options = {"crf": crf, "preset": preset}
+            started = time.perf_counter()
+            for k, frame in enumerate(frames):
+                piece.add(frame, k)
+            data = piece.finish()
+            rows.append([preset, crf, 1000 * (time.perf_counter() - started) / count,
+                         len(data) / count / 1e3])
+    print(table(["x264 preset", "crf (JPEG: quality)", "ms / frame", "kB / frame"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--done-when", action="store_true")
     parser.add_argument("--video", action="store_true", help="what --blur costs on a video")
+    parser.add_argument("--encoder", action="store_true", help="x264 presets and crf")
     args = parser.parse_args()
     cv2.setNumThreads(1)
     if args.done_when:
         done_when()
     elif args.video:
         video_cost()
+    elif args.encoder:
+        encoder_cost()
     else:
         choose(args.limit)
 
