@@ -37,7 +37,7 @@ from maskbatch.evaluation.truth import EvaluationWarning  # noqa: E402
 from maskbatch.jobs.console import extract_table, format_table, predict_table  # noqa: E402
 from maskbatch.jobs.evaluate import evaluate  # noqa: E402
 from maskbatch.jobs.extract import extract  # noqa: E402
-from maskbatch.jobs.predict import predict  # noqa: E402
+from maskbatch.jobs.predict import predict, privacy  # noqa: E402
 from maskbatch.runtime import cluster  # noqa: E402
 from maskbatch.storage import describe_error  # noqa: E402
 from maskbatch.train import (  # noqa: E402
@@ -271,6 +271,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    f"workers and resumed one by one (default: {VIDEO_SEGMENT_SECONDS:g})")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    privacy.add_arguments(p)  # --save-crops, --blur, --blur-confidence
     _add_cluster_args(p, partition_default=None)
 
 
@@ -334,7 +335,7 @@ def _run(args: argparse.Namespace) -> None:
         result = predict(args.images, args.out, images_dir=args.images_dir, model=args.model,
                          detector=detector, cluster_config=_cluster_config(args),
                          previews=args.previews, resume=args.resume, overwrite=args.overwrite,
-                         limits=limits, fps=args.fps,
+                         limits=limits, fps=args.fps, **privacy.options(args),
                          segment_seconds=args.segment_seconds, classes=args.classes)
         print(predict_table(result))
     elif args.command == "train" and args.base:

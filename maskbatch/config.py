@@ -173,6 +173,10 @@ class ClusterConfig:
             _whole("partition_size", self.partition_size, 1)
 
 
+# --blur-confidence: boxes the detector scores above this are blurred (docs/privacy.md).
+BLUR_CONFIDENCE = 0.05
+
+
 @dataclass(frozen=True)
 class OutputOptions:
     """What a predict run writes besides its tables, and how it treats an earlier run's folder."""
@@ -180,9 +184,18 @@ class OutputOptions:
     previews: int = 0  # annotated copies of the first N photos
     resume: bool = False
     overwrite: bool = False
+    save_crops: bool = False  # every face as a JPEG under OUT/crops/<class>/ (crops.parquet)
+    blur: bool = False  # a copy of every photo (video: its sampled frames) with faces blurred
+    # --blur hides every box the detector scores above this, not only the faces it reports:
+    # a face missed is a privacy leak (docs/privacy.md measures the choice).
+    blur_confidence: float = BLUR_CONFIDENCE
 
     def __post_init__(self) -> None:
         _whole("previews", self.previews, 0)
+        confidence = _number("blur_confidence", self.blur_confidence)
+        if not 0 <= confidence <= 1:  # NaN fails this too
+            raise MaskbatchError(f"blur_confidence must be between 0 and 1, got "
+                                 f"{self.blur_confidence}")
         if self.resume and self.overwrite:
             raise MaskbatchError("--resume and --overwrite contradict each other; pick one")
 

@@ -18,6 +18,7 @@ from maskbatch.datasets import FaceBox, ImageRecord
 from maskbatch.errors import ImageError, SkippedInput
 from maskbatch.models import detect
 from maskbatch.models.classifier import Classifier, ModelRef, fit_crop, get_classifier
+from maskbatch.outputs.privacy import PrivacyWriter
 from maskbatch.outputs.writers import (
     CROP_COLUMNS,
     EXTRACT_MANIFEST_COLUMNS,
@@ -143,15 +144,17 @@ def predict_partition(items: list[tuple[str, str | video.Segment]], detector: De
 
 
 def predict_partition_frames(items: list[tuple[str, str | video.Segment]], detector: DetectorConfig,
-                             model: ModelRef, limits: InputLimits = InputLimits()
+                             model: ModelRef, limits: InputLimits = InputLimits(),
+                             privacy: PrivacyWriter | None = None
                              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """predict_partition, plus the table of sampled video frames (frame_columns of the model's
-    classes: a face count per class)."""
-    return _predict(items, detector, model, limits)
+    classes: a face count per class). `privacy`: where each image's crops and blurred copy go
+    (--save-crops, --blur; maskbatch.outputs.privacy), made from the pixels decoded here."""
+    return _predict(items, detector, model, limits, privacy)
 
 
 def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorConfig,
-             model: ModelRef, limits: InputLimits
+             model: ModelRef, limits: InputLimits, privacy: PrivacyWriter | None = None
              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     classifier = get_classifier(model)
     detect.load_mode(detector.mode)
@@ -161,9 +164,9 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
     for item in map(InputItem._make, items):
         started = time.perf_counter()
         if item.segment is not None:
-            row = _predict_segment(item, detector, classifier, limits, rows, frames)
+            row = _predict_segment(item, detector, classifier, limits, rows, frames, privacy)
         else:
-            row = _predict_photo(item, detector, classifier, limits, rows)
+            row = _predict_photo(item, detector, classifier, limits, rows, privacy)
         row.seconds = round(time.perf_counter() - started, 4)
         manifest.append(row)
     detections = pd.DataFrame(rows, columns=detection_columns(classifier.class_names))
@@ -174,7 +177,8 @@ def _predict(items: list[tuple[str, str | video.Segment]], detector: DetectorCon
 
 
 def _predict_photo(item: InputItem, detector: DetectorConfig, classifier: Classifier,
-                   limits: InputLimits, rows: list[tuple]) -> ImageRow:
+                   limits: InputLimits, rows: list[tuple], privacy: PrivacyWriter | None = None
+                   ) -> ImageRow:
     """One photo: read within `limits`, its faces' rows added to `rows`; its manifest row."""
     path = item.path
     row = ImageRow(item.name, "" if reading.refused_reason(path) else path)
@@ -183,7 +187,9 @@ def _predict_photo(item: InputItem, detector: DetectorConfig, classifier: Classi
         photo = reading.load_photo(path, limits)
         row.height, row.width = photo.image.shape[:2]
         row.reason = photo.note
-        faces = image_faces(photo.image, detector, classifier)
+        faces = image_faces(photo.image, detector, classifier, _floor(privacy))
+        if privacy is not None:  # --save-crops, --blur
+            privacy.photo(item.name, photo.image, faces.boxes, faces.labels, faces.blur_boxes)
         del photo
     except SkippedInput as exc:
         row.fail(str(exc), "skipped")
@@ -197,16 +203,27 @@ def _predict_photo(item: InputItem, detector: DetectorConfig, classifier: Classi
     return row
 
 
-def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classifier) -> Faces:
+def image_faces(image: np.ndarray, detector: DetectorConfig, classifier: Classifier,
+                blur_floor: float | None = None) -> Faces:
     """One decoded image (a photo or a video frame) -> its Faces: detect, drop faces under
     ``detector.min_face``, crop, classify (the probability of each class of the model's card).
-    A probability that is not a finite number fails the image (ImageError NON_FINITE)."""
-    found = keep_faces(detect.detect_faces(image, detector), detector.min_face)
+    A probability that is not a finite number fails the image (ImageError NON_FINITE).
+    `blur_floor` (--blur): the same pass also keeps every box above it (Faces.blur_boxes)."""
+    below = None
+    if blur_floor is None:
+        found = detect.detect_faces(image, detector)
+    else:
+        found, below = detect.detect_faces_and_below(image, detector, blur_floor)
+    found = keep_faces(found, detector.min_face)
     probs = classifier.class_probabilities(face_crops(image, found, classifier.input_size))
     if not np.isfinite(probs).all():
         raise ImageError(NON_FINITE)
     found = np.asarray(found).reshape(-1, 5)
-    return Faces(found[:, :4], found[:, 4], probs, classifier.label(probs))
+    return Faces(found[:, :4], found[:, 4], probs, classifier.label(probs), below)
+
+
+def _floor(privacy: PrivacyWriter | None) -> float | None:
+    return privacy.job.blur_confidence if privacy is not None and privacy.job.blur else None
 
 
 def face_crops(image: np.ndarray, boxes: np.ndarray, size: int) -> list[np.ndarray]:
@@ -232,7 +249,8 @@ def face_rows(name: str, faces: Faces, classifier: Classifier, width: int, heigh
 
 
 def _predict_segment(item: InputItem, detector: DetectorConfig, classifier: Classifier,
-                     limits: InputLimits, rows: list[tuple], frames: list[tuple]) -> ImageRow:
+                     limits: InputLimits, rows: list[tuple], frames: list[tuple],
+                     privacy: PrivacyWriter | None = None) -> ImageRow:
     """One video segment: every sampled frame through image_faces; its manifest row."""
     segment = item.segment
     assert segment is not None
@@ -244,7 +262,10 @@ def _predict_segment(item: InputItem, detector: DetectorConfig, classifier: Clas
     own_frames: list[tuple] = []
     try:
         for index, time_s, image in video.read_segment(segment, limits, read):
-            faces = image_faces(image, detector, classifier)
+            faces = image_faces(image, detector, classifier, _floor(privacy))
+            if privacy is not None:  # --save-crops, --blur
+                privacy.frame(clip, segment, item.name, time_s, image, faces.boxes, faces.labels,
+                              faces.blur_boxes)
             height, width = image.shape[:2]
             own_rows.extend(face_rows(video.frame_name(clip, time_s), faces, classifier, width,
                                       height, index, round(time_s, 6)))
@@ -256,6 +277,8 @@ def _predict_segment(item: InputItem, detector: DetectorConfig, classifier: Clas
         stopped = unexpected_reason(exc)
     else:
         stopped = None
+    if privacy is not None:
+        privacy.end_segment()  # the frames read, blurred: this segment's piece of the video
     if read.problem:
         stopped = read.problem
     if stopped is not None:  # the segment read in part is ok (its reason says so); none: failed

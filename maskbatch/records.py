@@ -54,12 +54,14 @@ class InputItem(NamedTuple):
 class Faces:
     """The faces found in one image: boxes (N x 4: left, top, right, bottom, in pixels), the
     detector's scores (N), the probability of each class of the model's card (N x classes) and
-    the label each face gets."""
+    the label each face gets. `blur_boxes` (--blur only): every box scored above
+    --blur-confidence, these faces' among them (left, top, right, bottom, score)."""
 
     boxes: np.ndarray
     scores: np.ndarray
     probs: np.ndarray
     labels: list[str]
+    blur_boxes: np.ndarray | None = None
 
     @classmethod
     def none(cls, n_classes: int) -> Faces:

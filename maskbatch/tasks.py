@@ -12,7 +12,7 @@ import pandas as pd
 from maskbatch import files
 from maskbatch.config import DetectorConfig, InputLimits
 from maskbatch.models.classifier import ModelRef
-from maskbatch.outputs import parts, writers
+from maskbatch.outputs import parts, privacy, writers
 from maskbatch.pipeline import extract_partition, predict_partition_frames
 from maskbatch.records import ImageRow, InputItem, image_table
 
@@ -44,13 +44,17 @@ def extract_poisoned(pairs: list, attempts: int) -> pd.DataFrame:
 
 def predict_and_commit(pairs: list[tuple[int, tuple[str, object]]], out_dir: str,
                         detector: DetectorConfig, model: ModelRef,
-                        limits: InputLimits = InputLimits()) -> dict:
+                        limits: InputLimits = InputLimits(),
+                        private: privacy.PrivacyJob | None = None) -> dict:
     """Worker side: one contiguous run of inputs (photos, video segments) -> its part files;
-    returns the small summary."""
+    returns the small summary. `private` (--save-crops, --blur): its crops and blurred copies are
+    written before the part (privacy.PrivacyWriter.commit)."""
+    writer = private.writer() if private is not None else None
     detections, manifest, frames = predict_partition_frames([item for _, item in pairs], detector,
-                                                            model, limits)
-    return parts.write_part(out_dir, pairs[0][0], in_output_order(detections, manifest), manifest,
-                            frames)
+                                                            model, limits, writer)
+    counts = writer.commit(pairs[0][0], len(manifest)) if writer is not None else {}
+    return {**parts.write_part(out_dir, pairs[0][0], in_output_order(detections, manifest),
+                               manifest, frames), **counts}
 
 
 def in_output_order(detections: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:

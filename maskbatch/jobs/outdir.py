@@ -15,11 +15,12 @@ from maskbatch.outputs import coco, parts, run_page
 # The files a predict run writes at its end from the committed parts: a run (and --resume) removes
 # them first, so that an interrupted run never leaves an earlier run's final files behind.
 FINAL_OUTPUTS = ("detections.parquet", "submission.csv", "images.parquet", "frames.parquet",
-                 "summary.json", coco.RESULTS_FILE, coco.DATASET_FILE, run_page.REPORT_FILE)
+                 "summary.json", coco.RESULTS_FILE, coco.DATASET_FILE, run_page.REPORT_FILE,
+                 "crops.parquet")
 # What predict and extract write into --out; --overwrite removes these (and the `*.tmp-XXXXXXXX`
 # leftovers of interrupted writes), nothing else.
 OUTPUT_NAMES = ("run.json", *FINAL_OUTPUTS, parts.PARTS_DIR, "previews", "manifest.parquet",
-                "class_counts.png", "crops")
+                "class_counts.png", "crops", "blurred")
 
 
 def remove_final_outputs(out_dir: str) -> None:
@@ -138,7 +139,7 @@ def check_resumable(out_dir: str, record: dict) -> None:
     if old.get("command") != "predict":
         raise MaskbatchError(f"cannot --resume {out_dir}: it holds a maskbatch "
                              f"{old.get('command')} run, not a predict run")
-    for key in ("model_sha256", "detector", "limits", "inputs_sha1", "video"):
+    for key in ("model_sha256", "detector", "limits", "inputs_sha1", "video", "privacy"):
         if old.get(key) != record.get(key):
             raise MaskbatchError(f"cannot --resume {out_dir}: its run used a different {key} "
                                  "(use --overwrite to start again)")

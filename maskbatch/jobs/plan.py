@@ -16,6 +16,7 @@ import numpy as np
 from maskbatch import files, storage
 from maskbatch.config import PredictSettings, __version__
 from maskbatch.errors import MaskbatchError
+from maskbatch.jobs import privacy
 from maskbatch.jobs.outdir import (
     check_apart_from_inputs,
     check_resumable,
@@ -105,6 +106,8 @@ def run_record(items: list, model: ModelRef, settings: PredictSettings) -> dict:
               "detector": settings.detector.as_dict(), "limits": settings.limits.as_dict(),
               "partition_size": partition_size, "inputs": len(items),
               "inputs_sha1": hashlib.sha1("\n".join(n for n, _ in items).encode()).hexdigest()}
+    if (private := privacy.record(settings.outputs)) is not None:  # --save-crops, --blur
+        record["privacy"] = private
     if any(InputItem(*item).segment is not None for item in items):
         record["video"] = {"fps": settings.video.fps,
                            "segment_seconds": settings.video.segment_seconds}

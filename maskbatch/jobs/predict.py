@@ -17,6 +17,7 @@ import pandas as pd
 
 from maskbatch import files, storage
 from maskbatch.config import (
+    BLUR_CONFIDENCE,
     CLASS_NAMES,
     VIDEO_FPS,
     VIDEO_SEGMENT_SECONDS,
@@ -27,6 +28,7 @@ from maskbatch.config import (
     VideoSampling,
     predict_settings,
 )
+from maskbatch.jobs import privacy
 from maskbatch.jobs.plan import PredictPlan, item_weight, list_inputs, prepare
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
 from maskbatch.outputs.draw import preview_jpeg, preview_names
@@ -86,7 +88,8 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             cluster_config: ClusterConfig | None = None, previews: int = 0,
             resume: bool = False, overwrite: bool = False, limits: InputLimits | None = None,
             fps: float = VIDEO_FPS, segment_seconds: float = VIDEO_SEGMENT_SECONDS,
-            classes: int | None = None) -> PredictResult:
+            classes: int | None = None, save_crops: bool = False, blur: bool = False,
+            blur_confidence: float = BLUR_CONFIDENCE) -> PredictResult:
     """Detect and classify every face in a folder of photos and videos; write detections,
     submission, manifest.
 
@@ -100,11 +103,12 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
     (bytes, pixels, seconds); one that is not fails alone. `classes` 2 or 3 picks the bundled
     model of that many classes (with `model`: checks that it has them). Every setting is checked
     before anything is read (maskbatch.config.predict_settings): one MaskbatchError line.
+    `save_crops`, `blur`, `blur_confidence`: the privacy outputs (maskbatch.jobs.privacy).
     """
     settings = predict_settings(
         detector=detector, limits=limits, video=VideoSampling(fps, segment_seconds),
-        cluster=cluster_config, outputs=OutputOptions(previews, resume, overwrite), model=model,
-        classes=classes)
+        cluster=cluster_config, model=model, classes=classes,
+        outputs=OutputOptions(previews, resume, overwrite, save_crops, blur, blur_confidence))
     plan = prepare(images_arg, out_dir, images_dir, settings)
     with JobSession(settings.cluster, MaskbatchSetup(plan.onnx_bytes, plan.card)) as session:
         execution = execute(plan, session)
@@ -132,7 +136,8 @@ def execute(plan: PredictPlan, session: JobSession) -> Execution:
                             on_poison=functools.partial(predict_poisoned, plan.out_dir),
                             label="predict", out_dir=plan.out_dir,
                             detector=plan.settings.detector, model=plan.model,
-                            limits=plan.settings.limits)
+                            limits=plan.settings.limits,
+                            private=privacy.job(plan.out_dir, plan.settings.outputs, plan.inputs))
     finally:
         log.close()
     return Execution(len(todo), size, stats, started, time.perf_counter() - started, timeline)
@@ -154,6 +159,8 @@ def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> Pr
     if previews:
         _write_previews(session, plan.out_dir, counts.previews)
     gallery = run_digest.draw_gallery(digest, session.call_each)
+    private = privacy.job(plan.out_dir, plan.settings.outputs, plan.inputs)  # --save-crops, --blur
+    shown = privacy.finish(plan.out_dir, private, plan.inputs, session) if private else {}
     counts.seconds = time.perf_counter() - finished
     result = PredictResult(
         out_dir=plan.out_dir, seconds=execution.seconds, processed=execution.processed,
@@ -162,12 +169,13 @@ def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> Pr
         startup_seconds=(execution.stats.first_submit or execution.started) - plan.called,
         partition_size=execution.partition_size, stats=execution.stats,
         worker_restarts=session.workers_lost(), class_names=plan.class_names)
-    totals = summary(result)
+    totals = {**summary(result), **{k: v for k, v in shown.items() if "examples" not in k}}
     writers.write_json_atomic(totals, files.join(plan.out_dir, "summary.json"))
     run_page.write_run_report(plan.out_dir, summary=totals,
                               run={**plan.record, "images": plan.images_arg},
                               model_card=plan.card, detector=plan.settings.detector,
-                              timeline=execution.timeline.points, gallery=gallery, digest=digest)
+                              timeline=execution.timeline.points, gallery=gallery, digest=digest,
+                              extra_html=privacy.report_html(shown))
     return result
 
 

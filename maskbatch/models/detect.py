@@ -14,6 +14,7 @@ of every size than any of them in a fraction of their time (docs/detector-modes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -218,6 +219,21 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
     result = np.concatenate([px[keep].astype(np.float64), rel[keep, 4:5].astype(np.float64)], axis=1)
     return result[np.argsort(-result[:, 4], kind="stable")]
+
+
+def detect_faces_and_below(image: np.ndarray, config: DetectorConfig, floor: float,
+                           net: cv2.dnn.Net | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(detect_faces(image, config), every box scored above `floor`) from one pass: the pass
+    runs at the lower of `floor` and the run's threshold and its boxes are split. A box's score
+    never depends on the threshold and NMS keeps a box for the boxes that score higher, so the
+    first array is detect_faces' own (tests/test_privacy.py checks it on real photos)."""
+    mode = get_mode(config.mode)
+    threshold = mode.confidence if config.confidence is None else config.confidence
+    low = min(float(floor), threshold)
+    boxes = detect_faces(image, dataclasses.replace(config, confidence=low), net)
+    # the comparison the pass makes: res10's in float64, YuNet's NMS in float32
+    cut = float(np.float32(threshold)) if mode.scan.net in yunet.NETS else threshold
+    return boxes[boxes[:, 4] > cut], boxes
 
 
 def pass_size(width: int, height: int, area: int, max_upscale: float = 2.0, multiple: int = 8

@@ -279,8 +279,9 @@ def _videos_html(videos: tuple[dict[str, pd.DataFrame], int]) -> str:
 
 def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, detector: dict,
                 timeline: Sequence[tuple[float, int]], gallery: Gallery,
-                videos: tuple[dict[str, pd.DataFrame], int] = ({}, 0)) -> str:
-    """The page as a string: everything inlined. `videos`: run_digest.video_timelines."""
+                videos: tuple[dict[str, pd.DataFrame], int] = ({}, 0), extra_html: str = "") -> str:
+    """The page as a string: everything inlined. `videos`: run_digest.video_timelines;
+    `extra_html`: a section placed before the detector card (e.g. the privacy outputs')."""
     threshold = model_card.get("threshold", 0.5)
     items, pictures = gallery
     hist = _data_uri(histograms_png(digest), "image/png")
@@ -311,7 +312,7 @@ look.</p><div class="faces">{_figures(items, pictures, 'uncertain')}</div>
 <h2>Failed and skipped photos ({digest.failed})</h2>
 {_failed_html(digest)}
 <h2>Throughput</h2>
-{speed}
+{speed}{extra_html}
 <h2>Detector</h2>
 {_card_html(detector)}
 <h2>Classifier (model card)</h2>
@@ -326,7 +327,8 @@ def write_run_report(out_dir: str, detections: pd.DataFrame | None = None,
                      manifest: pd.DataFrame | None = None, *, summary: dict, run: dict,
                      model_card: dict, detector: DetectorConfig = DetectorConfig(),
                      timeline: Sequence[tuple[float, int]] = (),
-                     gallery: Gallery | None = None, digest: Digest | None = None) -> str:
+                     gallery: Gallery | None = None, digest: Digest | None = None,
+                     extra_html: str = "") -> str:
     """Write OUT_DIR/report.html from a run's final tables; its path.
 
     The tables: `digest` (:class:`Digest`), else `detections` / `manifest` in memory, else
@@ -344,7 +346,7 @@ def write_run_report(out_dir: str, detections: pd.DataFrame | None = None,
         gallery = draw_gallery(digest)
     page = report_html(digest, summary=summary, run=run, model_card=model_card,
                        detector=detector_card(detector), timeline=list(timeline),
-                       gallery=gallery, videos=video_timelines(out_dir))
+                       gallery=gallery, videos=video_timelines(out_dir), extra_html=extra_html)
     path = files.join(out_dir, REPORT_FILE)
     writers.write_bytes_atomic(path, page.encode())
     return path
