@@ -25,7 +25,12 @@ from maskbatch.config import (
     __version__,
 )
 from maskbatch.errors import MaskbatchError
-from maskbatch.jobs.outdir import check_apart_from_inputs, check_resumable, prepare_out_dir
+from maskbatch.jobs.outdir import (
+    check_apart_from_inputs,
+    check_resumable,
+    prepare_out_dir,
+    with_out_dir_lock,
+)
 from maskbatch.models import detect
 from maskbatch.models.classifier import (
     Classifier,
@@ -114,6 +119,7 @@ def _run_record(inputs: list, model: ModelRef, detector: DetectorConfig,
     return record
 
 
+@with_out_dir_lock
 def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             model: str | None = None, detector: DetectorConfig = DetectorConfig(),
             cluster_config: ClusterConfig = ClusterConfig(), previews: int = 0,
