@@ -175,7 +175,8 @@ class OutDirLock:
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
-        self.fs, self.path = files.filesystem(files.join(out_dir, LOCK_FILE))
+        self.fs, self.path = files.filesystem(out_dir)
+        self.path = posixpath.join(self.path, LOCK_FILE)
         self.local = not files.is_url(out_dir)
         self.token = uuid.uuid4().hex
         self.held = False

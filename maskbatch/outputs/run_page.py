@@ -252,7 +252,8 @@ def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, d
               f"{summary.get('seconds', '–')} s ({summary.get('images_per_second') or '–'} "
               f"photos/s); the whole call took {summary.get('wall_seconds', '–')} s, cluster "
               "start-up and final files included.</p>")
-    inputs = html.escape(str(run.get("images", "")))
+    inputs = html.escape(files.mask_credentials(str(run.get("images", ""))))
+    out = html.escape(files.mask_credentials(str(summary.get("out_dir", ""))))
     timelines, n_videos = videos
     video_html = ""
     if timelines:
@@ -267,7 +268,7 @@ def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, d
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>maskbatch run report</title><style>{CSS}</style></head><body>
 <h1>maskbatch run report</h1>
-<p>Photos <code>{inputs}</code> &rarr; <code>{html.escape(str(summary.get('out_dir', '')))}</code>;
+<p>Photos <code>{inputs}</code> &rarr; <code>{out}</code>;
 maskbatch {html.escape(__version__)}, detector mode <code>{html.escape(detector['mode'])}</code>,
 classifier <code>{html.escape(str(model_card.get('onnx_sha256', ''))[:12])}</code>, written
 {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>
