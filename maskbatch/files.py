@@ -58,22 +58,19 @@ def mask_credentials(text: str, urls: Iterable[object] = ()) -> str:
 
 
 def _secrets_of(url: object) -> list[str]:
-    """The pieces of a URL that may be secret: its `user:password@` part, and the first path
-    component when it holds a `:` (`s3://KEY:SE/CRET@b`: the netloc a library sees is `KEY:SE`)."""
-    if not isinstance(url, str) or "://" not in url:
+    """The pieces of a URL with a `user:password@` part that may be secret: that part, and the
+    host a library takes from it (`s3://KEY:SE/CRET@b`: `KEY:SE`, quoted as a bucket name)."""
+    match = _USERINFO.match(url) if isinstance(url, str) else None
+    if not match:
         return []
-    rest = url.split("://", 1)[1]
-    match = _USERINFO.match(url)
-    pieces = [match.group(0)[len(match.group("scheme")):-1]] if match else []
-    first = rest.split("/", 1)[0]
-    if ":" in first:
-        pieces.append(first.split("@", 1)[0])
-    return sorted((p for p in pieces if len(p) > 1), key=len, reverse=True)
+    userinfo = match.group(0)[len(match.group("scheme")):-1]
+    pieces = [userinfo, userinfo.split("/", 1)[0]]
+    return sorted({p for p in pieces if len(p) > 1}, key=len, reverse=True)
 
 
 def has_credentials(url: str) -> bool:
     """True for a URL that carries a password (`scheme://user:password@...`)."""
-    return bool(_secrets_of(url)) and mask_credentials(url) != url
+    return bool(_secrets_of(url))
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -175,9 +175,10 @@ class OutDirLock:
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
-        self.fs, self.path = files.filesystem(out_dir)
-        self.path = posixpath.join(self.path, LOCK_FILE)
+        self.fs, folder = files.filesystem(out_dir)
         self.local = not files.is_url(out_dir)
+        # on local disk the OS's name (files.os_path): the lock is opened with os.open
+        self.path = posixpath.join(files.os_path(folder) if self.local else folder, LOCK_FILE)
         self.token = uuid.uuid4().hex
         self.held = False
         self._fd: int | None = None
@@ -198,7 +199,7 @@ class OutDirLock:
         self.held = True
 
     def _acquire_local(self) -> None:
-        path = files.os_path(self.path)
+        path = self.path
         for _ in range(3):
             try:
                 fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -267,7 +268,10 @@ class OutDirLock:
         with contextlib.suppress(OSError):
             holder = _read_json(self.path, None if self.local else self.fs)
             if holder and holder.get("token") == self.token:
-                self.fs.rm(self.path)
+                if self.local:
+                    os.unlink(self.path)
+                else:
+                    self.fs.rm(self.path)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
