@@ -31,9 +31,6 @@ from maskbatch.outputs import coco, parts, run_page
 OUTPUT_NAMES = ("run.json", "summary.json", "detections.parquet", "submission.csv",
                 "images.parquet", coco.RESULTS_FILE, coco.DATASET_FILE, run_page.REPORT_FILE,
                 parts.PARTS_DIR, "previews", "manifest.parquet", "class_counts.png", "crops")
-# The lock of the run writing into --out (out_dir_lock): one of maskbatch's own names, but never
-# in OUTPUT_NAMES: --overwrite leaves it alone, and a folder holding only a lock is empty.
-LOCK_FILE = ".maskbatch.lock"
 
 
 def _place(url: str) -> tuple[str, str]:
@@ -154,6 +151,10 @@ def check_resumable(out_dir: str, record: dict) -> None:
 
 
 # --------------------------------------------------------------------------- the folder's lock
+
+# The lock of the run writing into --out (out_dir_lock): one of maskbatch's own names, but never
+# in OUTPUT_NAMES: --overwrite leaves it alone, and a folder holding only a lock is empty.
+LOCK_FILE = ".maskbatch.lock"
 
 F = TypeVar("F", bound=Callable[..., Any])
 _pending = threading.local()  # {folder key: OutDirLock} of the out_dir_lock blocks of a thread
