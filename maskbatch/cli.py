@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         urls = [getattr(args, k, None) for k in ("images", "dataset", "crops", "truth", "pred",
                                                   "out", "images_dir")]
-        message = describe_error(exc, urls)
+        message = describe_error(exc, urls, out=getattr(args, "out", None))
         if message is None:
             raise
         print(f"maskbatch {args.command}: error: {message}", file=sys.stderr)

@@ -7,6 +7,10 @@ A path is a URL only when it starts with a protocol fsspec knows (``s3://``, ``m
 File names that are not valid UTF-8 are shown as text (:func:`text_name`): each byte that does not
 decode becomes ``\\xNN``. Every output (Parquet, CSV, JSON) holds that text; :func:`os_path` turns
 it back into the OS's name when the file is opened.
+
+A URL that carries a password (``s3://KEY:SECRET@bucket/...``) is refused by :func:`filesystem`:
+the URL would be shown in messages and recorded in the outputs. :func:`mask_credentials` is the
+one place that hides such credentials in any text that is shown or written.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+from collections.abc import Iterable
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -22,6 +27,14 @@ from maskbatch.errors import MaskbatchError
 
 _PROTOCOL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")
 _ESCAPED_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+# `scheme://user:password@`: the user part ends at the first `:`, the password (an AWS secret
+# may hold `/` and `+`) at the `@`
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^\s\"'@/:]*:[^\s\"'@]*@")
+# a password-like query parameter: Azure SAS `sig=`, presigned S3 `X-Amz-Signature=`, `token=`
+_SECRET_QUERY = re.compile(r"(?i)(?P<name>[?&;](?:sig|signature|x-amz-signature|x-amz-credential|"
+                           r"x-amz-security-token|[a-z_-]*token|secret|password|[a-z_-]*key)=)"
+                           r"[^&\s\"'#]+")
+MASK = "***"
 
 
 def is_url(path: str) -> bool:
@@ -33,10 +46,43 @@ def is_url(path: str) -> bool:
     return protocol in fsspec.registry or protocol in fsspec.available_protocols()
 
 
+def mask_credentials(text: str, urls: Iterable[object] = ()) -> str:
+    """`text` with the credentials of any URL in it, and the secret parts of `urls` wherever
+    they appear in it (a storage library quotes ``KEY:SECRET@bucket`` as a bucket name), shown
+    as ``***``. The one masking function: every message and record that shows a URL uses it."""
+    for url in urls:
+        for secret in _secrets_of(url):
+            text = text.replace(secret, MASK)
+    text = _USERINFO.sub(lambda m: m.group("scheme") + MASK + "@", text)
+    return _SECRET_QUERY.sub(lambda m: m.group("name") + MASK, text)
+
+
+def _secrets_of(url: object) -> list[str]:
+    """The pieces of a URL with a `user:password@` part that may be secret: that part, and the
+    host a library takes from it (`s3://KEY:SE/CRET@b`: `KEY:SE`, quoted as a bucket name)."""
+    match = _USERINFO.match(url) if isinstance(url, str) else None
+    if not match:
+        return []
+    userinfo = match.group(0)[len(match.group("scheme")):-1]
+    pieces = [userinfo, userinfo.split("/", 1)[0]]
+    return sorted({p for p in pieces if len(p) > 1}, key=len, reverse=True)
+
+
+def has_credentials(url: str) -> bool:
+    """True for a URL that carries a password (`scheme://user:password@...`)."""
+    return bool(_secrets_of(url))
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem behind a path or URL, and the path within it."""
     if not is_url(url):
         return LocalFileSystem(), os.path.abspath(url).replace(os.sep, "/")
+    if has_credentials(url):
+        raise MaskbatchError(
+            f"{mask_credentials(url, [url])}: credentials in a URL are not accepted (they would "
+            "be shown and recorded with it); give them in the environment (AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*) or in "
+            "fsspec's configuration")
     try:
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:

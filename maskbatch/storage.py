@@ -5,7 +5,8 @@ fsspec does the reading and writing (s3fs, gcsfs, adlfs: the extras `maskbatch[s
 `[azure]`). What this module adds:
 
 - :func:`describe_error`: one line for a user instead of a storage library's traceback (no
-  credentials, a bucket that does not exist, access denied, a missing back-end package).
+  credentials, a bucket that does not exist, an invalid bucket name, access denied, a missing
+  back-end package, a full file system), credentials masked (files.mask_credentials).
 - :func:`check_output_bucket`: `--out s3://bucket/...` into a bucket that does not exist is an
   error; fsspec would otherwise create the bucket, in some default region, with default settings.
 - :func:`remove_temporaries`: the atomic writers write `NAME.tmp-XXXXXXXX` and rename it into
@@ -15,6 +16,8 @@ fsspec does the reading and writing (s3fs, gcsfs, adlfs: the extras `maskbatch[s
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 
 from maskbatch import files
@@ -73,9 +76,18 @@ def _codes(exc: BaseException) -> set[str]:
     return codes
 
 
-def describe_error(exc: BaseException, urls: list[str | None]) -> str | None:
-    """One line for an object-storage failure while using `urls`, or None if it is not one."""
-    stores = [u for u in urls if u and protocol(u)]
+def describe_error(exc: BaseException, urls: list[str | None], out: str | None = None
+                   ) -> str | None:
+    """One line for a storage failure (object storage, or a full file system) while using `urls`
+    (`out`: the one written to, when known), or None if it is not one. Credentials in the URLs
+    never appear in it."""
+    shown = [u for u in [*urls, out] if isinstance(u, str)]
+    message = _no_space(exc, shown, out) or _object_store_error(exc, shown)
+    return None if message is None else files.mask_credentials(message, shown)
+
+
+def _object_store_error(exc: BaseException, urls: list[str]) -> str | None:
+    stores = [u for u in urls if protocol(u)]
     if not stores:
         return None
     url = stores[0]
@@ -86,6 +98,13 @@ def describe_error(exc: BaseException, urls: list[str | None]) -> str | None:
                 f"({type(exc).__name__})")
     if "NoSuchBucket" in codes or "ContainerNotFound" in codes:
         return f"bucket not found: {bucket_of(url)} (for {url})"
+    if "ParamValidationError" in names and "Invalid bucket name" in str(exc):
+        quoted = re.search(r'Invalid bucket name "([^"]*)"', str(exc))
+        bucket = quoted.group(1) if quoted else ""
+        url = next((u for u in stores if bucket_of(u) == bucket), url)
+        return (f"invalid bucket name {bucket_of(url)!r} in {url}: a bucket name is 3 to 63 "
+                "lowercase letters, digits, dots and hyphens (credentials go in the environment, "
+                "not in the URL)")
     if codes & {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403",
                 "ExpiredToken", "AuthorizationFailure"} or isinstance(exc, PermissionError):
         return f"access denied to {url}: check the credentials and the bucket's permissions " \
@@ -95,6 +114,44 @@ def describe_error(exc: BaseException, urls: list[str | None]) -> str | None:
         return f"cannot reach the storage service for {url} ({type(exc).__name__}: " \
                f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
     return None
+
+
+_FULL_BYTES = 1 << 20  # a file system with less than this free for writing counts as full
+
+
+def _no_space(exc: BaseException, urls: list[str], out: str | None) -> str | None:
+    """A write that failed for want of space (ENOSPC, EDQUOT; from the driver or re-raised from
+    a worker), named by the folder whose file system is full."""
+    seen: BaseException | None = exc
+    while seen is not None and not (
+            isinstance(seen, OSError) and (seen.errno in (errno.ENOSPC, errno.EDQUOT)
+                                           or "No space left on device" in str(seen))):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    then = "free some space and run again with --resume (what was committed is kept)"
+    if out is not None and _is_full(out) is not False:
+        return f"no space left on --out {out}; {then}"
+    full = [u for u in urls if _is_full(u)]
+    if full:
+        return f"no space left on {full[-1]} (its file system is full); {then}"
+    where = f" writing {seen.filename}" if getattr(seen, "filename", None) else ""
+    return f"no space left on device{where}; {then}"
+
+
+def _is_full(url: str) -> bool | None:
+    """Whether the local file system of `url` (or of its nearest existing parent) is full;
+    None for object storage or where it cannot be told."""
+    if files.is_url(url):
+        return None
+    path = os.path.abspath(files.os_path(url))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return st.f_bavail * st.f_frsize < _FULL_BYTES
 
 
 def check_output_bucket(url: str) -> None:

@@ -6,9 +6,13 @@ formats from the edges; `build_corpus` returns what the job should say about eac
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
 import os
 import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +100,48 @@ def build_corpus(folder: Path, real: list[Path]) -> dict[str, Entry]:
     expected["not-an-image.png"] = Entry("failed", "not an image")
     (folder / "notes.txt").write_text("not a photo: not an entry of the job")
     return expected
+
+
+# --------------------------------------------------------------------------- issue 38, rows 5-9
+# (the secrets, full-disk, lock and truth-box rows: their helpers)
+
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # an AWS-shaped secret: `/` and `+` in it
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Callable[[str], None]]:
+    """A tmpfs of `size` mounted on `folder` (root only: pytest.skip elsewhere), unmounted at
+    the end; yields resize(size), which gives the file system more (or less) room in place."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = shutil.which("mount")
+    if os.geteuid() != 0 or mount is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    made = subprocess.run([mount, "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.strip()}")
+
+    def resize(new: str) -> None:
+        subprocess.run([mount, "-o", f"remount,size={new}", str(folder)], check=True)
+
+    try:
+        yield resize
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has ended (and was reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def truth_rows(detections_csv: Path) -> list[list[str]]:
+    """A run's submission.csv rows (name, x1, x2, y1, y2 = left, top, right, bottom, classname)
+    as truth rows: scored against its own run, mAP 1."""
+    with open(detections_csv, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f)][1:]
+    return [r[:6] for r in rows if r[1]]

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from hostile import build_corpus
+from hostile import SECRET, build_corpus, dead_pid, tmpfs, truth_rows
 from onnx import TensorProto, helper
 from PIL import Image
 from test_cluster import DASK, _free_port, _wait_for_parts
@@ -28,12 +29,14 @@ from maskbatch import cli, files
 from maskbatch.config import MAX_JPEG_SCANS, ClusterConfig, DetectorConfig, InputLimits
 from maskbatch.errors import ImageError, MaskbatchError
 from maskbatch.jobs.console import predict_table
+from maskbatch.jobs.outdir import LOCK_FILE, out_dir_lock, prepare_out_dir
 from maskbatch.jobs.predict import PredictResult, list_inputs, predict
 from maskbatch.models.classifier import ModelRef, default_model_dir, read_model, sha256_bytes
 from maskbatch.outputs.writers import DETECTION_COLUMNS, PREDICT_MANIFEST_COLUMNS
 from maskbatch.photos import decoding, inputs, reading
 from maskbatch.pipeline import NON_FINITE, keep_faces, predict_partition
 from maskbatch.runtime.cluster import dask_client, workers_lost
+from maskbatch.storage import TEMPORARY, describe_error
 
 BOX_COLUMNS = ["x1", "x2", "y1", "y2", "classname", "score", "mask_prob"]
 
@@ -280,9 +283,10 @@ def test_ctrl_c_is_one_line(data, tmp_path):
                                         "kept (run again with --resume)"], err
 
 
-def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: int = 300, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "maskbatch.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def snapshot(folder) -> dict[str, bytes]:
@@ -619,3 +623,263 @@ def test_extract_out_inside_its_dataset_is_refused(data, tmp_path):
     proc = run_cli("extract", str(dataset), "--out", str(dataset / "crops-out"))
     assert_one_line(proc, "lies inside the input")
     assert not (dataset / "crops-out").exists()
+
+
+# --------------------------------------------------------------------------- issue 38, rows 5-9
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    """A moto S3 server on 127.0.0.1 (as tests/test_storage.py starts it); the environment that
+    points boto at it, for the commands run here."""
+    pytest.importorskip("s3fs", reason="the s3 extra (s3fs) is not installed")
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    server.stop()
+
+
+def _s3(env: dict):
+    import s3fs
+
+    return s3fs.S3FileSystem(key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+                             endpoint_url=env["AWS_ENDPOINT_URL"], skip_instance_cache=True)
+
+
+def test_credentials_in_a_url_are_one_line_and_never_shown(s3_env, one_photo, tmp_path):
+    """Row 5: `predict 's3://KEY:SECRET@bkt/photos'` (and any invalid bucket name) gave exit 1 and
+    a ParamValidationError traceback quoting "KEY:SECRET@bkt": the secret on the terminal."""
+    s3 = _s3(s3_env)
+    s3.mkdir("bkt")
+    s3.pipe("bkt/photos/0001.jpg", (one_photo / "0001.jpg").read_bytes())
+    env = {**os.environ, **s3_env}
+    refused = "credentials in a URL are not accepted"
+    cases = [
+        (("predict", "s3://KEY:SECRET@bkt/photos", "--out", "s3://bkt/runs/r1"),
+         f"s3://***@bkt/photos: {refused}"),
+        (("predict", f"s3://AKIAEXAMPLE:{SECRET}@bkt/photos", "--out", "s3://bkt/runs/r1"),
+         f"s3://***@bkt/photos: {refused}"),
+        (("predict", str(one_photo), "--out", f"s3://AKIAEXAMPLE:{SECRET}@bkt/runs/r1"),
+         f"s3://***@bkt/runs/r1: {refused}"),
+        (("predict", "s3://bad_bucket!/photos", "--out", "s3://bkt/runs/r1"),
+         "invalid bucket name 'bad_bucket!' in s3://bad_bucket!/photos"),
+        (("predict", str(one_photo), "--out", "s3://bad_bucket!/runs/r1"),
+         "invalid bucket name 'bad_bucket!'"),
+        (("extract", f"s3://AKIAEXAMPLE:{SECRET}@bkt/set", "--out", str(tmp_path / "crops")),
+         refused),
+        (("evaluate", "--truth", str(tmp_path / "train.csv"), "--pred",
+          f"s3://AKIAEXAMPLE:{SECRET}@bkt/runs/r1"), refused),
+    ]
+    for args, words in cases:
+        proc = run_cli(*args, "--no-progress" if args[0] != "evaluate" else "--resamples=0",
+                       env=env)
+        assert_one_line(proc, words)
+        shown = proc.stdout + proc.stderr
+        assert SECRET not in shown and "KEY:SECRET" not in shown and "AKIAEXAMPLE" not in shown
+        assert SECRET.split("/")[0] not in shown  # the part a library would take for a bucket
+    s3.invalidate_cache()
+    assert s3.find("bkt") == ["bkt/photos/0001.jpg"]  # nothing written anywhere
+    assert not (tmp_path / "crops").exists()
+
+    # what a storage library says about such a URL, turned into one masked line
+    url = f"s3://AKIAEXAMPLE:{SECRET}@bkt/photos"
+    with pytest.raises(Exception) as raised:
+        s3.ls(url.split("://", 1)[1])
+    message = describe_error(raised.value, [url])
+    assert message and SECRET.split("/")[0] not in message and "AKIAEXAMPLE" not in message
+    assert files.mask_credentials(f"see {url} and https://h/x?sv=1&sig=abc%2Fd") == \
+        "see s3://***@bkt/photos and https://h/x?sv=1&sig=***"
+
+
+@pytest.fixture(scope="module")
+def twelve_photos(data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("twelve") / "photos"
+    folder.mkdir()
+    for src in sorted((data / "medical-mask" / "images").iterdir())[:12]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    return folder
+
+
+def _predict_args(photos, out) -> tuple[str, ...]:
+    return ("predict", str(photos), "--out", str(out), "--previews", "8", "--workers", "1",
+            "--partition-size", "4", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def clean_run(twelve_photos, tmp_path_factory):
+    """The reference: the twelve photos, run once without trouble."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    proc = run_cli(*_predict_args(twelve_photos, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def assert_same_outputs(out: Path, reference: Path) -> None:
+    """The outputs of a troubled run (finished with --resume) are those of a clean one: nothing
+    lost, nothing doubled, no temporary or lock file left."""
+    for name in ("detections.parquet", "submission.csv", "detections.coco.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    got, want = (pd.read_parquet(p / "images.parquet").drop(columns="seconds")
+                 for p in (out, reference))
+    pd.testing.assert_frame_equal(got, want)
+    assert sorted(os.listdir(out / "previews")) == sorted(os.listdir(reference / "previews"))
+    for name in os.listdir(reference / "previews"):
+        assert (out / "previews" / name).read_bytes() == (reference / "previews" / name
+                                                          ).read_bytes(), name
+    left = [p.name for p in out.rglob("*") if TEMPORARY.search(p.name) or p.name == LOCK_FILE]
+    assert not left, left
+
+
+@pytest.mark.parametrize("size", ["600k", "60k"])
+def test_a_full_out_is_one_line_and_resume_completes(twelve_photos, clean_run, tmp_path, size):
+    """Row 6: --out on a file system that fills up gave `OSError: [Errno 28] No space left on
+    device` (600 KB: from _write_previews; 60 KB: from a worker's write_part)."""
+    with tmpfs(tmp_path / "small", size) as resize:
+        out = tmp_path / "small" / "run"
+        proc = run_cli(*_predict_args(twelve_photos, out))
+        assert_one_line(proc, f"no space left on --out {out}; free some space and run again "
+                              "with --resume")
+        assert "Traceback" not in proc.stderr
+        resize("64m")
+        proc = run_cli(*_predict_args(twelve_photos, out), "--resume")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert_same_outputs(out, clean_run)
+
+
+def _wait_for(path: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_second_run_into_a_busy_out_is_refused(data, twelve_photos, clean_run, tmp_path):
+    """Row 7: `predict X --out O`, then `predict X --out O --overwrite` while it ran: both wrote
+    the same parts, and the first printed a summary of mostly the other run's faces."""
+    out = tmp_path / "out"
+    first = subprocess.Popen([sys.executable, "-m", "maskbatch.cli",
+                              *_predict_args(twelve_photos, out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(out / "run.json")
+        first.send_signal(signal.SIGSTOP)  # holds its lock for as long as the others take
+        holder = json.loads((out / LOCK_FILE).read_text())
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+        for flag in ("--overwrite", "--resume"):
+            proc = run_cli(*_predict_args(twelve_photos, out), flag)
+            assert_one_line(proc, f"--out {out} is in use by another maskbatch run (pid "
+                                  f"{first.pid} on {socket.gethostname()}, since ")
+        proc = run_cli("extract", str(data / "voc-masks"), "--out", str(out), "--overwrite")
+        assert_one_line(proc, f"--out {out} is in use by another maskbatch run (pid {first.pid}")
+    finally:
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert_same_outputs(out, clean_run)
+
+
+def test_the_lock_of_a_dead_run_is_taken_over_and_of_another_host_is_not(twelve_photos,
+                                                                        clean_run, tmp_path):
+    """A run killed with SIGKILL leaves its lock: --resume takes it over. A lock written on
+    another host is never taken over, and --overwrite does not delete it."""
+    out = tmp_path / "out"
+    job = subprocess.Popen([sys.executable, "-m", "maskbatch.cli",
+                            *_predict_args(twelve_photos, out)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_parts(out, 1, timeout=180)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)  # the driver and its worker processes
+        job.wait(timeout=30)
+    assert json.loads((out / LOCK_FILE).read_text())["pid"] == job.pid
+    proc = run_cli(*_predict_args(twelve_photos, out), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_outputs(out, clean_run)
+
+    elsewhere = dead_pid()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": elsewhere, "host": "elsewhere",
+                                             "started": "2026-01-01T00:00:00+0000"}))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = run_cli(*_predict_args(twelve_photos, out), "--overwrite")
+    assert_one_line(proc, f"in use by another maskbatch run (pid {elsewhere} on elsewhere, since "
+                          f"2026-01-01T00:00:00+0000); if that run is gone, delete "
+                          f"{out / LOCK_FILE}; nothing was changed")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+    (out / LOCK_FILE).write_text(json.dumps({"pid": dead_pid(), "host": socket.gethostname()}))
+    proc = run_cli(*_predict_args(twelve_photos, out), "--overwrite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_outputs(out, clean_run)
+
+
+def test_the_lock_on_object_storage(s3_env, monkeypatch):
+    """On a bucket the lock is an object: written, read back, refused while its run lives,
+    taken over when its run is gone, deleted at the end."""
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    s3 = _s3(s3_env)
+    s3.mkdir("locks")
+    url = "s3://locks/run"
+    with out_dir_lock(url):
+        prepare_out_dir(url, False)
+        s3.invalidate_cache()
+        assert json.loads(s3.cat(f"locks/run/{LOCK_FILE}"))["pid"] == os.getpid()
+        with pytest.raises(MaskbatchError, match=f"in use by another maskbatch run \\(pid "
+                                                 f"{os.getpid()} on "):
+            with out_dir_lock(url):
+                prepare_out_dir(url, False)
+    s3.invalidate_cache()
+    assert not s3.exists(f"locks/run/{LOCK_FILE}")
+    s3.pipe(f"locks/run/{LOCK_FILE}", json.dumps({"pid": dead_pid(),
+                                                  "host": socket.gethostname()}).encode())
+    with out_dir_lock(url):
+        prepare_out_dir(url, False)
+        s3.invalidate_cache()
+        assert json.loads(s3.cat(f"locks/run/{LOCK_FILE}"))["pid"] == os.getpid()
+
+
+def _write_truth(path: Path, rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["name", "x1", "x2", "y1", "y2", "classname"])
+        writer.writerows(rows)
+    return path
+
+
+def test_truth_boxes_that_are_not_finite_swapped_or_off_the_image(clean_run, tmp_path):
+    """Row 9: a truth row `0003.jpg,1e30,1,1e30,2,...` or an inf coordinate gave a traceback from
+    evaluation/page.py (cv2.error, OverflowError); swapped and off-image boxes were taken as they
+    were (mAP 1.000 -> 0.896)."""
+    rows = truth_rows(clean_run / "submission.csv")  # the run's own boxes: mAP 1
+    name, left, top, right, bottom, label = rows[0]
+    hostile = [[name, right, top, left, bottom, label]] + rows[1:] + [  # the first one swapped
+        ["0003.jpg", "1e30", "1", "1e30", "2", "face_with_mask"],
+        ["0003.jpg", "inf", "5", "20", "30", "face_no_mask"],
+        ["0004.jpg", "-80", "-60", "-10", "-5", "face_with_mask"],  # wholly at negative x, y
+        ["0004.jpg", "5000", "10", "5100", "60", "face_no_mask"],  # right of a 1280 px photo
+        ["0005.jpg", "40", "40", "40", "90", "face_with_mask"],  # zero width
+    ]
+    for truth, warnings in ((rows, []), (hostile, [
+            "2 truth box(es) with a coordinate that is no pixel position (inf, NaN or beyond "
+            "±1073741824) left out (e.g. 0003.jpg: 1e+30, 1, 1e+30, 2)", "swapped into place",
+            "wholly at negative coordinates, outside the image, left out",
+            "beyond the right or bottom edge of their image left out",
+            "of zero width or height left out"])):
+        path = _write_truth(tmp_path / "truth.csv", truth)
+        out = tmp_path / ("ev-" + str(len(truth)))
+        proc = run_cli("evaluate", "--truth", str(path), "--pred", str(clean_run), "--out",
+                       str(out), "--resamples", "0")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["map"] == pytest.approx(1.0)
+        assert (out / "report.html").stat().st_size > 1000
+        for words in warnings:
+            assert any(words in w for w in metrics["warnings"]), (words, metrics["warnings"])
+            assert words in proc.stdout

@@ -125,6 +125,15 @@ def _text(image: np.ndarray, text: str, x: int, y: int, colour: tuple, scale: fl
                 cv2.LINE_AA)
 
 
+def _corners(row: object, scale: float, shape: tuple) -> tuple[int, int, int, int]:
+    """A box's corners in the scaled image's pixels, held to one pixel around it (a box far off
+    the image, e.g. at 1e30, is drawn on its edge rather than overflowing OpenCV's ints)."""
+    high = (shape[1] + 1, shape[0] + 1, shape[1] + 1, shape[0] + 1)
+    values = (row.x1, row.y1, row.x2, row.y2)
+    return tuple(int(round(min(max(v * scale, -1.0), top))) if math.isfinite(v * scale) else -1
+                 for v, top in zip(values, high))  # type: ignore[return-value]
+
+
 def draw_evaluation(image: np.ndarray, truth: pd.DataFrame, predictions: pd.DataFrame,
                     max_side: int = THUMB_SIDE) -> np.ndarray:
     """A copy of `image` scaled to `max_side` (at most 2x up), truth and predicted boxes drawn.
@@ -139,7 +148,7 @@ def draw_evaluation(image: np.ndarray, truth: pd.DataFrame, predictions: pd.Data
                                                        interpolation=interp)
     font, thick = 0.4, 2 if max(out.shape[:2]) >= 500 else 1
     for row in truth.itertuples(index=False):
-        x1, y1, x2, y2 = (int(round(v * scale)) for v in (row.x1, row.y1, row.x2, row.y2))
+        x1, y1, x2, y2 = _corners(row, scale, out.shape)
         ignore = row.label == "ignore"
         colour = IGNORE_COLOUR if ignore else TRUTH_COLOUR
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, 1 if ignore else thick)
@@ -153,7 +162,7 @@ def draw_evaluation(image: np.ndarray, truth: pd.DataFrame, predictions: pd.Data
             continue
         _text(out, text, x1, y2 + 12, colour, font)
     for row in predictions.itertuples(index=False):
-        x1, y1, x2, y2 = (int(round(v * scale)) for v in (row.x1, row.y1, row.x2, row.y2))
+        x1, y1, x2, y2 = _corners(row, scale, out.shape)
         colour = {"tp": CORRECT_COLOUR, "ignored": IGNORED_PRED_COLOUR}.get(row.status,
                                                                           WRONG_COLOUR)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)

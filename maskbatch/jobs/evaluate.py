@@ -14,7 +14,13 @@ from maskbatch.evaluation import page
 from maskbatch.evaluation.coco_ap import coco_metrics
 from maskbatch.evaluation.intervals import default_resamples, photo_intervals
 from maskbatch.evaluation.scoring import Evaluation, score_detections
-from maskbatch.evaluation.truth import EvaluationWarning, read_predictions, read_truth, warn_user
+from maskbatch.evaluation.truth import (
+    EvaluationWarning,
+    drop_off_image,
+    read_predictions,
+    read_truth,
+    warn_user,
+)
 from maskbatch.outputs import writers
 from maskbatch.runtime import bags
 
@@ -91,6 +97,7 @@ def _evaluate(truth: str, pred_dir: str, iou: float, images_dir: str | None,
               ) -> tuple[Evaluation, dict[str, list[str]]]:
     det, manifest = read_predictions(pred_dir)
     boxes, names, truth_images = read_truth(truth)
+    boxes = drop_off_image(boxes, manifest, truth)
     if not names or boxes.empty:
         raise MaskbatchError(f"no ground-truth boxes in {truth}")
     predicted = set(det["name"])

@@ -22,7 +22,7 @@ from maskbatch.config import (
 )
 from maskbatch.datasets import class_names_for, load_records, parse_label_map, splits
 from maskbatch.errors import MaskbatchError
-from maskbatch.jobs.outdir import prepare_out_dir
+from maskbatch.jobs.outdir import prepare_out_dir, with_out_dir_lock
 from maskbatch.outputs import writers
 from maskbatch.runtime.executor import JobSession
 from maskbatch.tasks import extract_and_write, extract_poisoned
@@ -39,6 +39,7 @@ class ExtractResult:
     files: list[str] = field(default_factory=list)
 
 
+@with_out_dir_lock
 def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: str = "auto",
             label_map: list[str] | None = None, crop_size: int = CROP_SIZE,
             cluster_config: ClusterConfig = ClusterConfig(), overwrite: bool = False,

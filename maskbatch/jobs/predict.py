@@ -29,6 +29,7 @@ from maskbatch.config import (
     predict_settings,
 )
 from maskbatch.jobs import privacy
+from maskbatch.jobs.outdir import with_out_dir_lock
 from maskbatch.jobs.plan import PredictPlan, item_weight, list_inputs, prepare
 from maskbatch.outputs import coco, parts, run_digest, run_page, writers
 from maskbatch.outputs.draw import preview_jpeg, preview_names
@@ -83,6 +84,7 @@ class Execution:
     timeline: run_digest.Timeline  # photos committed over time, for report.html
 
 
+@with_out_dir_lock
 def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
             model: str | None = None, detector: DetectorConfig | None = None,
             cluster_config: ClusterConfig | None = None, previews: int = 0,

@@ -286,14 +286,15 @@ def report_html(digest: Digest, *, summary: dict, run: dict, model_card: dict, d
     items, pictures = gallery
     hist = _data_uri(histograms_png(digest), "image/png")
     speed = _speed_html(summary, timeline)
-    inputs = html.escape(str(run.get("images", "")))
+    inputs = html.escape(files.mask_credentials(str(run.get("images", ""))))
+    out = html.escape(files.mask_credentials(str(summary.get("out_dir", ""))))
     video_html = _videos_html(videos)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>maskbatch run report</title><style>{CSS}</style></head><body>
 <h1>maskbatch run report</h1>
-<p>Photos <code>{inputs}</code> &rarr; <code>{html.escape(str(summary.get('out_dir', '')))}</code>;
+<p>Photos <code>{inputs}</code> &rarr; <code>{out}</code>;
 maskbatch {html.escape(__version__)}, detector mode <code>{html.escape(detector['mode'])}</code>,
 classifier <code>{html.escape(str(model_card.get('onnx_sha256', ''))[:12])}</code>, written
 {html.escape(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>
