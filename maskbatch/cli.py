@@ -124,9 +124,12 @@ def _pixels(text: str) -> int:
 
 def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int | None) -> None:
     g = p.add_argument_group("Dask")
-    g.add_argument("--scheduler", metavar="ADDR",
-                   help="existing Dask scheduler, e.g. tcp://host:8786 (default: "
-                        "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    g.add_argument("--scheduler", metavar="ADDR", help="existing Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: $DASK_SCHEDULER_ADDRESS, the active client, Dask config's "
+                   "scheduler-address, else a local cluster)")
+    g.add_argument("--scheduler-file", metavar="JSON", help="or `dask scheduler --scheduler-file`'s file")
+    g.add_argument("--min-workers", type=_integer, metavar="N", help="a running scheduler's workers to "
+                   f"wait for, at most {ClusterConfig.worker_timeout:g} s (default: 1)")
     g.add_argument("--workers", type=_integer, metavar="N",
                    help="local cluster worker processes (default: one per core)")
     g.add_argument("--threads-per-worker", type=_integer, default=1, metavar="N",
@@ -299,16 +302,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
-    security = None
     tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
-    if any(tls):
-        if not all(tls):
-            raise MaskbatchError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
-        security = cluster.tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
-    return ClusterConfig(scheduler=args.scheduler, workers=args.workers,
-                         threads_per_worker=args.threads_per_worker,
-                         partition_size=args.partition_size, security=security,
-                         progress=not args.no_progress)
+    if any(tls) and not all(tls):
+        raise MaskbatchError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
+    return ClusterConfig(
+        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
+        partition_size=args.partition_size, progress=not args.no_progress,
+        security=cluster.tls_security(*tls) if any(tls) else None,
+        scheduler_file=args.scheduler_file, min_workers=args.min_workers)
 
 
 def _net_options(args: argparse.Namespace) -> dict:
