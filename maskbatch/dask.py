@@ -40,6 +40,7 @@ from maskbatch.models.classifier import ModelRef, read_model
 from maskbatch.outputs.writers import DETECTION_SCHEMA, MANIFEST_SCHEMA, detection_schema
 from maskbatch.pipeline import predict_partition
 from maskbatch.runtime import cluster, dask_config
+from maskbatch.runtime.hpc import jobqueue_cluster
 from maskbatch.tasks import in_output_order
 
 
@@ -187,5 +188,5 @@ def to_dataframe(records: db.Bag, *, manifest: bool = False,
     return records.to_dataframe(meta=meta, optimize_graph=False)
 
 
-__all__ = ["DETECTION_META", "MANIFEST_META", "as_bag", "class_names_of", "model_ref", "predict",
-           "predict_with_manifest", "register_model", "to_dataframe"]
+__all__ = ["DETECTION_META", "MANIFEST_META", "as_bag", "class_names_of", "jobqueue_cluster",
+           "model_ref", "predict", "predict_with_manifest", "register_model", "to_dataframe"]

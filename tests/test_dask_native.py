@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from distributed import Client, LocalCluster, get_task_stream
 
 import maskbatch
 import maskbatch.dask
+import maskbatch.runtime.hpc
 from maskbatch.config import ClusterConfig
 from maskbatch.errors import MaskbatchError
 from maskbatch.models import classifier
@@ -235,3 +238,84 @@ def test_scheduler_and_scheduler_file_together_are_refused():
     for bad in ({"min_workers": 0}, {"worker_timeout": 0}):
         with pytest.raises(MaskbatchError):
             ClusterConfig(**bad)
+
+
+def _read_only_worker(address: str, folder: Path) -> subprocess.Popen:
+    """A `dask worker` that sees `folder` read-only (a mount namespace of its own with the folder
+    bound read-only, what `docker run -v ...:ro` does), as the shipped compose file's workers saw
+    --out."""
+    mount = (f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder} && "
+             f"exec {DASK} worker {address} --host 127.0.0.1 --nthreads 1 --no-nanny "
+             "--no-dashboard")
+    return _spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", mount])
+
+
+def _can_mount_read_only(folder: Path) -> bool:
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            f"mount --bind {folder} {folder} && "
+                            f"mount -o remount,bind,ro {folder} {folder}"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def test_workers_that_cannot_write_out_stop_the_run_before_any_work(photos, tmp_path):
+    """Workers that could read the photos but not write --out (compose's `:ro` mount) failed
+    each task with a PermissionError traceback."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    if not _can_mount_read_only(shared):
+        pytest.skip("needs `unshare --mount` (root in a mount namespace) for a read-only worker")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    scheduler = _spawn([DASK, "scheduler", "--host", "127.0.0.1", "--port",
+                        address.rsplit(":", 1)[1], "--no-dashboard"])
+    worker = _read_only_worker(address, shared)
+    try:
+        out = shared / "out"
+        proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(photos),
+                               "--out", str(out), "--scheduler", address, "--no-progress"],
+                              capture_output=True, text=True, timeout=300, env=_env())
+    finally:
+        _stop(worker, scheduler)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert "1 of 1 Dask worker(s) cannot write into --out" in lines[0]
+    assert "Read-only file system" in lines[0] and "shared read-write volume" in lines[0]
+    assert not (out / "parts").exists() and (out / "run.json").exists()
+
+
+@pytest.mark.parametrize("kind, directive", [("slurm", "#SBATCH"), ("pbs", "#PBS")])
+def test_jobqueue_job_script_runs_maskbatch_workers(kind, directive, photos, tmp_path):
+    """HPC was a Slurm script and a dask-jobqueue sketch the README called untested. The job
+    script is rendered (no Slurm here), then run as the batch job would run it: its workers
+    join the cluster and maskbatch.predict inside `with Client(cluster):` runs on them."""
+    venv = str(Path(sys.executable).parents[1])
+    with maskbatch.dask.jobqueue_cluster(
+            kind, cores=2, memory="3GB", venv=venv, walltime="00:10:00",
+            scheduler_options={"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    ) as jq, Client(jq) as client:
+        script = jq.job_script()
+        lines = script.splitlines()
+        command = next(i for i, line in enumerate(lines) if "dask_worker" in line)
+        assert any(line.startswith(directive) for line in lines)
+        for prologue in (*maskbatch.runtime.hpc.WORKER_PROLOGUE, f"source {venv}/bin/activate"):
+            assert lines.index(prologue) < command, script
+        worker = shlex.split(lines[command])
+        assert worker[0] == f"{venv}/bin/python"
+        assert worker[worker.index("--nthreads") + 1] == "1"  # single-threaded processes ...
+        assert worker[worker.index("--nworkers") + 1] == "2"  # ... one per core
+        if kind == "pbs":
+            return
+        (tmp_path / "job.sh").write_text(script)
+        job = subprocess.Popen(["bash", str(tmp_path / "job.sh")], env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+        try:
+            result = maskbatch.predict(str(photos), str(tmp_path / "out"), cluster_config=(
+                ClusterConfig(partition_size=2, min_workers=2, progress=False)))
+            assert result.counts.ok == 6 and len(client.nthreads()) == 2
+            assert client.run(lambda: os.environ.get("OMP_NUM_THREADS")) != {}
+            assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"1"}
+        finally:
+            os.killpg(job.pid, signal.SIGTERM)
+            job.wait(timeout=60)
