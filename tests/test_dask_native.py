@@ -319,3 +319,17 @@ def test_jobqueue_job_script_runs_maskbatch_workers(kind, directive, photos, tmp
         finally:
             os.killpg(job.pid, signal.SIGTERM)
             job.wait(timeout=60)
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--scheduler", "tcp://127.0.0.1:1", "--scheduler-file", "s.json"], "give one"),
+    (["--min-workers", "0"], "min_workers must be at least 1"),
+    (["--scheduler-file", "missing.json"], "missing.json: no such file (start `dask scheduler"),
+])
+def test_cluster_flags_that_cannot_work_are_one_line(photos, tmp_path, flags, words):
+    proc = subprocess.run([sys.executable, "-m", "maskbatch.cli", "predict", str(photos), "--out",
+                           str(tmp_path / "out"), "--no-progress", *flags], capture_output=True,
+                          text=True, timeout=120, env=_env(), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], proc.stderr[-3000:]

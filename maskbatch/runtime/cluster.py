@@ -161,6 +161,9 @@ def _remote_client(address: str | None, config: ClusterConfig) -> Iterator[Clien
     if address and address.startswith("tls://") and not security.tls_client_cert:
         raise MaskbatchError(f"scheduler {address} uses TLS: give --tls-ca-file, --tls-cert and "
                              "--tls-key (or set them in dask config distributed.comm.tls)")
+    if config.scheduler_file and not os.path.isfile(config.scheduler_file):
+        raise MaskbatchError(f"--scheduler-file {config.scheduler_file}: no such file (start "
+                             f"`dask scheduler --scheduler-file {config.scheduler_file}` first)")
     try:
         if config.scheduler_file:
             client = Client(scheduler_file=config.scheduler_file, security=security,
