@@ -19,7 +19,7 @@ from pathlib import Path
 import dask
 import pytest
 from conftest import copy_photos
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import Client, LocalCluster, get_task_stream, performance_report
 
 import maskbatch
 import maskbatch.dask
@@ -90,9 +90,11 @@ def test_predict_inside_with_client_runs_on_that_clients_cluster(photos, tmp_pat
     user's cluster got 0 tasks."""
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address="127.0.0.1:0") as lc, \
             Client(lc) as client:
-        with get_task_stream(client) as stream:
+        report = tmp_path / "dask-report.html"  # bokeh's: it needs the dashboard's dependency
+        with get_task_stream(client) as stream, performance_report(filename=str(report)):
             result = maskbatch.predict(str(photos), str(tmp_path / "out"), cluster_config=(
                 ClusterConfig(partition_size=2, progress=False)))
+        assert "partitions-predict" in report.read_text()
         photo_tasks = [t for t in stream.data if _key_name(t["key"]).startswith("partitions-")]
         # every partition ran on the user's cluster, whose workers got the job's model plugin
         assert result.stats.tasks == len(photo_tasks) == 3 and result.counts.ok == 6

@@ -197,8 +197,8 @@ def _local_client(config: ClusterConfig) -> Iterator[Client]:
     preload = worker_malloc() if config.processes else None
     # Dask's own default level (WARNING: memory warnings show), or the user's logging config
     silence = False if dask_config.user_logging() else logging.WARNING
-    chosen = dask_config.defaults_where_unset(LOCAL_DEFAULTS)
-    with _preload_in_workers(preload), dask.config.set({**NANNY_ENV, **chosen}):
+    chosen = dask_config.defaults_where_unset({**NANNY_ENV, **LOCAL_DEFAULTS})
+    with _preload_in_workers(preload), dask.config.set(chosen):
         before = {id(c) for c in SpecCluster._instances}
         try:
             cluster = LocalCluster(
