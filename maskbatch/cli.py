@@ -128,8 +128,7 @@ def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int | None)
                    "(default: $DASK_SCHEDULER_ADDRESS, the active client, Dask config's "
                    "scheduler-address, else a local cluster)")
     g.add_argument("--scheduler-file", metavar="JSON", help="or `dask scheduler --scheduler-file`'s file")
-    g.add_argument("--min-workers", type=_integer, metavar="N", help="a running scheduler's workers to "
-                   f"wait for, at most {ClusterConfig.worker_timeout:g} s (default: 1)")
+    g.add_argument("--min-workers", type=_integer, metavar="N", help="workers to wait for (default 1)")
     g.add_argument("--workers", type=_integer, metavar="N",
                    help="local cluster worker processes (default: one per core)")
     g.add_argument("--threads-per-worker", type=_integer, default=1, metavar="N",
@@ -306,10 +305,10 @@ def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
     if any(tls) and not all(tls):
         raise MaskbatchError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
     return ClusterConfig(
-        scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
-        partition_size=args.partition_size, progress=not args.no_progress,
-        security=cluster.tls_security(*tls) if any(tls) else None,
-        scheduler_file=args.scheduler_file, min_workers=args.min_workers)
+        scheduler=args.scheduler, scheduler_file=args.scheduler_file, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, partition_size=args.partition_size,
+        progress=not args.no_progress, min_workers=args.min_workers,
+        security=cluster.tls_security(*tls) if any(tls) else None)
 
 
 def _net_options(args: argparse.Namespace) -> dict:
