@@ -97,10 +97,32 @@ def dask_setup(worker: Any = None) -> None:
     KeyboardInterrupt traceback (about 70 lines). The driver alone handles it: it closes the
     cluster, which ends the workers. Workers the user starts (`dask worker`) are left alone.
     The workers' logging is Dask's (LocalCluster's silence_logs, or the user's Dask config): their
-    memory warnings reach the terminal.
+    memory warnings reach the terminal. Only what a worker logs once it is closing is dropped: the
+    noise of a driver closing the cluster under it (tasks cancelled, heartbeats to a scheduler
+    already gone), which Ctrl-C printed above the driver's one line.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if worker is not None:
+        quiet = _WhileRunning(worker)
+        for name in ("distributed", ""):
+            for handler in logging.getLogger(name).handlers:
+                handler.addFilter(quiet)
+
+
+class _WhileRunning(logging.Filter):
+    """Passes a worker's log records until the worker starts closing."""
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(getattr(self.worker, "status", None), "name", "")
+        return status not in _CLOSING
+
+
+_CLOSING = {"closing", "closing_gracefully", "closed", "stopping", "stopped"}
 
 
 # A local cluster's scheduler gives a task this many retries after the worker running it died
