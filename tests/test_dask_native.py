@@ -99,7 +99,7 @@ def test_predict_inside_with_client_runs_on_that_clients_cluster(photos, tmp_pat
         # every partition ran on the user's cluster, whose workers got the job's model plugin
         assert result.stats.tasks == len(photo_tasks) == 3 and result.counts.ok == 6
         assert result.dashboard == client.dashboard_link
-        assert {w for t in photo_tasks for w in [t["worker"]]} <= set(client.nthreads())
+        assert {t["worker"] for t in photo_tasks} <= set(client.nthreads())
         assert all(loaded for loaded in client.run(_models_loaded).values())
         # the job left the user's client and cluster as they were
         assert client.status == "running" and len(client.nthreads()) == 2
