@@ -107,7 +107,8 @@ def test_predict_inside_with_client_runs_on_that_clients_cluster(photos, tmp_pat
 
 
 def test_dask_api_register_model_uses_the_active_client():
-    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as lc, Client(lc) as c:
+    with LocalCluster(n_workers=1, processes=False, dashboard_address="127.0.0.1:0") as lc, \
+            Client(lc) as c:
         maskbatch.dask.register_model()
         assert any(name.startswith("maskbatch-setup-") for name in
                    c.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins)))
