@@ -17,6 +17,7 @@ from typing import Any
 import cv2
 import dask
 from distributed import Client, LocalCluster, WorkerPlugin
+from distributed.client import FutureCancelledError
 from distributed.deploy.spec import SpecCluster
 from distributed.security import Security
 
@@ -245,6 +246,8 @@ def _silence_dask_logs() -> None:
 def _scheduler_lost(client: Client, exc: BaseException) -> bool:
     """Whether `exc` came from losing the scheduler's connection (its futures cancelled, its comm
     closed) rather than from the job itself."""
+    if isinstance(exc, FutureCancelledError):  # Dask says why it cancelled the future
+        return exc.reason == "scheduler-connection-lost" or client.status != "running"
     if "scheduler-connection-lost" in str(exc) or "scheduler connection" in str(exc).lower():
         return True
     with contextlib.suppress(Exception):
