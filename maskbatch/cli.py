@@ -124,9 +124,11 @@ def _pixels(text: str) -> int:
 
 def _add_cluster_args(p: argparse.ArgumentParser, partition_default: int | None) -> None:
     g = p.add_argument_group("Dask")
-    g.add_argument("--scheduler", metavar="ADDR",
-                   help="existing Dask scheduler, e.g. tcp://host:8786 (default: "
-                        "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    g.add_argument("--scheduler", metavar="ADDR", help="existing Dask scheduler, e.g. tcp://host:8786 "
+                   "(default: $DASK_SCHEDULER_ADDRESS, the active client, Dask config's "
+                   "scheduler-address, else a local cluster)")
+    g.add_argument("--scheduler-file", metavar="JSON", help="or `dask scheduler --scheduler-file`'s file")
+    g.add_argument("--min-workers", type=_integer, metavar="N", help="workers to wait for (default 1)")
     g.add_argument("--workers", type=_integer, metavar="N",
                    help="local cluster worker processes (default: one per core)")
     g.add_argument("--threads-per-worker", type=_integer, default=1, metavar="N",
@@ -300,16 +302,14 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cluster_config(args: argparse.Namespace) -> ClusterConfig:
-    security = None
     tls = (args.tls_ca_file, args.tls_cert, args.tls_key)
-    if any(tls):
-        if not all(tls):
-            raise MaskbatchError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
-        security = cluster.tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
-    return ClusterConfig(scheduler=args.scheduler, workers=args.workers,
-                         threads_per_worker=args.threads_per_worker,
-                         partition_size=args.partition_size, security=security,
-                         progress=not args.no_progress)
+    if any(tls) and not all(tls):
+        raise MaskbatchError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
+    return ClusterConfig(
+        scheduler=args.scheduler, scheduler_file=args.scheduler_file, workers=args.workers,
+        threads_per_worker=args.threads_per_worker, partition_size=args.partition_size,
+        progress=not args.no_progress, min_workers=args.min_workers,
+        security=cluster.tls_security(*tls) if any(tls) else None)
 
 
 def _net_options(args: argparse.Namespace) -> dict:

@@ -153,6 +153,10 @@ class VideoSampling:
                                  f"{self.segment_seconds}")
 
 
+# Seconds a job waits for the workers of a running scheduler (--min-workers) before it gives up.
+WORKER_TIMEOUT = 300.0
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """Where the Dask work runs: an existing scheduler, or a local cluster of processes."""
@@ -164,10 +168,20 @@ class ClusterConfig:
     security: object | None = None  # distributed.security.Security, for TLS clusters
     progress: bool = True
     processes: bool = True  # local cluster of processes; False = threads (memory:// tests)
+    scheduler_file: str | None = None  # `dask scheduler --scheduler-file`'s JSON (HPC)
+    # A running scheduler: wait for this many workers before the partition size is chosen
+    # (None: at least one), at most worker_timeout seconds
+    min_workers: int | None = None
+    worker_timeout: float = WORKER_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.workers is not None:
             _whole("workers", self.workers, 1)
+        if self.scheduler and self.scheduler_file:
+            raise MaskbatchError("--scheduler and --scheduler-file name two schedulers; give one")
+        if self.min_workers is not None:
+            _whole("min_workers", self.min_workers, 1)
+        _positive("worker_timeout", self.worker_timeout, " seconds")
         _whole("threads_per_worker", self.threads_per_worker, 1)
         if self.partition_size is not None:
             _whole("partition_size", self.partition_size, 1)
@@ -230,8 +244,10 @@ class PredictSettings:
 
 def resolved_cluster(cluster: ClusterConfig) -> ClusterConfig:
     """`cluster` with its scheduler resolved: the given address, else $DASK_SCHEDULER_ADDRESS,
-    else None (a local cluster)."""
-    if cluster.scheduler is None and (address := setting("DASK_SCHEDULER_ADDRESS")):
+    else None (the user's active client, the scheduler in Dask config or a local cluster:
+    maskbatch.runtime.cluster.dask_client)."""
+    if cluster.scheduler is None and cluster.scheduler_file is None and (
+            address := setting("DASK_SCHEDULER_ADDRESS")):
         return ClusterConfig(**{**asdict_shallow(cluster), "scheduler": address})
     return cluster
 

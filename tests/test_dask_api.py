@@ -105,3 +105,47 @@ def test_job_partitions_run_as_bag_partitions():
     for key, _ in got:
         assert isinstance(key, tuple) and key[0].startswith("partitions-predict-"), key
         assert isinstance(key[1], int)
+
+
+def test_paths_from_read_text_a_dataframe_column_and_3_class_columns(photos, tmp_path):
+    """`predict(db.read_text("paths.txt"))` kept each line's \\n (every photo "missing file"); a
+    dask DataFrame column was refused; a 3-class model's prob_* columns needed class_names again;
+    `dask.compute(to_dataframe(d), to_dataframe(m, manifest=True))` processed every photo twice."""
+    import dask.dataframe as dd
+    from dask.utils import key_split
+    from distributed import get_task_stream
+
+    from maskbatch.models.classifier import BUNDLED_MODEL_DIRS
+
+    paths = sorted(str(p) for p in photos.iterdir() if p.name != "broken.jpg")[:6]
+    (tmp_path / "a.txt").write_text("\n".join(paths[:3]) + "\n\n")  # a blank line: skipped
+    (tmp_path / "b.txt").write_text("\r\n".join(paths[3:]) + "\r\n")
+    three = str(BUNDLED_MODEL_DIRS[3])
+    with cluster.dask_client(ClusterConfig(workers=2, processes=False, progress=False)) as client:
+        lines = db.read_text(str(tmp_path / "*.txt"))  # a partition per file
+        dets, manifest = maskbatch.dask.predict_with_manifest(lines)
+        with get_task_stream(client) as stream:
+            frame, table = dask.compute(maskbatch.dask.to_dataframe(dets),
+                                        maskbatch.dask.to_dataframe(manifest, manifest=True))
+        photo_tasks = [t["key"] for t in stream.data if "maskbatch-predict" in str(t["key"])]
+        # one task per partition of lines, shared by both frames
+        assert len(photo_tasks) == lines.npartitions > 1
+        assert {key_split(k) for k in photo_tasks} == {"maskbatch-predict"}
+        assert sorted(table["name"]) == sorted(Path(p).name for p in paths)
+        assert set(table["status"]) == {"ok"} and len(frame) > 0
+        column = dd.from_pandas(pd.DataFrame({"path": paths, "n": range(6)}), npartitions=2)
+        from_column = maskbatch.dask.to_dataframe(maskbatch.dask.predict(column.path)).compute()
+        pairs = dd.from_pandas(pd.DataFrame({"name": [f"p{i}.jpg" for i in range(6)],
+                                             "path": paths}), npartitions=3)
+        named = maskbatch.dask.predict_with_manifest(pairs)[1].compute()
+        records = maskbatch.dask.predict(column, model=three)
+        faces = maskbatch.dask.to_dataframe(records.filter(lambda r: r["score"] > 0)).compute()
+    pd.testing.assert_frame_equal(from_column.sort_values(KEY, ignore_index=True),
+                                  frame.sort_values(KEY, ignore_index=True))
+    assert sorted(r["name"] for r in named) == [f"p{i}.jpg" for i in range(6)]
+    probs = [c for c in faces.columns if c.startswith("prob_")]
+    assert len(probs) == 3 and len(faces) > 0 and faces[probs].notna().all().all()
+    assert maskbatch.dask.class_names_of(records) == maskbatch.dask.class_names_of(
+        records.filter(bool))
+    with pytest.raises(MaskbatchError, match="path"):
+        maskbatch.dask.predict(column[["n"]].assign(m=1))

@@ -343,6 +343,13 @@ def _is_dask_config_variable(name: str) -> bool:
     return True
 
 
+def _read_by_dask(name: str) -> bool:
+    """Dask's own variables, e.g. DASK_CONFIG (the folder of its YAML files): in dask.config."""
+    import dask.config
+
+    return f'"{name}"' in Path(dask.config.__file__).read_text()
+
+
 def test_environment_variables_are_spelled_as_the_code_reads_them() -> None:
     used: dict[str, set[str]] = {}
     for where, text in _deploy_texts().items():
@@ -353,7 +360,7 @@ def test_environment_variables_are_spelled_as_the_code_reads_them() -> None:
         assert re.search(rf"\b{name}\b", _code_text()), f"maskbatch/ does not read {name}"
     build_args = set(_dockerfile_args())  # build time only, e.g. MASKBATCH_VERSION
     for name, where in sorted(used.items()):
-        known = (name in build_args or name in OPERATOR_PROVIDED
+        known = (name in build_args or name in OPERATOR_PROVIDED or _read_by_dask(name)
                  or re.search(rf"[\"']{name}[\"']", _code_text())
                  or _is_dask_config_variable(name))
         assert known, f"{name} (in {sorted(where)}) is read neither by maskbatch nor by Dask"
@@ -387,9 +394,61 @@ def test_compose_runs_scheduler_workers_and_a_one_shot_job() -> None:
     args = build_parser().parse_args(argv[1:])
     assert (args.out, args.scheduler) == ("/data/out", "tcp://scheduler:8786")
     assert "./data:/data" in job["volumes"]
-    assert any(v.startswith("./data:/data") for v in worker["volumes"])  # workers read the photos
+    _assert_workers_read_photos_and_write_out(worker, job, args)
     assert "scheduler" in job["depends_on"]
     assert job.get("restart", "no") == "no"
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """A compose service's bind mounts: container path -> (host path, read-only)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        host, path, *mode = volume.split(":")
+        mounts[path] = (host, "ro" in mode)
+    return mounts
+
+
+def _writable(mounts: dict[str, tuple[str, bool]], path: str) -> bool:
+    """Whether `path` lies under a read-write mount (the deepest mount above it decides)."""
+    above = [p for p in mounts if path == p or path.startswith(p.rstrip("/") + "/")]
+    return bool(above) and not mounts[max(above, key=len)][1]
+
+
+def _assert_workers_read_photos_and_write_out(worker: dict, job: dict, args) -> None:
+    """Workers read the photos and write OUT/parts themselves (issue 39: the shipped `:ro` mount
+    gave every task a PermissionError): --out is writable for them at the job's path, as the
+    job's user (the parts they write are the job's files)."""
+    mounts, job_mounts = _mounts(worker), _mounts(job)
+    assert any(args.images == p or args.images.startswith(p + "/") for p in mounts), mounts
+    assert _writable(mounts, args.out) and _writable(job_mounts, args.out), mounts
+    assert not _writable(mounts, args.images)  # the photos stay read-only for workers
+    assert worker.get("user") == job.get("user"), "workers write --out as the job's user"
+
+
+def test_multi_host_docker_run_workers_can_write_out() -> None:
+    """The multi-host `docker run` example mounted the whole data folder `:ro`."""
+    runs = [line for line in _logical_lines(README.read_text())
+            if line.startswith("docker run") and " dask worker " in line]
+    assert runs
+    for line in runs:
+        argv = shlex.split(line)
+        volumes = [argv[i + 1] for i, a in enumerate(argv) if a == "-v"]
+        mounts = _mounts({"volumes": volumes})
+        assert _writable(mounts, "/data/out") and not _writable(mounts, "/data/images"), line
+
+
+def test_daskjob_says_workers_write_out() -> None:
+    text = (K8S / "daskjob.yaml").read_text()
+    assert "only the job pod needs write access" not in text
+    assert "write access under --out" in text
+
+
+def test_dashboard_dependency_is_in_the_package_and_the_image() -> None:
+    """bokeh was in no dependency nor the image: the dashboard said "Dask needs bokeh"."""
+    project = (ROOT / "pyproject.toml").read_text()
+    deps = project.split("\ndependencies = [", 1)[1].split("\n]", 1)[0]  # the required ones
+    assert re.search(r'^\s*"bokeh>=3\.1', deps, re.M), deps
+    assert 'python -c "import bokeh' in DOCKERFILE.read_text()
 
 
 # --------------------------------------------------------------------------- kubernetes

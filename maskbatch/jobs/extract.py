@@ -66,6 +66,7 @@ def extract(dataset: str, out_dir: str, *, layout: str = "auto", annotations: st
     started = time.perf_counter()
     manifests: dict[int, pd.DataFrame] = {}
     with JobSession(resolved_cluster(cluster_config)) as session:
+        session.check_writable(out_dir)  # workers write the crops themselves
         session.run(list(enumerate(records)), extract_and_write,
                     lambda pairs, m: manifests.__setitem__(pairs[0][0], m),
                     size=session.partition_size(len(records)), on_poison=extract_poisoned,

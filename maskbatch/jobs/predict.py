@@ -113,6 +113,7 @@ def predict(images_arg: str, out_dir: str, *, images_dir: str | None = None,
         outputs=OutputOptions(previews, resume, overwrite, save_crops, blur, blur_confidence))
     plan = prepare(images_arg, out_dir, images_dir, settings)
     with JobSession(settings.cluster, MaskbatchSetup(plan.onnx_bytes, plan.card)) as session:
+        session.check_writable(out_dir)  # workers commit the parts themselves
         execution = execute(plan, session)
         result = finalize(plan, execution, session)
     storage.remove_temporaries(out_dir)  # e.g. a part written twice by a retried task

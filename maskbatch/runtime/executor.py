@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from maskbatch.config import ClusterConfig
-from maskbatch.runtime import cluster, window
+from maskbatch.runtime import cluster, probe, window
 
 
 class JobSession:
@@ -36,10 +36,15 @@ class JobSession:
         self._opened = time.time()
         self._client = self._stack.enter_context(cluster.dask_client(self.config))
         self.dashboard = cluster.dashboard(self._client)
-        if self.dashboard and self.config.progress:
+        if self.dashboard:  # printed with --no-progress too: the dashboard is how to watch a run
             print(f"Dask dashboard: {self.dashboard}", flush=True)
-        if self.setup is not None:
-            cluster.install_plugin(self._client, self.setup)
+        try:
+            cluster.wait_for_workers(self._client, self.config)
+            if self.setup is not None:
+                cluster.install_plugin(self._client, self.setup)
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> bool | None:
@@ -67,6 +72,11 @@ class JobSession:
     def call_each(self, jobs: Sequence[tuple[Callable[..., Any], tuple]]) -> list[Any]:
         """Each (function, args) as one task on the workers; a job that fails gives b""."""
         return window.call_each(self._client, jobs)
+
+    def check_writable(self, out_dir: str) -> None:
+        """Every worker can write under `out_dir` (they commit the parts themselves), else one
+        MaskbatchError naming the fix; checked before any work."""
+        probe.check_workers_write(self._client, out_dir)
 
     def workers_lost(self) -> int:
         """Worker processes lost unexpectedly since the session opened."""
