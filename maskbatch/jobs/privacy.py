@@ -8,39 +8,18 @@ summary and the report. Nothing here reads a photo.
 
 from __future__ import annotations
 
-import argparse
 import html
 
 import pyarrow.parquet as pq
 
 from maskbatch import files
-from maskbatch.config import BLUR_CONFIDENCE, OutputOptions
+from maskbatch.config import OutputOptions
 from maskbatch.outputs import blurred_video, parts, privacy, writers
 from maskbatch.photos import video
 from maskbatch.records import InputItem
 from maskbatch.runtime.executor import JobSession
 
 EXAMPLES = 6  # files of each kind the report links to
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """predict's --save-crops, --blur and --blur-confidence."""
-    g = parser.add_argument_group("privacy outputs (docs/privacy.md)")
-    g.add_argument("--save-crops", action="store_true",
-                   help="every face as a JPEG under OUT/crops/<class>/, listed in "
-                        "OUT/crops.parquet (joins detections.parquet on name, face)")
-    g.add_argument("--blur", action="store_true",
-                   help="a copy of every photo in OUT/blurred/ with the faces pixelated (a video: "
-                        "its sampled frames as a video)")
-    g.add_argument("--blur-confidence", type=float, default=BLUR_CONFIDENCE, metavar="T",
-                   help="--blur hides every box the detector scores above T, also those under "
-                        f"the run's threshold: a missed face is a leak (default: {BLUR_CONFIDENCE})")
-
-
-def options(args: argparse.Namespace) -> dict:
-    """predict()'s keyword arguments of the three flags."""
-    return {"save_crops": args.save_crops, "blur": args.blur,
-            "blur_confidence": args.blur_confidence}
 
 
 def wanted(outputs: OutputOptions) -> bool:
