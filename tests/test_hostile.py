@@ -644,6 +644,12 @@ def s3_env():
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
            "AWS_EC2_METADATA_DISABLED": "true"}
     server.stop()
+    # fsspec keeps a filesystem per set of arguments, and the endpoint came from the environment:
+    # an instance made here (files.filesystem in this process) would point later tests at a
+    # server that is gone
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _s3(env: dict):

@@ -39,6 +39,9 @@ def s3_server():
            "AWS_EC2_METADATA_DISABLED": "true"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # worker processes started later inherit it
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # none of another test's server (fsspec caches them)
     yield env
     for k, v in saved.items():
         if v is None:
