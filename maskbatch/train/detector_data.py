@@ -4,7 +4,8 @@ Every labelled face box counts as a face, whatever its mask class (mask_weared_i
 Augmentation makes small faces plentiful: each sample is the photo rescaled around the scale the
 `tuned` mode runs it at, with extra down-scaling, then a random square window (half of the time
 centred near a face), a horizontal flip and colour jitter. Faces cut by the window edge or shrunk
-below MIN_FACE pixels become ignore regions (neither face nor background). numpy + OpenCV only,
+below MIN_FACE pixels become ignore regions (neither face nor background), as do the photo's own
+ignore regions (a teacher's unsure boxes, maskbatch.train.teacher). numpy + OpenCV only,
 no TensorFlow (testable without the train extra).
 """
 
