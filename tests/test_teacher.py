@@ -98,7 +98,16 @@ def test_teacher_labels_merge_with_the_labels_of_real_photos(photos, labelled):
     assert teaching.FLOOR <= thresholds["low"] <= thresholds["high"] < 1
     assert card["geometry"]["matches"] > 0 and abs(card["geometry"]["log_w"]) < 0.7
     sweep = {row["threshold"]: row for row in card["sweep"]}
-    assert sweep[thresholds["high"]]["precision"] >= teaching.HIGH_PRECISION
+    above = [row for t, row in sweep.items() if t >= thresholds["high"] and row["bin_boxes"]]
+    assert all(row["bin_precision"] >= teaching.HIGH_SHARE for row in above)
+
+
+def test_score_rule_reads_each_score_bin_not_the_cumulative_share():
+    sweep = [{"threshold": t, "bin_precision": p} for t, p in
+             [(0.2, 0.05), (0.25, 0.3), (0.3, 0.2), (0.35, 0.6), (0.4, None), (0.45, 0.9)]]
+    assert teaching.lowest(sweep, 0.5) == 0.35  # the empty bin at 0.4 does not stop it
+    assert teaching.lowest(sweep, 0.1) == 0.25
+    assert teaching.lowest(sweep, 0.95) == 1.0  # no bin good enough: nothing
 
 
 @needs_teacher

@@ -7,10 +7,12 @@ the run (with the teacher's sha256 and the pass), so a second run reuses them. T
 
 1. geometry: the teacher's boxes are moved to these annotators' style, by the median centre and
    size correction of its matches (IoU >= 0.5) to labelled faces of at least LARGE px;
-2. scores: `high` is the lowest score (0.05 steps) from which the teacher's boxes match a label
-   at least HIGH_PRECISION of the time on the training photos, `low` the lowest from which they
-   do LOW_PRECISION of the time (matched against labels that skip faces: the true shares are
-   higher, so both are on the careful side);
+2. scores, chosen on the training photos: `high` is the lowest score (0.05 steps) from which
+   the teacher's boxes of every score bin [t, t + 0.05) match a label at least HIGH_SHARE of the
+   time (more likely a labelled face than not), `low` the lowest from which every bin does at
+   least LOW_SHARE (matched against labels that skip faces: the true shares are higher, so both
+   are on the careful side; per bin, because the many high-scoring boxes would make a cumulative
+   precision look good far below the scores where a box is likely a face);
 3. merge: every label is kept; a teacher box matching no label (IoU < UNMATCHED_IOU with each)
    becomes a face from `high` up and an ignore region (neither face nor background) from `low`.
 
@@ -40,8 +42,9 @@ FLOOR = 0.2  # teacher boxes kept in the cache (the score rule cuts higher)
 LARGE = 32.0  # px, shorter side: labelled faces the geometry correction is fitted on
 MATCH_IOU = 0.5
 UNMATCHED_IOU = 0.3  # a teacher box below this IoU with every label is a face the labels skip
-HIGH_PRECISION = 0.7  # the card's own precision floor for the detector's threshold
-LOW_PRECISION = 0.4
+HIGH_SHARE = 0.5  # a box of this score bin matches a label at least half of the time
+LOW_SHARE = 0.1
+STEP = 0.05
 CACHE_FORMAT = "maskbatch-teacher-boxes/1"
 
 
@@ -239,27 +242,36 @@ def correct(rows: np.ndarray, geometry: dict) -> np.ndarray:
 
 
 def score_sweep(photos: list[Photo], boxes: dict[str, np.ndarray]) -> list[dict]:
-    """Per threshold (0.05 steps from FLOOR): the teacher's boxes above it and the share of them
-    matching a label at IoU >= MATCH_IOU (precision against labels that skip faces)."""
+    """Per threshold t (0.05 steps from FLOOR): the teacher's boxes scoring >= t and the share of
+    them matching a label at IoU >= MATCH_IOU, and the same for its bin [t, t + 0.05) alone
+    (shares against labels that skip faces)."""
     scores, matched = [], []
     for photo in photos:
         found = boxes[photo.name]
         scores.append(found[:, 4])
         hit = (iou(found[:, :4], photo.faces).max(axis=1) >= MATCH_IOU if len(photo.faces)
-               else np.zeros(len(found), bool))
+               and len(found) else np.zeros(len(found), bool))
         matched.append(hit)
     scores, matched = np.concatenate(scores), np.concatenate(matched)
     rows = []
-    for t in np.round(np.arange(FLOOR, 0.951, 0.05), 2):
-        above = scores >= t
+    for t in np.round(np.arange(FLOOR, 1.0 - STEP / 2, STEP), 2):
+        above, in_bin = scores >= t, (scores >= t) & (scores < t + STEP)
         rows.append({"threshold": float(t), "boxes": int(above.sum()),
-                     "precision": round(float(matched[above].mean()), 4) if above.any() else 0.0})
+                     "precision": round(float(matched[above].mean()), 4) if above.any() else 0.0,
+                     "bin_boxes": int(in_bin.sum()),
+                     "bin_precision": (round(float(matched[in_bin].mean()), 4) if in_bin.any()
+                                       else None)})
     return rows
 
 
-def _lowest(sweep: list[dict], precision: float) -> float:
-    good = [r["threshold"] for r in sweep if r["precision"] >= precision]
-    return min(good) if good else max(r["threshold"] for r in sweep)
+def lowest(sweep: list[dict], share: float) -> float:
+    """The lowest threshold from which every non-empty score bin matches labels >= `share`."""
+    chosen = 1.0
+    for row in sorted(sweep, key=lambda r: -r["threshold"]):
+        if row["bin_precision"] is not None and row["bin_precision"] < share:
+            break
+        chosen = row["threshold"]
+    return chosen
 
 
 def merge(photo: Photo, rows: np.ndarray, low: float, high: float) -> tuple[Photo, int, int]:
@@ -287,7 +299,7 @@ def label_photos(photos: list[Photo], name: str, cache: Path) -> tuple[list[Phot
     geometry = fit_geometry(photos, raw)
     fixed = {k: correct(v, geometry) for k, v in raw.items()}
     sweep = score_sweep(photos, fixed)
-    high, low = _lowest(sweep, HIGH_PRECISION), _lowest(sweep, LOW_PRECISION)
+    high, low = lowest(sweep, HIGH_SHARE), lowest(sweep, LOW_SHARE)
     low = min(low, high)
     out, added_faces, added_ignore = [], 0, 0
     for photo in photos:
@@ -299,9 +311,10 @@ def label_photos(photos: list[Photo], name: str, cache: Path) -> tuple[list[Phot
             "distribution": f"{teacher.distribution}=={teacher.version}",
             "sha256": teacher.sha256, "licence": teacher.licence, "pass": info["pass"],
             "thresholds": {"high": high, "low": low, "rule": (
-                f"high: lowest score (0.05 steps) whose boxes match a label (IoU >= {MATCH_IOU:g}) "
-                f"at least {HIGH_PRECISION:g} of the time on the training photos; low: at least "
-                f"{LOW_PRECISION:g}; unmatched = IoU < {UNMATCHED_IOU:g} with every label")},
+                f"high: lowest score (0.05 steps) from which every score bin's boxes match a label "
+                f"(IoU >= {MATCH_IOU:g}) at least {HIGH_SHARE:g} of the time on the training "
+                f"photos; low: at least {LOW_SHARE:g}; unmatched = IoU < {UNMATCHED_IOU:g} with "
+                "every label")},
             "geometry": geometry, "sweep": sweep,
             "added_faces": added_faces, "added_ignore_regions": added_ignore,
             "labelled_faces": int(sum(len(p.faces) for p in photos)),
