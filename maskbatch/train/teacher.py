@@ -143,9 +143,9 @@ class CenterFace:
         bw = np.exp(size[0, 1, rows, cols]) * 4
         cy = (rows + offset[0, 0, rows, cols] + 0.5) * 4
         cx = (cols + offset[0, 1, rows, cols] + 0.5) * 4
-        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1) / np.float32(
-            sw / w)
-        boxes = np.clip(boxes, 0, [w, h, w, h])
+        boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+        back = np.array([w / sw, h / sh, w / sw, h / sh], np.float32)  # to photo pixels
+        boxes = np.clip(boxes * back, 0, [w, h, w, h])
         return nms(np.concatenate([boxes, heat[0, 0, rows, cols, None]], axis=1))
 
 
@@ -217,14 +217,13 @@ def fit_geometry(photos: list[Photo], boxes: dict[str, np.ndarray]) -> dict:
         if not len(faces) or not len(found):
             continue
         overlaps = iou(faces, found[:, :4])
-        best = overlaps.argmax(axis=1)
-        for face, t in zip(faces[overlaps.max(axis=1) >= MATCH_IOU], found[best][overlaps.max(
-                axis=1) >= MATCH_IOU]):
-            tw, th = t[2] - t[0], t[3] - t[1]
-            deltas.append([((face[0] + face[2]) - (t[0] + t[2])) / 2 / tw,
-                           ((face[1] + face[3]) - (t[1] + t[3])) / 2 / th,
-                           np.log((face[2] - face[0]) / tw), np.log((face[3] - face[1]) / th)])
-    med = np.median(np.asarray(deltas), axis=0) if deltas else np.zeros(4)
+        good = overlaps.max(axis=1) >= MATCH_IOU
+        label, match = faces[good], found[overlaps.argmax(axis=1)[good], :4]
+        size_l, size_t = label[:, 2:] - label[:, :2], match[:, 2:] - match[:, :2]
+        shift = ((label[:, :2] + label[:, 2:]) - (match[:, :2] + match[:, 2:])) / 2 / size_t
+        deltas.append(np.concatenate([shift, np.log(size_l / size_t)], axis=1))
+    deltas = np.concatenate(deltas) if deltas else np.zeros((0, 4))
+    med = np.median(deltas, axis=0) if len(deltas) else np.zeros(4)
     return {"dx": round(float(med[0]), 4), "dy": round(float(med[1]), 4),
             "log_w": round(float(med[2]), 4), "log_h": round(float(med[3]), 4),
             "matches": len(deltas), "rule": f"median over labelled faces >= {LARGE:g} px matched "
