@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "train-detector":
         card = train_detector(args.datasets, args.out, epochs=args.epochs, seed=args.seed,
                               part=None if args.split == "all" else args.split, steps=args.steps,
-                              limit=args.limit)
+                              limit=args.limit, teacher=args.teacher)
         val = "".join(f"; {k} validation det AP {v['det_ap']:.3f}"
                       for k, v in card.get("validation", {}).items())
         print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){val}")

