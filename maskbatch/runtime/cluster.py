@@ -98,9 +98,9 @@ def dask_setup(worker: Any = None) -> None:
     KeyboardInterrupt traceback (about 70 lines). The driver alone handles it: it closes the
     cluster, which ends the workers. Workers the user starts (`dask worker`) are left alone.
     The workers' logging is Dask's (LocalCluster's silence_logs, or the user's Dask config): their
-    memory warnings reach the terminal. Only what a worker logs once it is closing is dropped: the
-    noise of a driver closing the cluster under it (tasks cancelled, heartbeats to a scheduler
-    already gone), which Ctrl-C printed above the driver's one line.
+    memory warnings reach the terminal. Dropped: what a worker logs once it is closing (the noise
+    of a driver closing the cluster under it: tasks cancelled, heartbeats to a scheduler already
+    gone, which Ctrl-C printed above the driver's one line) and a failed task's traceback.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -112,13 +112,17 @@ def dask_setup(worker: Any = None) -> None:
 
 
 class _WhileRunning(logging.Filter):
-    """Passes a worker's log records until the worker starts closing."""
+    """Passes a worker's log records until the worker starts closing, except a task's "Compute
+    Failed" traceback: the task's error reaches the driver with its result, which says it in one
+    line (a full --out, a lost file system)."""
 
     def __init__(self, worker: Any) -> None:
         super().__init__()
         self.worker = worker
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Compute Failed"):
+            return False
         status = getattr(getattr(self.worker, "status", None), "name", "")
         return status not in _CLOSING
 
