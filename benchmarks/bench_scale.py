@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,19 +35,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import data_dir, table  # noqa: E402
+from common import DASK, data_dir, free_port, table  # noqa: E402
 
-DASK = str(Path(sys.executable).with_name("dask"))
 NOOP = str(Path(__file__).resolve().with_name("scale_noop.py"))
 # Today's whole-pipeline cost per photo on one core: bench_cluster.py, 1 worker, yunet, 762
 # medical-mask photos at 27.9 images/s (docs/benchmarks.md).
 PHOTO_SECONDS = 1 / 27.9
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_inputs(folder: Path, n: int) -> None:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DASK = str(Path(sys.executable).with_name("dask"))  # the `dask scheduler` / `dask worker` command
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def data_dir() -> Path:
