@@ -74,10 +74,15 @@ def _preload_in_workers(library: str | None) -> Iterator[None]:
         with dask.config.set({"distributed.nanny.pre-spawn-environ.LD_PRELOAD": preload}):
             yield
     finally:
-        if before is None:
-            os.environ.pop("LD_PRELOAD", None)
-        else:
-            os.environ["LD_PRELOAD"] = before
+        _set_environ("LD_PRELOAD", before)
+
+
+def _set_environ(name: str, value: str | None) -> None:
+    """os.environ[name] = value, or no such variable when value is None."""
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _forget_half_started_clusters(before: set[int]) -> None:
@@ -225,6 +230,7 @@ def _local_client(config: ClusterConfig) -> Iterator[Client]:
     # Dask's own default level (WARNING: memory warnings show), or the user's logging config
     silence = False if dask_config.user_logging() else logging.WARNING
     chosen = dask_config.defaults_where_unset({**NANNY_ENV, **LOCAL_DEFAULTS})
+    driver_preload = os.environ.get("LD_PRELOAD")
     with _preload_in_workers(preload), dask.config.set(chosen):
         before = {id(c) for c in SpecCluster._instances}
         try:
@@ -236,9 +242,14 @@ def _local_client(config: ClusterConfig) -> Iterator[Client]:
         except KeyboardInterrupt:
             _forget_half_started_clusters(before)
             raise
-    # a worker the nanny restarts later gets the same variables from the nanny itself
-    with dask.config.set(chosen), cluster, Client(cluster) as client:
-        yield client
+    # a worker the nanny restarts later gets the same variables from the nanny itself, which
+    # exports them into this process again: put the driver's LD_PRELOAD back once the cluster is
+    # closed (a program it starts later must not run with tcmalloc preloaded)
+    try:
+        with dask.config.set(chosen), cluster, Client(cluster) as client:
+            yield client
+    finally:
+        _set_environ("LD_PRELOAD", driver_preload)
 
 
 def _silence_dask_logs() -> None:
