@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from numbers import Integral, Real
 
 from maskbatch.errors import MaskbatchError
@@ -248,13 +248,8 @@ def resolved_cluster(cluster: ClusterConfig) -> ClusterConfig:
     maskbatch.runtime.cluster.dask_client)."""
     if cluster.scheduler is None and cluster.scheduler_file is None and (
             address := setting("DASK_SCHEDULER_ADDRESS")):
-        return ClusterConfig(**{**asdict_shallow(cluster), "scheduler": address})
+        return replace(cluster, scheduler=address)
     return cluster
-
-
-def asdict_shallow(settings: object) -> dict:
-    """A dataclass's fields as a dict, values as they are (dataclasses.asdict copies deeply)."""
-    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
 
 
 def predict_settings(*, detector: DetectorConfig | None = None, limits: InputLimits | None = None,
@@ -269,8 +264,7 @@ def predict_settings(*, detector: DetectorConfig | None = None, limits: InputLim
                                outputs or OutputOptions(), model, classes)
     if model is None and classes is None:
         model = setting("MASKBATCH_MODEL")
-    return PredictSettings(settings.detector, settings.limits, settings.video,
-                           resolved_cluster(settings.cluster), settings.outputs, model, classes)
+    return replace(settings, cluster=resolved_cluster(settings.cluster), model=model)
 
 
 # `maskbatch evaluate`: photo resamples behind the 95 % intervals (maskbatch.intervals): 1000,
