@@ -36,6 +36,7 @@ from maskbatch.models.classifier import (
     read_model,
 )
 from maskbatch.outputs import writers
+from maskbatch.outputs.privacy import PrivacyJob
 from maskbatch.photos import inputs, video
 from maskbatch.records import InputItem
 
@@ -55,6 +56,7 @@ class PredictPlan:
     class_names: tuple[str, ...]
     record: dict
     called: float  # time.perf_counter() when the run was asked for
+    private: PrivacyJob | None = None  # what workers write for --save-crops, --blur
 
 
 def prepare(images_arg: str, out_dir: str, images_dir: str | None,
@@ -82,7 +84,8 @@ def prepare(images_arg: str, out_dir: str, images_dir: str | None,
     remove_final_outputs(out_dir)
     writers.write_json_atomic(record, files.join(out_dir, "run.json"))
     return PredictPlan(images_arg, out_dir, settings, items, onnx_bytes, card, ref,
-                       class_names_of(card), record, called)
+                       class_names_of(card), record, called,
+                       privacy.job(out_dir, settings.outputs, items))
 
 
 def list_inputs(images_arg: str, images_dir: str | None = None) -> list[tuple[str, str]]:

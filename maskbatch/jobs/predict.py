@@ -139,8 +139,7 @@ def execute(plan: PredictPlan, session: JobSession) -> Execution:
                             on_poison=functools.partial(predict_poisoned, plan.out_dir),
                             label="predict", out_dir=plan.out_dir,
                             detector=plan.settings.detector, model=plan.model,
-                            limits=plan.settings.limits,
-                            private=privacy.job(plan.out_dir, plan.settings.outputs, plan.inputs))
+                            limits=plan.settings.limits, private=plan.private)
     finally:
         log.close()
     return Execution(len(todo), size, stats, started, time.perf_counter() - started, timeline)
@@ -162,8 +161,8 @@ def finalize(plan: PredictPlan, execution: Execution, session: JobSession) -> Pr
     if previews:
         _write_previews(session, plan.out_dir, counts.previews)
     gallery = run_digest.draw_gallery(digest, session.call_each)
-    private = privacy.job(plan.out_dir, plan.settings.outputs, plan.inputs)  # --save-crops, --blur
-    shown = privacy.finish(plan.out_dir, private, plan.inputs, session) if private else {}
+    shown = (privacy.finish(plan.out_dir, plan.private, plan.inputs, session)  # --save-crops, --blur
+             if plan.private else {})
     counts.seconds = time.perf_counter() - finished
     result = PredictResult(
         out_dir=plan.out_dir, seconds=execution.seconds, processed=execution.processed,
