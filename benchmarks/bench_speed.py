@@ -2,6 +2,7 @@
 
     python benchmarks/bench_speed.py                      # 762 medical-mask photos, 3 rounds
     python benchmarks/bench_speed.py --rounds 5 --workers 2 --job-arg=--mode=yunet
+    python benchmarks/bench_speed.py --rounds 0 --profile   # where a worker's time goes (py-spy)
 
 Each round runs, one after the other on the same photos:
 - reference: a bare loop in this process, one thread: cv2.imread + one pass of the pretrained
@@ -12,11 +13,19 @@ Each round runs, one after the other on the same photos:
   submitted to last partition committed), divided by the N workers = images/s per core.
 The ratio is job per core / reference, per round; the table gives each round and the medians.
 Run it on a quiet machine: the job's N workers and its driver share the machine's cores.
+
+--profile: one more job run with py-spy (`pip install py-spy`) sampling every worker process from
+start to exit (Python frames, 50 Hz); each sample of a busy thread goes to the stage its innermost
+maskbatch frame names (STAGES), and the table gives each stage's share of the workers' busy
+samples and its ms per photo: the share times the worker milliseconds per photo of the rounds'
+median job (py-spy's own sampling slows the profiled run by 20-40 % on 2 cores, so that run's
+rate is only shown beside it).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import subprocess
@@ -56,11 +65,91 @@ def job_rate(images: Path, workers: int, extra: list[str]) -> tuple[float, dict]
     """(images/s per core, summary.json) of one `maskbatch predict` run in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="mb-speed-") as out:
         command = [str(Path(sys.executable).with_name("maskbatch")), "predict", str(images),
-                   "--out", out, "--workers", str(workers), "--overwrite", "--previews", "0",
-                   *extra]
+                   "--out", out, "--workers", str(workers), "--overwrite", *extra]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         summary = json.loads((Path(out) / "summary.json").read_text())
     return summary["images_per_second"] / workers, summary
+
+
+# (stage, text of a py-spy frame): the innermost frame of a sample that matches names its stage
+STAGES = [
+    ("detector: onnxruntime", "run (maskbatch/models/yunet_onnx.py"),
+    ("detector: input blob", "make_blob (maskbatch/models/yunet_onnx.py"),
+    ("detector: decode + NMS", "decode (maskbatch/models/yunet_onnx.py"),
+    ("detector: decode + NMS", "suppress (maskbatch/models/yunet_onnx.py"),
+    ("detector: decode + NMS", "relative (maskbatch/models/yunet_onnx.py"),
+    ("detector: resize", "forward (maskbatch/models/yunet_onnx.py"),
+    ("detector: boxes", "(maskbatch/models/detect.py"),
+    ("classifier: onnxruntime", "(maskbatch/models/cascade.py"),
+    ("classifier: onnxruntime", "raw_output (maskbatch/models/classifier.py"),
+    ("classifier: crops + preprocess", "(maskbatch/models/classifier.py"),
+    ("classifier: crops + preprocess", "face_crops (maskbatch/pipeline.py"),
+    ("photo: imdecode", "decode_photo (maskbatch/photos/decoding.py:1"),
+    ("photo: read + checks", "(maskbatch/photos/"),
+    ("rows + manifest", "(maskbatch/pipeline.py"),
+    ("rows + manifest", "(maskbatch/records.py"),
+    ("parts: Parquet commit", "(maskbatch/outputs/"),
+    ("parts: Parquet commit", "(maskbatch/storage.py"),
+    ("task wrapper", "(maskbatch/"),
+]
+WAITS = ("inbox.get", "wait (threading.py", "select (selectors.py", "_recv (multiprocessing",
+         "get (queue.py", "poll (")
+
+
+def stage_of(frames: list[str]) -> str | None:
+    """The stage of one sample (innermost frame first), None for a thread that waits."""
+    if frames and any(w in frames[-1] for w in WAITS):
+        return None
+    for frame in reversed(frames):
+        for stage, text in STAGES:
+            if text in frame:
+                return stage
+    return "Dask worker (scheduling, comms, serialization)"
+
+
+def profile_job(images: Path, workers: int, extra: list[str], rate: float | None) -> None:
+    """Run the job once with py-spy on every worker; print the stage table (ms per photo at
+    `rate` images/s per worker, default the profiled run's own)."""
+    import psutil
+
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    with tempfile.TemporaryDirectory(prefix="mb-profile-") as tmp:
+        out = Path(tmp) / "out"
+        job = subprocess.Popen([str(Path(sys.executable).with_name("maskbatch")), "predict",
+                                str(images), "--out", str(out), "--workers", str(workers),
+                                "--overwrite", *extra], stdout=subprocess.DEVNULL)
+        spies, seen = [], set()
+        while job.poll() is None and len(spies) < workers:
+            for child in psutil.Process(job.pid).children(recursive=True):
+                if child.pid not in seen and "spawn_main" in " ".join(child.cmdline()):
+                    seen.add(child.pid)
+                    spies.append(subprocess.Popen(
+                        [str(spy), "record", "--pid", str(child.pid), "--rate", "50", "--format",
+                         "raw", "--nonblocking", "--output", f"{tmp}/w{child.pid}.txt"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(0.05)
+        job.wait()
+        for each in spies:
+            each.wait()
+        summary = json.loads((out / "summary.json").read_text())
+        counts: collections.Counter = collections.Counter()
+        for raw in Path(tmp).glob("w*.txt"):
+            for line in raw.read_text().splitlines():
+                stack, _, count = line.rpartition(" ")
+                stage = stage_of(stack.split(";"))
+                if stage is not None:
+                    counts[stage] += int(count)
+    busy = sum(counts.values())
+    per_photo = 1000 / rate if rate else 1000 * workers * summary["seconds"] / summary["images"]
+    rows = [[stage, round(100 * n / busy, 1), round(per_photo * n / busy, 2)]
+            for stage, n in counts.most_common()]
+    rows.append(["all (worker seconds per photo)", 100.0, round(per_photo, 2)])
+    print(f"\nprofile: {summary['images']} photos, {summary['images_per_second']} images/s "
+          f"under py-spy, {busy} busy samples of {workers} workers; ms per photo at "
+          f"{1000 / per_photo:.1f} images/s per worker\n")
+    print(table(["stage", "% of busy samples", "ms per photo"], rows))
 
 
 def main() -> None:
@@ -71,10 +160,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--job-arg", action="append", default=[],
                         help="one more argument for maskbatch predict (repeatable)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then one job run with py-spy on its workers: the stage table")
     args = parser.parse_args()
     images = args.images or data_dir() / "medical-mask" / "images"
     paths = sorted(p for p in images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     reference_rate(paths[:20])  # warm the page cache and the net
+    if args.profile and args.rounds == 0:
+        profile_job(images, args.workers, args.job_arg, None)
+        return
     rows, refs, jobs = [], [], []
     for round_ in range(1, args.rounds + 1):
         ref = reference_rate(paths)
@@ -91,6 +185,8 @@ def main() -> None:
     print(f"\n{len(paths)} photos of {images}, {args.workers} workers, job args {args.job_arg}\n")
     print(table(["round", "reference img/s (1 core)", "job img/s per core", "job img/s",
                  "faces", "job per core / reference"], rows))
+    if args.profile:
+        profile_job(images, args.workers, args.job_arg, statistics.median(jobs))
 
 
 if __name__ == "__main__":

