@@ -92,14 +92,20 @@ STAGES = [
     ("parts: Parquet commit", "(maskbatch/storage.py"),
     ("task wrapper", "(maskbatch/"),
 ]
-WAITS = ("inbox.get", "wait (threading.py", "select (selectors.py", "_recv (multiprocessing",
-         "get (queue.py", "poll (")
+# innermost frames of a thread that waits: for a lock or event, on a socket, or (the photo
+# reader's helper thread, maskbatch.photos.reading._serve) for the next photo to read
+RATE_HZ = 50  # py-spy samples a second (more slows the workers it samples)
+STARTUP = "prepare (multiprocessing/spawn.py"  # a spawned worker importing the driver's modules
+WAITS = ("wait (threading.py", "select (selectors.py", "_recv (multiprocessing", "get (queue.py",
+         "poll (", "_serve (maskbatch/photos/reading.py")
 
 
 def stage_of(frames: list[str]) -> str | None:
     """The stage of one sample (innermost frame first), None for a thread that waits."""
     if frames and any(w in frames[-1] for w in WAITS):
         return None
+    if any(STARTUP in frame for frame in frames):
+        return "worker start-up (imports; before the first task, outside the job's seconds)"
     for frame in reversed(frames):
         for stage, text in STAGES:
             if text in frame:
@@ -126,7 +132,7 @@ def profile_job(images: Path, workers: int, extra: list[str], rate: float | None
                 if child.pid not in seen and "spawn_main" in " ".join(child.cmdline()):
                     seen.add(child.pid)
                     spies.append(subprocess.Popen(
-                        [str(spy), "record", "--pid", str(child.pid), "--rate", "50", "--format",
+                        [str(spy), "record", "--pid", str(child.pid), "--rate", str(RATE_HZ), "--format",
                          "raw", "--nonblocking", "--output", f"{tmp}/w{child.pid}.txt"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(0.05)
@@ -141,11 +147,16 @@ def profile_job(images: Path, workers: int, extra: list[str], rate: float | None
                 stage = stage_of(stack.split(";"))
                 if stage is not None:
                     counts[stage] += int(count)
+    startup = {stage: n for stage, n in counts.items() if stage.startswith("worker start-up")}
+    for stage in startup:
+        del counts[stage]
     busy = sum(counts.values())
     per_photo = 1000 / rate if rate else 1000 * workers * summary["seconds"] / summary["images"]
     rows = [[stage, round(100 * n / busy, 1), round(per_photo * n / busy, 2)]
             for stage, n in counts.most_common()]
     rows.append(["all (worker seconds per photo)", 100.0, round(per_photo, 2)])
+    rows += [[f"{stage}: {n / RATE_HZ / workers:.2f} s a worker", "-", "-"]
+             for stage, n in startup.items()]
     print(f"\nprofile: {summary['images']} photos, {summary['images_per_second']} images/s "
           f"under py-spy, {busy} busy samples of {workers} workers; ms per photo at "
           f"{1000 / per_photo:.1f} images/s per worker\n")
