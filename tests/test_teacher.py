@@ -283,3 +283,13 @@ def test_union_teacher_labels_real_photos_per_source_then_merged(photos, labelle
                                    + sources["centerface"]["added_faces_alone"])
     assert "trained on these training photos" in sources["tuned"]["note"]
     assert strong.describe(card).startswith("teacher tuned+centerface: +")
+
+
+def test_train_detector_cli_offers_every_teacher():
+    from maskbatch.arguments import build_parser
+
+    for name in strong.NAMES:  # the CLI's literal choices (it never imports the teachers)
+        args = build_parser().parse_args(["train-detector", "d", "--out", "o", "--teacher", name])
+        assert args.teacher == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-detector", "d", "--out", "o", "--teacher", "scrfd"])

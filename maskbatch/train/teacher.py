@@ -16,6 +16,9 @@ the run (with the teacher's sha256 and the pass), so a second run reuses them. T
 3. merge: every label is kept; a teacher box matching no label (IoU < UNMATCHED_IOU with each)
    becomes a face from `high` up and an ignore region (neither face nor background) from `low`.
 
+`tuned+centerface` (maskbatch.train.teacher_tuned) adds the fine-tuned detector's large passes as a
+second source, scored on its own, and takes the union of the two.
+
 The teacher file is located inside its installed distribution (importlib.metadata, the package is
 never imported) and checksum-verified. numpy, OpenCV, onnx and onnxruntime only: this is training
 code, and neither workers nor `maskbatch predict` import it.
