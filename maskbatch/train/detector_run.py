@@ -111,8 +111,9 @@ def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str 
         validate: bool = True, teacher: str | None = None) -> dict:
     """Fine-tune, export and validate; returns the card (see the module doc).
 
-    `teacher`: a teacher's name (maskbatch.train.teacher): its boxes on the training photos,
-    cached in OUT as teacher-NAME.json, add the faces the labels skip and ignore regions."""
+    `teacher`: a teacher's name (maskbatch.train.teacher, .teacher_tuned): its boxes on the
+    training photos, cached in OUT as teacher-NAME.json (tuned+centerface: teacher-tuned.json and
+    teacher-centerface.json), add the faces the labels skip and ignore regions."""
     setup_tensorflow(recipe.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,12 +126,10 @@ def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str 
         raise MaskbatchError(f"no labelled photos with face boxes in {', '.join(datasets)}")
     taught = None
     if teacher is not None:
-        from maskbatch.train.teacher import label_photos
+        from maskbatch.train.teacher_tuned import describe, label_with
 
-        photos, taught = label_photos(photos, teacher, out / f"teacher-{teacher}.json")
-        print(f"teacher {teacher}: +{taught['added_faces']} faces, "
-              f"+{taught['added_ignore_regions']} ignore regions (scores >= "
-              f"{taught['thresholds']['high']:g} / {taught['thresholds']['low']:g})", flush=True)
+        photos, taught = label_with(photos, teacher, out / f"teacher-{teacher}.json")
+        print(describe(taught), flush=True)
     print(f"training on {len(photos)} photos, {sum(len(p.faces) for p in photos)} faces", flush=True)
     started = time.perf_counter()
     model = build_model(pretrained)

@@ -16,6 +16,9 @@ the run (with the teacher's sha256 and the pass), so a second run reuses them. T
 3. merge: every label is kept; a teacher box matching no label (IoU < UNMATCHED_IOU with each)
    becomes a face from `high` up and an ignore region (neither face nor background) from `low`.
 
+`tuned+centerface` (maskbatch.train.teacher_tuned) adds the fine-tuned detector's large passes as a
+second source, scored on its own, and takes the union of the two.
+
 The teacher file is located inside its installed distribution (importlib.metadata, the package is
 never imported) and checksum-verified. numpy, OpenCV, onnx and onnxruntime only: this is training
 code, and neither workers nor `maskbatch predict` import it.
@@ -179,13 +182,26 @@ def teacher_boxes(photos: list[Photo], name: str, cache: Path) -> tuple[dict[str
     key = {"format": CACHE_FORMAT, "teacher": name, "sha256": teacher.sha256,
            "pass": {"area": teacher.area, "max_upscale": teacher.max_upscale,
                     "mirrored": teacher.mirrored, "photo_max_side": MAX_SIDE}, "floor": FLOOR}
+
+    def looker():
+        net = CenterFace(path)
+        return lambda image: look(net, teacher, image)
+
+    return cached_boxes(photos, key, cache, looker)
+
+
+def cached_boxes(photos: list[Photo], key: dict, cache: Path, looker) -> tuple[dict[str, np.ndarray],
+                                                                             dict]:
+    """Per photo name, a teacher's boxes (N, 5): those `cache` holds under the same `key`, the
+    others computed by `looker()` (called only if some are missing: image -> rows) and written
+    back; and the key with where they came from."""
     stored = _read_cache(cache, key)
     missing = [p for p in photos if p.name not in stored]
     started = time.perf_counter()
     if missing:
-        net = CenterFace(path)
+        find = looker()
         for photo in missing:
-            stored[photo.name] = look(net, teacher, photo.image).round(2)
+            stored[photo.name] = find(photo.image).round(2)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({**key, "boxes": {k: v.tolist() for k, v in stored.items()}}))
     info = {**key, "cache": str(cache), "computed": len(missing),
@@ -290,16 +306,28 @@ def merge(photo: Photo, rows: np.ndarray, low: float, high: float) -> tuple[Phot
     return merged, len(faces), len(ignore)
 
 
+def score_source(photos: list[Photo], raw: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """One teacher's boxes moved to the labels' style and its two thresholds (module doc, steps
+    1 and 2): (corrected rows per photo name, the card's geometry, thresholds and sweep)."""
+    geometry = fit_geometry(photos, raw)
+    fixed = {k: correct(v, geometry) for k, v in raw.items()}
+    sweep = score_sweep(photos, fixed)
+    high, low = lowest(sweep, HIGH_SHARE), lowest(sweep, LOW_SHARE)
+    thresholds = {"high": high, "low": min(low, high), "rule": (
+        f"high: lowest score (0.05 steps) from which every score bin's boxes match a label "
+        f"(IoU >= {MATCH_IOU:g}) at least {HIGH_SHARE:g} of the time on the training "
+        f"photos; low: at least {LOW_SHARE:g}; unmatched = IoU < {UNMATCHED_IOU:g} with "
+        "every label")}
+    return fixed, {"thresholds": thresholds, "geometry": geometry, "sweep": sweep}
+
+
 def label_photos(photos: list[Photo], name: str, cache: Path) -> tuple[list[Photo], dict]:
     """The training photos with the teacher's faces and ignore regions merged in (module doc),
     and the card's `teacher` entry."""
     teacher = get_teacher(name)
     raw, info = teacher_boxes(photos, name, cache)
-    geometry = fit_geometry(photos, raw)
-    fixed = {k: correct(v, geometry) for k, v in raw.items()}
-    sweep = score_sweep(photos, fixed)
-    high, low = lowest(sweep, HIGH_SHARE), lowest(sweep, LOW_SHARE)
-    low = min(low, high)
+    fixed, scored = score_source(photos, raw)
+    high, low = scored["thresholds"]["high"], scored["thresholds"]["low"]
     out, added_faces, added_ignore = [], 0, 0
     for photo in photos:
         merged, n_faces, n_ignore = merge(photo, fixed[photo.name], low, high)
@@ -309,13 +337,7 @@ def label_photos(photos: list[Photo], name: str, cache: Path) -> tuple[list[Phot
     card = {"name": name, "file": teacher.file,
             "distribution": f"{teacher.distribution}=={teacher.version}",
             "sha256": teacher.sha256, "licence": teacher.licence, "pass": info["pass"],
-            "thresholds": {"high": high, "low": low, "rule": (
-                f"high: lowest score (0.05 steps) from which every score bin's boxes match a label "
-                f"(IoU >= {MATCH_IOU:g}) at least {HIGH_SHARE:g} of the time on the training "
-                f"photos; low: at least {LOW_SHARE:g}; unmatched = IoU < {UNMATCHED_IOU:g} with "
-                "every label")},
-            "geometry": geometry, "sweep": sweep,
-            "added_faces": added_faces, "added_ignore_regions": added_ignore,
+            **scored, "added_faces": added_faces, "added_ignore_regions": added_ignore,
             "labelled_faces": int(sum(len(p.faces) for p in photos)),
             "photos": len(photos), "cache": info["cache"], "boxes_computed": info["computed"],
             "boxes_reused": info["reused"], "seconds": info["seconds"]}
