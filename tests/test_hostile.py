@@ -608,6 +608,20 @@ def test_a_jpeg_with_a_thousand_scans_fails_at_once(data, tmp_path):
     assert decoding.jpeg_scan_count((data / "messy" / "large-3mp.jpg").read_bytes()) == 7
 
 
+def test_the_scan_count_steps_over_stuffed_bytes_restart_markers_and_fill_bytes():
+    """The entropy-coded data ends at the first 0xFF that is neither stuffed (FF 00), nor a
+    restart marker (FF D0-D7), nor a fill byte before another 0xFF; a 0xFF as the last byte ends
+    the count (a regular expression since issue 37, the same counts as the byte loop before)."""
+    sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"[:10]  # a scan header of length 8
+    data = b"\x12\xff\x00\x34\xff\xd3\x56\xff\xff"  # stuffed, RST3, fill byte...
+    jpeg = b"\xff\xd8" + sos + data + b"\xff" + sos + b"\x78\xff\x00" + b"\xff\xd9"
+    assert decoding.jpeg_scan_count(jpeg) == 2  # ...before FF DA: the second scan
+    assert decoding.jpeg_scan_count(jpeg, stop_at=1) == 1
+    assert decoding.jpeg_scan_count(b"\xff\xd8" + sos + b"\x01\x02\xff") == 1  # FF at the end
+    assert decoding.jpeg_scan_count(b"\xff\xd8" + sos + b"\x01\x02") == 1  # no marker after it
+    assert decoding.jpeg_scan_count(b"\xff\xd8\xff\xd9" + sos) == 0  # after EOI: not counted
+
+
 def test_the_readme_lists_the_new_refusals_and_the_spreadsheet_note():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("### What you see for a bad file"):readme.index("## Running on")]

@@ -101,6 +101,21 @@ def test_a_low_threshold_and_an_unaligned_size_give_what_cv2_gives(data: Path, p
                     ort_net.forward(image, size, threshold))
 
 
+def test_the_blob_is_the_photo_transposed_and_zero_padded() -> None:
+    """make_blob as FaceDetectorYN builds its input: float32 1x3xHxW of the BGR values, zeros
+    bottom and right up to a multiple of 32 (for contiguous photos and for views into one)."""
+    rng = np.random.default_rng(0)
+    for height, width in ((1, 1), (31, 33), (32, 32), (481, 641), (7, 1000)):
+        photo = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for image in (photo, photo[::2, ::3]):
+            h, w = image.shape[:2]
+            pad_w, pad_h = yunet_onnx.padded_size((w, h))
+            expected = np.zeros((1, 3, pad_h, pad_w), np.float32)
+            expected[0, :, :h, :w] = image.transpose(2, 0, 1)
+            blob = yunet_onnx.make_blob(image)
+            assert blob.dtype == np.float32 and np.array_equal(blob, expected)
+
+
 @pytest.mark.parametrize("net", list(NETS))
 def test_the_graph_takes_any_size(net: str) -> None:
     session = yunet_onnx.YunetOnnx(model_file(net).read_bytes()).session
