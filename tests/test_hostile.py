@@ -612,7 +612,7 @@ def test_the_scan_count_steps_over_stuffed_bytes_restart_markers_and_fill_bytes(
     """The entropy-coded data ends at the first 0xFF that is neither stuffed (FF 00), nor a
     restart marker (FF D0-D7), nor a fill byte before another 0xFF; a 0xFF as the last byte ends
     the count (a regular expression since issue 37, the same counts as the byte loop before)."""
-    sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"[:10]  # a scan header of length 8
+    sos = b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"  # a scan header, length 8
     data = b"\x12\xff\x00\x34\xff\xd3\x56\xff\xff"  # stuffed, RST3, fill byte...
     jpeg = b"\xff\xd8" + sos + data + b"\xff" + sos + b"\x78\xff\x00" + b"\xff\xd9"
     assert decoding.jpeg_scan_count(jpeg) == 2  # ...before FF DA: the second scan
