@@ -306,6 +306,19 @@ def merge(photo: Photo, rows: np.ndarray, low: float, high: float) -> tuple[Phot
     return merged, len(faces), len(ignore)
 
 
+def merge_all(photos: list[Photo], fixed: dict[str, np.ndarray], low: float, high: float
+              ) -> tuple[list[Photo], int, int]:
+    """Every photo with its corrected teacher rows (`fixed`, by name) merged in (merge), and the
+    faces and ignore regions added over all of them."""
+    out, added_faces, added_ignore = [], 0, 0
+    for photo in photos:
+        merged, n_faces, n_ignore = merge(photo, fixed[photo.name], low, high)
+        out.append(merged)
+        added_faces += n_faces
+        added_ignore += n_ignore
+    return out, added_faces, added_ignore
+
+
 def score_source(photos: list[Photo], raw: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """One teacher's boxes moved to the labels' style and its two thresholds (module doc, steps
     1 and 2): (corrected rows per photo name, the card's geometry, thresholds and sweep)."""
@@ -328,12 +341,7 @@ def label_photos(photos: list[Photo], name: str, cache: Path) -> tuple[list[Phot
     raw, info = teacher_boxes(photos, name, cache)
     fixed, scored = score_source(photos, raw)
     high, low = scored["thresholds"]["high"], scored["thresholds"]["low"]
-    out, added_faces, added_ignore = [], 0, 0
-    for photo in photos:
-        merged, n_faces, n_ignore = merge(photo, fixed[photo.name], low, high)
-        out.append(merged)
-        added_faces += n_faces
-        added_ignore += n_ignore
+    out, added_faces, added_ignore = merge_all(photos, fixed, low, high)
     card = {"name": name, "file": teacher.file,
             "distribution": f"{teacher.distribution}=={teacher.version}",
             "sha256": teacher.sha256, "licence": teacher.licence, "pass": info["pass"],

@@ -41,7 +41,7 @@ from maskbatch.train.teacher import (
     cached_boxes,
     label_photos,
     locate_teacher,
-    merge,
+    merge_all,
     nms,
     score_source,
     teacher_boxes,
@@ -89,14 +89,17 @@ def describe(card: dict) -> str:
 def tuned_look(net, image: np.ndarray, looks=LOOKS, floor: float = FLOOR) -> np.ndarray:
     """The tuned detector's boxes (N, 5) in `image` pixels over `looks`, NMS-merged."""
     h, w = image.shape[:2]
-    flipped = np.ascontiguousarray(image[:, ::-1])
+    scale = np.array([w, h, w, h, 1], np.float32)
+    flipped = None  # the mirrored photo, made once and only if a look asks for it
     found = []
     for area, max_upscale, mirrored in looks:
         size = pass_size(w, h, area, max_upscale)
-        for view, mirror in ((image, False), (flipped, True))[:1 + mirrored]:
-            rows = net.forward(view, size, floor) * np.array([w, h, w, h, 1], np.float32)
-            if mirror:
-                rows[:, [0, 2]] = w - rows[:, [2, 0]]
+        found.append(net.forward(image, size, floor) * scale)
+        if mirrored:
+            if flipped is None:
+                flipped = np.ascontiguousarray(image[:, ::-1])
+            rows = net.forward(flipped, size, floor) * scale
+            rows[:, [0, 2]] = w - rows[:, [2, 0]]
             found.append(rows)
     return nms(np.concatenate(found))
 
@@ -141,10 +144,8 @@ def _source(photos: list[Photo], raw: dict[str, np.ndarray], info: dict
     """One source's merged photos (by name) and its card entry (as if it taught alone)."""
     fixed, scored = score_source(photos, raw)
     high, low = scored["thresholds"]["high"], scored["thresholds"]["low"]
-    merged, faces, ignore = {}, 0, 0
-    for photo in photos:
-        merged[photo.name], n_faces, n_ignore = merge(photo, fixed[photo.name], low, high)
-        faces, ignore = faces + n_faces, ignore + n_ignore
+    out, faces, ignore = merge_all(photos, fixed, low, high)
+    merged = {photo.name: each for photo, each in zip(photos, out)}
     entry = {"sha256": info["sha256"], "pass": info["pass"], **scored,
              "boxes": int(sum(len(v) for v in raw.values())),
              "added_faces_alone": faces, "added_ignore_regions_alone": ignore,
