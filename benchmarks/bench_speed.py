@@ -61,12 +61,17 @@ def reference_rate(paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
+def predict_command(images: Path, out: str | Path, workers: int, extra: list[str]) -> list[str]:
+    """`maskbatch predict` as a user runs it, from this interpreter's environment."""
+    return [str(Path(sys.executable).with_name("maskbatch")), "predict", str(images),
+            "--out", str(out), "--workers", str(workers), "--overwrite", *extra]
+
+
 def job_rate(images: Path, workers: int, extra: list[str]) -> tuple[float, dict]:
     """(images/s per core, summary.json) of one `maskbatch predict` run in a fresh process."""
     with tempfile.TemporaryDirectory(prefix="mb-speed-") as out:
-        command = [str(Path(sys.executable).with_name("maskbatch")), "predict", str(images),
-                   "--out", out, "--workers", str(workers), "--overwrite", *extra]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(predict_command(images, out, workers, extra), check=True,
+                       stdout=subprocess.DEVNULL)
         summary = json.loads((Path(out) / "summary.json").read_text())
     return summary["images_per_second"] / workers, summary
 
@@ -96,6 +101,7 @@ STAGES = [
 # reader's helper thread, maskbatch.photos.reading._serve) for the next photo to read
 RATE_HZ = 50  # py-spy samples a second (more slows the workers it samples)
 STARTUP = "prepare (multiprocessing/spawn.py"  # a spawned worker importing the driver's modules
+STARTUP_STAGE = "worker start-up (imports; before the first task, outside the job's seconds)"
 WAITS = ("wait (threading.py", "select (selectors.py", "_recv (multiprocessing", "get (queue.py",
          "poll (", "_serve (maskbatch/photos/reading.py")
 
@@ -105,7 +111,7 @@ def stage_of(frames: list[str]) -> str | None:
     if frames and any(w in frames[-1] for w in WAITS):
         return None
     if any(STARTUP in frame for frame in frames):
-        return "worker start-up (imports; before the first task, outside the job's seconds)"
+        return STARTUP_STAGE
     for frame in reversed(frames):
         for stage, text in STAGES:
             if text in frame:
@@ -123,9 +129,8 @@ def profile_job(images: Path, workers: int, extra: list[str], rate: float | None
         raise SystemExit("--profile needs py-spy: pip install py-spy")
     with tempfile.TemporaryDirectory(prefix="mb-profile-") as tmp:
         out = Path(tmp) / "out"
-        job = subprocess.Popen([str(Path(sys.executable).with_name("maskbatch")), "predict",
-                                str(images), "--out", str(out), "--workers", str(workers),
-                                "--overwrite", *extra], stdout=subprocess.DEVNULL)
+        job = subprocess.Popen(predict_command(images, out, workers, extra),
+                               stdout=subprocess.DEVNULL)
         spies, seen = [], set()
         while job.poll() is None and len(spies) < workers:
             for child in psutil.Process(job.pid).children(recursive=True):
@@ -147,16 +152,13 @@ def profile_job(images: Path, workers: int, extra: list[str], rate: float | None
                 stage = stage_of(stack.split(";"))
                 if stage is not None:
                     counts[stage] += int(count)
-    startup = {stage: n for stage, n in counts.items() if stage.startswith("worker start-up")}
-    for stage in startup:
-        del counts[stage]
+    startup = counts.pop(STARTUP_STAGE, 0)
     busy = sum(counts.values())
     per_photo = 1000 / rate if rate else 1000 * workers * summary["seconds"] / summary["images"]
     rows = [[stage, round(100 * n / busy, 1), round(per_photo * n / busy, 2)]
             for stage, n in counts.most_common()]
-    rows.append(["all (worker seconds per photo)", 100.0, round(per_photo, 2)])
-    rows += [[f"{stage}: {n / RATE_HZ / workers:.2f} s a worker", "-", "-"]
-             for stage, n in startup.items()]
+    rows.append(["all (worker ms per photo)", 100.0, round(per_photo, 2)])
+    rows.append([f"{STARTUP_STAGE}: {startup / RATE_HZ / workers:.2f} s a worker", "-", "-"])
     print(f"\nprofile: {summary['images']} photos, {summary['images_per_second']} images/s "
           f"under py-spy, {busy} busy samples of {workers} workers; ms per photo at "
           f"{1000 / per_photo:.1f} images/s per worker\n")
