@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -515,6 +516,31 @@ def test_a_lost_scheduler_is_one_line(data, tmp_path):
     assert proc.returncode == 2, err[-3000:]
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "lost the Dask scheduler" in lines[0] and "--resume" in lines[0], err
+
+
+def test_the_clients_comm_closed_record_is_dropped_while_the_job_runs():
+    """The lost-scheduler line above once came below the client sender's own "Batched Comm
+    Closed" record and its traceback (CI, 2026-12-07: it notices the closed comm first now and
+    then). Dropped while a job holds the client; other records of Dask pass, and it comes back."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
+                                  address.rsplit(":", 1)[1], "--no-dashboard"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: list[str] = []
+    catch = logging.Handler(logging.INFO)
+    catch.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    sender = logging.getLogger("distributed.batched")
+    logging.getLogger("distributed").addHandler(catch)
+    try:
+        with dask_client(ClusterConfig(scheduler=address, progress=False)):
+            sender.info("Batched Comm Closed %r", "<TCP (closed)>")
+            sender.warning("another record")
+        sender.info("Batched Comm Closed %r", "<after the job>")
+    finally:
+        logging.getLogger("distributed").removeHandler(catch)
+        scheduler.kill()
+        scheduler.wait(timeout=30)
+    assert seen == ["another record", "Batched Comm Closed '<after the job>'"], seen
 
 
 def _best_iou(box: np.ndarray, others: np.ndarray) -> float:

@@ -259,9 +259,13 @@ def read_parquet_schema(url: str) -> pa.Schema:
 
 
 def read_parquet(url: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """A whole Parquet file as a DataFrame, read on the calling thread: Arrow's threaded scan of
+    a Python file object can leave a pool thread holding the file, which at interpreter exit asks
+    for the GIL and aborts the process ("terminate called without an active exception", exit 134
+    instead of a command's exit 2; apache/arrow#34314, #50482)."""
     fs, path = files.filesystem(url)
     with fs.open(path, "rb") as f:
-        return pd.read_parquet(f, columns=columns)
+        return pq.read_table(f, columns=columns, use_threads=False).to_pandas()
 
 
 def read_crops(crops_dir: str, columns: list[str] | None = None) -> pd.DataFrame:

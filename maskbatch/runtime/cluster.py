@@ -204,7 +204,7 @@ def _remote_client(address: str | None, config: ClusterConfig) -> Iterator[Clien
             client = Client(address, security=security, timeout="20s")
     except (OSError, TimeoutError, ValueError) as exc:
         raise MaskbatchError(f"cannot reach Dask scheduler at {where}: {exc}") from None
-    with client:
+    with client, _comm_closed_unlogged():
         try:
             yield client
         except Exception as exc:
@@ -250,6 +250,25 @@ def _local_client(config: ClusterConfig) -> Iterator[Client]:
             yield client
     finally:
         _set_environ("LD_PRELOAD", driver_preload)
+
+
+@contextlib.contextmanager
+def _comm_closed_unlogged() -> Iterator[None]:
+    """The client's "Batched Comm Closed" record (INFO, with a traceback) dropped while the job
+    runs: when the scheduler is lost its sender can notice before the job does, and the
+    traceback came above the one line that says so."""
+    sender = logging.getLogger("distributed.batched")
+    quiet = _NotCommClosed()
+    sender.addFilter(quiet)
+    try:
+        yield
+    finally:
+        sender.removeFilter(quiet)
+
+
+class _NotCommClosed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Batched Comm Closed")
 
 
 def _silence_dask_logs() -> None:
