@@ -3,6 +3,7 @@
     python benchmarks/bench_speed.py                      # 762 medical-mask photos, 3 rounds
     python benchmarks/bench_speed.py --rounds 5 --workers 2 --job-arg=--mode=yunet
     python benchmarks/bench_speed.py --rounds 0 --profile   # where a worker's time goes (py-spy)
+    python benchmarks/bench_speed.py --free-classifier      # the ceiling of any classifier change
 
 Each round runs, one after the other on the same photos:
 - reference: a bare loop in this process, one thread: cv2.imread + one pass of the pretrained
@@ -13,6 +14,11 @@ Each round runs, one after the other on the same photos:
   submitted to last partition committed), divided by the N workers = images/s per core.
 The ratio is job per core / reference, per round; the table gives each round and the medians.
 Run it on a quiet machine: the job's N workers and its driver share the machine's cores.
+
+--free-classifier: the job runs a stand-in classifier that costs about nothing (one ONNX graph,
+P(mask) = 0.9 + 0 x the crop's mean, with the bundled card's size, threshold and classes; the
+crops are still cut and fed to it): what the job would give if the classifier were free, at the
+same detector pass.
 
 --profile: one more job run with py-spy (`pip install py-spy`) sampling every worker process from
 start to exit (Python frames, 50 Hz); each sample of a busy thread goes to the stage its innermost
@@ -35,6 +41,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -42,6 +49,7 @@ import yunet_cv2  # noqa: E402  (cv2.FaceDetectorYN over an ONNX file)
 from common import data_dir, table  # noqa: E402
 
 from maskbatch.models import detect, yunet  # noqa: E402
+from maskbatch.models.classifier import read_model, sha256_bytes  # noqa: E402
 
 REFERENCE_AREA = 440_000
 REFERENCE_THRESHOLD = 0.65  # the yunet mode's threshold (the loop's cost barely depends on it)
@@ -59,6 +67,35 @@ def reference_rate(paths: list[Path]) -> float:
         size = detect.pass_size(width, height, REFERENCE_AREA, MAX_UPSCALE)
         yunet_cv2.forward(net, image, size, REFERENCE_THRESHOLD)
     return len(paths) / (time.perf_counter() - started)
+
+
+def free_classifier(folder: Path) -> Path:
+    """A classifier folder (model.onnx + model_card.json) that costs about nothing: the bundled
+    card with a constant-output graph over the same NHWC crops."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    _, card = read_model()
+    size = int(card["input_size"])
+    crops = helper.make_tensor_value_info(card["input_name"], TensorProto.FLOAT,
+                                          ["N", size, size, 3])
+    prob = helper.make_tensor_value_info(card["output_name"], TensorProto.FLOAT, ["N", 1])
+    consts = [numpy_helper.from_array(np.array(v, dtype), name) for v, dtype, name in
+              (([0.0], np.float32, "zero"), ([0.9], np.float32, "base"), ([1], np.int64, "axis"))]
+    nodes = [helper.make_node("ReduceMean", [card["input_name"]], ["mean"], axes=[1, 2, 3],
+                              keepdims=0),
+             helper.make_node("Unsqueeze", ["mean", "axis"], ["mean_1"]),
+             helper.make_node("Mul", ["mean_1", "zero"], ["nothing"]),
+             helper.make_node("Add", ["nothing", "base"], [card["output_name"]])]
+    graph = helper.make_graph(nodes, "free_classifier", [crops], [prob], consts)
+    model = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    data = model.SerializeToString()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(data)
+    card = {**card, "onnx_sha256": sha256_bytes(data), "onnx_bytes": len(data),
+            "architecture": "free stand-in (benchmarks/bench_speed.py --free-classifier)"}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return folder
 
 
 def predict_command(images: Path, out: str | Path, workers: int, extra: list[str]) -> list[str]:
@@ -173,9 +210,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--job-arg", action="append", default=[],
                         help="one more argument for maskbatch predict (repeatable)")
+    parser.add_argument("--free-classifier", action="store_true",
+                        help="the job with a stand-in classifier that costs about nothing")
     parser.add_argument("--profile", action="store_true",
                         help="then one job run with py-spy on its workers: the stage table")
     args = parser.parse_args()
+    if args.free_classifier:
+        stand_in = free_classifier(Path(tempfile.mkdtemp(prefix="mb-free-classifier-")))
+        args.job_arg.append(f"--model={stand_in}")
     images = args.images or data_dir() / "medical-mask" / "images"
     paths = sorted(p for p in images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
     reference_rate(paths[:20])  # warm the page cache and the net

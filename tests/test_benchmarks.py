@@ -31,3 +31,19 @@ def test_scale_noop_preload_imports() -> None:
     proc = subprocess.run([sys.executable, "-c", "import runpy; runpy.run_path('scale_noop.py')"],
                           capture_output=True, text=True, timeout=120, cwd=BENCHMARKS)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_free_classifier_stand_in_loads_as_a_model(tmp_path: Path) -> None:
+    """bench_speed --free-classifier: the stand-in passes maskbatch's own checks (checksum, card)
+    and answers P(mask) 0.9 for every crop, of any size, through the job's Classifier."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench_speed
+
+    from maskbatch.models.classifier import Classifier, read_model
+
+    data, card = read_model(bench_speed.free_classifier(tmp_path / "free"))
+    crops = [np.full((h, w, 3), v, np.uint8) for h, w, v in ((30, 20, 0), (200, 180, 255))]
+    probs = Classifier(data, card).mask_probability(crops)
+    assert np.allclose(probs, 0.9), probs
