@@ -4,6 +4,7 @@ sizes (pixels, largest enlargement), detection only, on one part of the committe
     python benchmarks/bench_pass.py                     # training photos of both sets (choose here)
     python benchmarks/bench_pass.py --split val         # report the chosen pass on validation photos
     python benchmarks/bench_pass.py --passes 440k:2 1m:4 --limit 50
+    python benchmarks/bench_pass.py --passes 640k:3 --truncate   # rounded boxes vs truncated
 
 Each pass is the `tuned` mode with another `Pass(area, max_upscale)`, at the mode's own threshold;
 the passes take turns on each photo (one thread, onnxruntime), so the machine's noise hits them
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,14 +47,23 @@ def parse_pass(text: str) -> tuple[int, float]:
     return int(float(area.rstrip("km")) * scale), float(upscale or 2)
 
 
-def mode_for(area: int, upscale: float) -> str:
-    """Register (once) and name the tuned mode with this pass."""
-    name = f"tuned@{area // 1000}k:{upscale:g}"
-    if name not in detect.MODES:
-        base = detect.MODES["tuned"]
-        detect.MODES[name] = dataclasses.replace(
-            base, name=name, scan=dataclasses.replace(base.scan, area=area, max_upscale=upscale))
-    return name
+def mode_for(area: int, upscale: float, truncate: bool = False) -> detect.Mode:
+    """The tuned mode with this pass (and the notebook's truncated pixel boxes if asked)."""
+    base = detect.MODES["tuned"]
+    name = f"tuned@{area // 1000}k:{upscale:g}" + (" truncated" if truncate else "")
+    return dataclasses.replace(
+        base, name=name, scan=dataclasses.replace(base.scan, area=area, max_upscale=upscale),
+        pixels=detect.PixelFit() if truncate else base.pixels)
+
+
+def detect_with(image: np.ndarray, mode: detect.Mode) -> np.ndarray:
+    """detect_faces as the job calls it, with `mode` standing in for the tuned mode."""
+    tuned = detect.MODES["tuned"]
+    detect.MODES["tuned"] = mode
+    try:
+        return detect.detect_faces(image, DetectorConfig(mode="tuned"))
+    finally:
+        detect.MODES["tuned"] = tuned
 
 
 def main() -> None:
@@ -62,9 +73,12 @@ def main() -> None:
     parser.add_argument("--split", default="train", choices=["train", "val"])
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--truncate", action="store_true",
+                        help="each pass also with the boxes truncated to pixels (before 2026-12-07)")
     args = parser.parse_args()
     cv2.setNumThreads(1)
-    modes = [mode_for(*parse_pass(p)) for p in args.passes]
+    modes = [mode_for(*parse_pass(p), truncate) for p in args.passes
+             for truncate in ((False, True) if args.truncate else (False,))]
     rows = []
     for name in args.sets:
         root = data_dir() / name
@@ -76,7 +90,7 @@ def main() -> None:
             image = reading.load_image(str(root / "images" / photo))
             for mode in modes:
                 started = time.perf_counter()
-                boxes = detect.detect_faces(image, DetectorConfig(mode=mode))
+                boxes = detect_with(image, mode)
                 seconds[mode].append(time.perf_counter() - started)
                 found[mode] += [(photo, *b[:4], b[4]) for b in boxes
                                 if min(b[2] - b[0], b[3] - b[1]) >= DetectorConfig().min_face]
@@ -87,7 +101,7 @@ def main() -> None:
             faces = ev.truth[ev.truth["label"] != "ignore"]
             by_size = {b["bin"]: b["recall"] for b in ev.metrics["recall_by_size"]}
             unmasked = faces["classname"].map(DEFAULT_LABEL_MAP) == NO_MASK
-            rows.append([name, mode.split("@")[1], len(photos), ev.metrics["detection"]["ap"],
+            rows.append([name, mode.name.split("@")[1], len(photos), ev.metrics["detection"]["ap"],
                          ev.metrics["detection"]["recall"], by_size["<16"], by_size["16-32"],
                          float(faces.loc[unmasked, "found"].mean()),
                          float(faces.loc[~unmasked, "found"].mean()), len(pred),

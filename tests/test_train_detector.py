@@ -116,6 +116,33 @@ def test_augment_keeps_boxes_on_the_faces_it_moves():
         assert len(faces) + len(ignore) <= 1
 
 
+def test_augment_puts_each_box_on_its_face(monkeypatch):
+    """Flipped or not, at every scale, a sample's box is centred on its face's light (within the
+    resampling's 0.1-0.2 px at the smallest scales, no lean on average): the flipped boxes sat
+    0.5 (1 + scale) px left of their faces before 2026-12-07."""
+    import maskbatch.train.detector_data as detector_data
+
+    monkeypatch.setattr(detector_data, "_jitter", lambda image, rng: image.astype(np.float32))
+    image = np.zeros((400, 600, 3), np.uint8)
+    image[150:190, 250:290] = 255  # a white 40 px face: edge coordinates [250, 290) x [150, 190)
+    photo = Photo("x", image, np.array([[250, 150, 290, 190]], np.float32))
+    rng = np.random.default_rng(1)
+    errors = []
+    for _ in range(200):
+        sample, faces, _ = augment(photo, 256, rng, 600 * 400, 1.0, (-1.0, 0.5))
+        if len(faces) != 1 or faces.min() < 12 or faces.max() > 244:
+            continue
+        x1, y1, x2, y2 = faces[0]
+        left, top = int(x1) - 8, int(y1) - 8
+        light = sample[top:int(y2) + 9, left:int(x2) + 9, 0] / 255.0
+        cx = left + ((np.arange(light.shape[1]) + 0.5) * light.sum(axis=0)).sum() / light.sum()
+        cy = top + ((np.arange(light.shape[0]) + 0.5) * light.sum(axis=1)).sum() / light.sum()
+        errors.append(((x1 + x2) / 2 - cx, (y1 + y2) / 2 - cy))
+    errors = np.array(errors)
+    assert len(errors) > 100 and np.abs(errors).max() < 0.3, np.abs(errors).max(axis=0)
+    assert np.abs(np.median(errors, axis=0)).max() < 0.05, np.median(errors, axis=0)
+
+
 # --------------------------------------------------------------------------- network + export
 
 
@@ -228,6 +255,8 @@ def test_tuned_mode_uses_the_cards_threshold_and_pass():
     assert mode.scan.area == chosen["area"]
     assert mode.scan.max_upscale == chosen["max_upscale"]
     assert detect.BOX_FIT["tuned"] == detect.BoxFit()  # trained on the labelled boxes: no fit
+    pixels = card["pixels"]  # its boxes' half-pixel lean, fitted on the training photos
+    assert mode.pixels == detect.PixelFit(pixels["dx"], pixels["dy"], pixels["rounded"])
 
 
 STREET = "maksssksksss623.jpg"  # voc-masks validation photo: 23 faces, median 22 px wide

@@ -84,12 +84,16 @@ def augment(photo: Photo, size: int, rng: np.random.Generator, area: int, max_up
     else:
         x0 = int(rng.integers(min(0, sw - size), max(0, sw - size) + 1))
         y0 = int(rng.integers(min(0, sh - size), max(0, sh - size) + 1))
-    # the window in photo pixels -> one affine warp (scale + shift), grey outside the photo
-    matrix = np.array([[sw / w, 0, -x0], [0, sh / h, -y0]], np.float32)
+    # the window in photo pixels -> one affine warp (scale + shift), grey outside the photo. The
+    # boxes are in edge coordinates (pixel i spans [i, i + 1)) and warpAffine maps pixel centres,
+    # hence the half pixels: without them a flipped sample's box sat 0.5 (1 + scale) px left of
+    # its face, an unflipped one 0.5 (scale - 1) px off (until 2026-12-07; the bundled detector
+    # learnt that lean, detect.TUNED_PIXELS undoes it)
+    ax, ay = sw / w, sh / h
+    matrix = np.array([[ax, 0, 0.5 * (ax - 1) - x0], [0, ay, 0.5 * (ay - 1) - y0]], np.float32)
     flip = rng.random() < 0.5
     if flip:
-        matrix[0] = -matrix[0]
-        matrix[0, 2] += size
+        matrix[0] = [-ax, 0, size + x0 - 0.5 * (ax + 1)]
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     sample = cv2.warpAffine(photo.image, matrix, (size, size), flags=interp,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=(114, 114, 114))
