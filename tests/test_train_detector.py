@@ -307,7 +307,9 @@ def test_training_is_reproducible_in_fresh_processes(data: Path, tmp_path: Path)
         weights.append({i.name: numpy_helper.to_array(i) for i in model.graph.initializer})
         history = json.loads((tmp_path / run / "history.json").read_text())
         losses.append([(row["loss"], row["obj"], row["cls"], row["box"]) for row in history])
-    assert losses[0] == losses[1]
+    # history.json keeps 4 decimals: a loss ~1e-7 apart can round to neighbours (1.1649 / 1.165,
+    # CI 2026-12-07), so one unit of the last decimal is allowed
+    assert np.allclose(losses[0], losses[1], rtol=0, atol=1.5e-4), losses
     assert weights[0].keys() == weights[1].keys()
     worst = max(float(np.abs(weights[0][k].astype(np.float64) - weights[1][k]).max(initial=0.0))
                 for k in weights[0])
