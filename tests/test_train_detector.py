@@ -287,8 +287,8 @@ def test_tuned_mode_finds_the_faces_of_a_validation_street_scene(data: Path):
 
 def test_training_is_reproducible_in_fresh_processes(data: Path, tmp_path: Path):
     """Same command, same data, two fresh processes: the same photos, augmentation, assignment and
-    loss, and the same weights up to float32 round-off. Usually the same file (sha256) too; about
-    one run in six differs by ~1e-7 in some weights, with 1 or 2 TensorFlow threads and with oneDNN
+    loss, and the same weights up to float32 round-off. Usually the same file (sha256) too; some
+    runs differ by 3e-8 to 1.4e-5 in some weights, with 1 or 2 TensorFlow threads and with oneDNN
     off alike (docs/detector-training.md, reproducibility): so the weights are compared, not the
     bytes. A change in what our code feeds the model (order, augmentation, targets) moves the loss
     and the weights by orders of magnitude more."""
@@ -313,5 +313,8 @@ def test_training_is_reproducible_in_fresh_processes(data: Path, tmp_path: Path)
     assert weights[0].keys() == weights[1].keys()
     worst = max(float(np.abs(weights[0][k].astype(np.float64) - weights[1][k]).max(initial=0.0))
                 for k in weights[0])
-    assert worst < 1e-5, f"weights differ by {worst:.3g}: more than float32 round-off"
+    # measured 2026-12-07 (4 steps): runs of one code differ by up to 1.4e-5 (3e-8 or 5.6e-6 in 6
+    # runs of the old code, 1.4e-5 once in CI); the half-pixel fix of the augmentation moved them
+    # by 1.1e-4
+    assert worst < 4e-5, f"weights differ by {worst:.3g}: more than TensorFlow's run-to-run noise"
     assert "validation" not in json.loads((tmp_path / "a" / "detector_card.json").read_text())
