@@ -24,7 +24,7 @@ import pytest
 from hostile import SECRET, build_corpus, dead_pid, tmpfs, truth_rows
 from onnx import TensorProto, helper
 from PIL import Image
-from test_cluster import DASK, _free_port, _wait_for_parts
+from test_cluster import DASK, RealCluster, _free_port, _wait_for_parts
 
 from maskbatch import cli, files
 from maskbatch.config import MAX_JPEG_SCANS, ClusterConfig, DetectorConfig, InputLimits
@@ -522,24 +522,20 @@ def test_the_clients_comm_closed_record_is_dropped_while_the_job_runs():
     """The lost-scheduler line above once came below the client sender's own "Batched Comm
     Closed" record and its traceback (CI, 2026-12-07: it notices the closed comm first now and
     then). Dropped while a job holds the client; other records of Dask pass, and it comes back."""
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
-                                  address.rsplit(":", 1)[1], "--no-dashboard"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scheduler = RealCluster(workers=1)  # the helper waits for at least one worker
     seen: list[str] = []
     catch = logging.Handler(logging.INFO)
     catch.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
     sender = logging.getLogger("distributed.batched")
     logging.getLogger("distributed").addHandler(catch)
     try:
-        with dask_client(ClusterConfig(scheduler=address, progress=False)):
+        with dask_client(ClusterConfig(scheduler=scheduler.address, progress=False)):
             sender.info("Batched Comm Closed %r", "<TCP (closed)>")
             sender.warning("another record")
         sender.info("Batched Comm Closed %r", "<after the job>")
     finally:
         logging.getLogger("distributed").removeHandler(catch)
-        scheduler.kill()
-        scheduler.wait(timeout=30)
+        scheduler.close()
     assert seen == ["another record", "Batched Comm Closed '<after the job>'"], seen
 
 
