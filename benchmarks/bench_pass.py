@@ -56,7 +56,7 @@ def mode_for(area: int, upscale: float, truncate: bool = False) -> detect.Mode:
         pixels=detect.PixelFit() if truncate else base.pixels)
 
 
-def detect_with(image: np.ndarray, mode: detect.Mode) -> np.ndarray:
+def detect_as_tuned(image: np.ndarray, mode: detect.Mode) -> np.ndarray:
     """detect_faces as the job calls it, with `mode` standing in for the tuned mode."""
     tuned = detect.MODES["tuned"]
     detect.MODES["tuned"] = mode
@@ -90,7 +90,7 @@ def main() -> None:
             image = reading.load_image(str(root / "images" / photo))
             for mode in modes:
                 started = time.perf_counter()
-                boxes = detect_with(image, mode)
+                boxes = detect_as_tuned(image, mode)
                 seconds[mode].append(time.perf_counter() - started)
                 found[mode] += [(photo, *b[:4], b[4]) for b in boxes
                                 if min(b[2] - b[0], b[3] - b[1]) >= DetectorConfig().min_face]

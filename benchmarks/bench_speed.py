@@ -72,7 +72,6 @@ def reference_rate(paths: list[Path]) -> float:
 def free_classifier(folder: Path) -> Path:
     """A classifier folder (model.onnx + model_card.json) that costs about nothing: the bundled
     card with a constant-output graph over the same NHWC crops."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     _, card = read_model()
@@ -88,7 +87,7 @@ def free_classifier(folder: Path) -> Path:
              helper.make_node("Mul", ["mean_1", "zero"], ["nothing"]),
              helper.make_node("Add", ["nothing", "base"], [card["output_name"]])]
     graph = helper.make_graph(nodes, "free_classifier", [crops], [prob], consts)
-    model = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     data = model.SerializeToString()
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(data)

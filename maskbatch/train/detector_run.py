@@ -57,7 +57,8 @@ def validation_photos(datasets: list[str], part: str = "val") -> dict[str, list[
 def detect_with(model_path: str | Path, items: list[tuple[str, str]], area: int,
                 max_upscale: float, floor: float = SCORE_FLOOR) -> pd.DataFrame:
     """Detections (name, x1, y1, x2, y2, score) of one YuNet ONNX over photos, one pass each at
-    `area` pixels as the tuned mode runs it (no box fit)."""
+    `area` pixels as the tuned mode runs it, but with no box fit and truncated pixel boxes
+    (detect.TUNED_PIXELS is fitted to the bundled weights alone, not to a detector in training)."""
 
     net = YunetOnnx(Path(model_path).read_bytes())  # as the job runs it
     rows = []
