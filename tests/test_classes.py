@@ -269,7 +269,7 @@ def test_two_class_evaluation_keeps_incorrect_masks_as_ignore_regions(voc_truth)
 # ClusterConfig(workers=1, processes=False), previews=2: the 2-class outputs must not change.
 # (The Parquet file itself was byte-identical too; its bytes name the pyarrow version, so the
 # test compares its schema and rows.) Made again on 2026-12-07 when the tuned boxes were rounded
-# and shifted 0.75 px right (detect.TUNED_PIXELS): the same 42 detections and scores, left and
+# and shifted 0.75 px right (the card's pixels): the same 42 detections and scores, left and
 # right edges +1 or +2 px, top and bottom +0 or +1, one borderline face's label changed with its
 # crop; nothing else.
 BEFORE = {

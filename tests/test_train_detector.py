@@ -210,6 +210,15 @@ def test_train_detector_command_runs_a_real_short_fine_tune(data: Path, tmp_path
     val = card["validation"]["voc-masks"]
     assert val["n_images"] == len(split_names("voc-masks", "val"))
     assert 0.3 < val["det_ap"] <= 1.0  # two small steps from the pretrained net: still a detector
+    # its boxes' pixel fit, chosen on the training photos the validation metrics then place as it says
+    from maskbatch.train.pixel_fit import GRID_DX, GRID_DY
+
+    pixels = card["pixels"]
+    assert pixels["dx"] in GRID_DX and pixels["dy"] in GRID_DY and pixels["rounded"] is True
+    assert len(pixels["grid"]) == len(GRID_DX) + len(GRID_DY) - 1
+    best = max(row["mean"] for row in pixels["grid"] if row["dy"] == 0.0)
+    assert next(r for r in pixels["grid"] if r["dx"] == pixels["dx"])["mean"] >= best - 0.001
+    assert set(pixels["truncated_det_ap"]) == {"voc-masks"}
     assert (out / "training_loss.png").stat().st_size > 1000
     history = json.loads((out / "history.json").read_text())
     assert history[0]["steps"] == 2 and np.isfinite(history[0]["loss"])
@@ -256,7 +265,8 @@ def test_tuned_mode_uses_the_cards_threshold_and_pass():
     assert mode.scan.max_upscale == chosen["max_upscale"]
     assert detect.BOX_FIT["tuned"] == detect.BoxFit()  # trained on the labelled boxes: no fit
     pixels = card["pixels"]  # its boxes' half-pixel lean, fitted on the training photos
-    assert mode.pixels == detect.PixelFit(pixels["dx"], pixels["dy"], pixels["rounded"])
+    assert mode.pixels is None  # the loaded card's (tests/test_yunet.py moves it)
+    assert detect.card_pixels() == detect.PixelFit(pixels["dx"], pixels["dy"], pixels["rounded"])
 
 
 STREET = "maksssksksss623.jpg"  # voc-masks validation photo: 23 faces, median 22 px wide

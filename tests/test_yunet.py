@@ -105,10 +105,51 @@ def test_predict_refuses_to_start_when_the_detector_cannot_load(
     (folder / yunet.TUNED_FILE).write_bytes(junk)
     (folder / yunet.TUNED_CARD).write_text(json.dumps({"onnx_sha256": hashlib.sha256(junk).hexdigest()}))
     monkeypatch.setenv(yunet.ENV_TUNED, str(folder))
-    yunet.load_yunet.cache_clear()
+    _forget_loaded_detectors()
     try:
         with pytest.raises(MaskbatchError, match="not an ONNX model"):
             maskbatch.predict(str(tmp_path), str(tmp_path / "out"))
     finally:
-        yunet.load_yunet.cache_clear()
+        _forget_loaded_detectors()
     assert not (tmp_path / "out").exists()
+
+
+def _forget_loaded_detectors() -> None:
+    """Drop this process's loaded fine-tuned detector and its card's pixel fit (both cached)."""
+    yunet.load_yunet.cache_clear()
+    detect.card_pixels.cache_clear()
+
+
+def test_the_tuned_boxes_are_placed_as_the_loaded_card_says(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pixel fit belongs to the detector's weights, so the tuned mode reads it from the card
+    of the detector it loaded: the bundled one's, another folder's (MASKBATCH_DETECTOR_MODEL), or
+    none in a card from before the fit (then truncated, as that detector's threshold was chosen)."""
+    image = reading.load_image(str(data / "voc-masks" / "images" / SMALL_FACES))
+    height, width = image.shape[:2]
+    rel = yunet.load_yunet("tuned").forward(
+        image, detect.pass_size(width, height, detect.TUNED_PASS.area, detect.TUNED_PASS.max_upscale),
+        detect.TUNED_THRESHOLD)
+    bundled = detect.detect_faces(image)
+    _, card = yunet.read_tuned_card()
+    shift = card["pixels"]["dx"]
+    order = np.argsort(-rel[:, 4], kind="stable")
+    np.testing.assert_array_equal(bundled[:, 0], np.floor(rel[order, 0] * width + shift + 0.5))
+    folder = tmp_path / "detector"
+    folder.mkdir()
+    (folder / yunet.TUNED_FILE).write_bytes(yunet.read_tuned_card()[0].read_bytes())
+    moved = dict(card, pixels=dict(card["pixels"], dx=shift + 2.0, dy=-1.0))
+    (folder / yunet.TUNED_CARD).write_text(json.dumps(moved))
+    monkeypatch.setenv(yunet.ENV_TUNED, str(folder))
+    _forget_loaded_detectors()
+    try:
+        shifted = detect.detect_faces(image)
+        inside = (bundled[:, 2] + 2 < width) & (bundled[:, 1] >= 1)  # clipping aside
+        np.testing.assert_array_equal(shifted[inside, :4], bundled[inside, :4] + [2, -1, 2, -1])
+        (folder / yunet.TUNED_CARD).write_text(json.dumps({k: v for k, v in card.items()
+                                                           if k != "pixels"}))
+        _forget_loaded_detectors()
+        truncated = detect.detect_faces(image)
+        np.testing.assert_array_equal(truncated[:, 0], np.floor(rel[order, 0] * width))
+    finally:
+        _forget_loaded_detectors()

@@ -91,14 +91,18 @@ class PixelFit:
     rounded: bool = False
 
 
-# The bundled tuned detector's boxes sit 0.6-0.7 px left of the labelled faces at every face
-# size, on both sets' training photos (median offset of matched pairs, float boxes): its training
-# samples put flipped faces' boxes half a pixel and more left of the face (the augmentation's warp
-# and its box arithmetic disagreed on pixel centres; docs/detector-training.md). Rounded and
-# shifted +0.75 px, chosen on the training photos only (a grid of dx 0-1, dy -0.25-0.25):
-# detection AP 0.929 -> 0.933 (medical-mask) and 0.919 -> 0.936 (voc-masks), voc-masks faces
-# under 16 px found 0.800 -> 0.869. The detector card records it ("pixels").
-TUNED_PIXELS = PixelFit(dx=0.75, rounded=True)
+@per_thread
+def card_pixels(net: str = "tuned") -> PixelFit:
+    """The pixel fit the fine-tuned detector's card records (``pixels``: its boxes' lean, fitted
+    by train-detector on its training photos); a card from before the fit has none: truncated
+    boxes, as that detector's threshold was chosen with. The bundled detector's: rounded after
+    +0.75 px, its training samples having put flipped faces' boxes half a pixel and more left
+    of the face (docs/detector-training.md, 2026-12-07)."""
+    if net != "tuned":
+        raise MaskbatchError(f"only the fine-tuned detector has a card, not {net!r}")
+    fit = yunet.read_tuned_card()[1].get("pixels")
+    return PixelFit() if fit is None else PixelFit(float(fit["dx"]), float(fit["dy"]),
+                                                   bool(fit["rounded"]))
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,7 @@ class Mode:
     scan: Pass = GLOBAL
     tighten: bool = False
     gamma: bool = True  # the detector input gets config.gamma (the notebook's gamma is for res10)
-    pixels: PixelFit = PixelFit()
+    pixels: PixelFit | None = PixelFit()  # None: the fine-tuned detector's card's (card_pixels)
 
 
 # Thresholds: seed keeps the notebook's 0.2; yunet's 0.65 was its best detection F1 on the
@@ -126,8 +130,8 @@ TUNED_PASS = Pass(area=640_000, max_upscale=3.0, net="tuned")
 MODES: dict[str, Mode] = {
     "tuned": Mode("tuned", TUNED_THRESHOLD, "one pass of YuNet fine-tuned on the labelled "
                   "masked-face photos (maskbatch train-detector) at about 640k pixels (aspect "
-                  "kept, at most 3x enlarged), no gamma; boxes shifted 0.75 px right and "
-                  "rounded", TUNED_PASS, gamma=False, pixels=TUNED_PIXELS),
+                  "kept, at most 3x enlarged), no gamma; boxes shifted and rounded as the "
+                  "detector's card says", TUNED_PASS, gamma=False, pixels=None),
     "yunet": Mode("yunet", 0.65, "one pass of the pretrained YuNet small-face detector at about "
                   "440k pixels (aspect kept, at most 2x enlarged), no gamma; boxes tightened",
                   Pass(area=440_000, net="yunet"), tighten=True, gamma=False),
@@ -243,7 +247,7 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     height, width = image.shape[:2]
     lit = pixels.adjust_gamma(image, config.gamma) if mode.gamma else image
     rel = _run_mode(net, lit, threshold, mode)
-    px = to_pixels(rel, width, height, mode.pixels)
+    px = to_pixels(rel, width, height, card_pixels() if mode.pixels is None else mode.pixels)
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
     result = np.concatenate([px[keep].astype(np.float64), rel[keep, 4:5].astype(np.float64)], axis=1)
     return result[np.argsort(-result[:, 4], kind="stable")]

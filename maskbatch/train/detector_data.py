@@ -88,7 +88,7 @@ def augment(photo: Photo, size: int, rng: np.random.Generator, area: int, max_up
     # boxes are in edge coordinates (pixel i spans [i, i + 1)) and warpAffine maps pixel centres,
     # hence the half pixels: without them a flipped sample's box sat 0.5 (1 + scale) px left of
     # its face, an unflipped one 0.5 (scale - 1) px off (until 2026-12-07; the bundled detector
-    # learnt that lean, detect.TUNED_PIXELS undoes it)
+    # learnt that lean, its card's pixel fit undoes it)
     ax, ay = sw / w, sh / h
     matrix = np.array([[ax, 0, 0.5 * (ax - 1) - x0], [0, ay, 0.5 * (ay - 1) - y0]], np.float32)
     flip = rng.random() < 0.5

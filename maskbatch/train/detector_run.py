@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -22,14 +21,12 @@ from matplotlib.figure import Figure
 from maskbatch.datasets import load_records, truth_table
 from maskbatch.datasets.splits import dataset_name, in_part, known_datasets
 from maskbatch.errors import MaskbatchError
-from maskbatch.evaluation.scoring import score_detections
 from maskbatch.models import yunet
-from maskbatch.models.detect import pass_size, to_pixels
-from maskbatch.models.yunet_onnx import YunetOnnx
-from maskbatch.photos import reading
+from maskbatch.models.detect import PixelFit
 from maskbatch.train.detector_data import Photo, inference_scale, load_photos
 from maskbatch.train.detector_export import keras_weights, onnx_with_weights, parity
 from maskbatch.train.detector_fit import Recipe, build_model, fit, setup_tensorflow
+from maskbatch.train.pixel_fit import Raw, as_table, choose_pixels, face_metrics, raw_detections
 
 FORMAT = "maskbatch-detector/1"
 SCORE_FLOOR = 0.05  # detections kept for AP / PR curves
@@ -55,46 +52,31 @@ def validation_photos(datasets: list[str], part: str = "val") -> dict[str, list[
 
 
 def detect_with(model_path: str | Path, items: list[tuple[str, str]], area: int,
-                max_upscale: float, floor: float = SCORE_FLOOR) -> pd.DataFrame:
+                max_upscale: float, floor: float = SCORE_FLOOR, fit: PixelFit = PixelFit()
+                ) -> pd.DataFrame:
     """Detections (name, x1, y1, x2, y2, score) of one YuNet ONNX over photos, one pass each at
-    `area` pixels as the tuned mode runs it, but with no box fit and truncated pixel boxes
-    (detect.TUNED_PIXELS is fitted to the bundled weights alone, not to a detector in training)."""
-
-    net = YunetOnnx(Path(model_path).read_bytes())  # as the job runs it
-    rows = []
-    for name, path in items:
-        image = reading.load_image(path)
-        h, w = image.shape[:2]
-        rel = net.forward(image, pass_size(w, h, area, max_upscale), floor)
-        px = to_pixels(rel, w, h)
-        rows += [(name, *map(float, b), float(s)) for b, s in zip(px, rel[:, 4])]
-    return pd.DataFrame(rows, columns=["name", "x1", "y1", "x2", "y2", "score"])
+    `area` pixels as the tuned mode runs it, with no box fit; pixel boxes placed as `fit` says
+    (by default truncated, as the cards before the pixel fit scored them)."""
+    return as_table(raw_detections(model_path, items, area, max_upscale, floor), fit)
 
 
 def detection_metrics(truth: pd.DataFrame, found: pd.DataFrame, names: list[str],
                       threshold: float) -> dict:
     """Detection AP (every face, any class), and recall / precision / recall by size at
     `threshold`, with maskbatch.evaluate's matching."""
-    every = _scored(truth, found, names)
-    at = _scored(truth, found[found["score"] > threshold], names)
+    every = face_metrics(truth, found, names)
+    at = face_metrics(truth, found[found["score"] > threshold], names)
     return {"det_ap": every["detection"]["ap"], "threshold": threshold,
             "recall": at["detection"]["recall"], "precision": at["detection"]["precision"],
             "recall_by_size": {b["bin"]: b["recall"] for b in at["recall_by_size"]},
             "n_images": len(names), "n_faces": every["n_truth_faces"]}
 
 
-def _scored(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]) -> dict:
-    """maskbatch.evaluate's metrics of class-agnostic detections (every box a "face")."""
-
-    pred = found.assign(classname="face_with_mask", mask_prob=math.nan)
-    return score_detections(truth, pred, image_names=names).metrics
-
-
 def threshold_sweep(truth: pd.DataFrame, found: pd.DataFrame, names: list[str]) -> list[dict]:
     """Detection precision and recall at thresholds 0.1 to 0.95 (0.05 steps)."""
     rows = []
     for threshold in np.round(np.arange(0.1, 0.951, 0.05), 2):
-        at = _scored(truth, found[found["score"] > threshold], names)["detection"]
+        at = face_metrics(truth, found[found["score"] > threshold], names)["detection"]
         rows.append({"threshold": float(threshold), "precision": at["precision"] or 0.0,
                      "recall": at["recall"] or 0.0})
     return rows
@@ -173,16 +155,26 @@ def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo
 
 
 def _validate(model_path: Path, datasets: list[str], recipe: Recipe) -> dict:
-    """Threshold tuned on the training photos; metrics on the validation photos."""
+    """Pixel fit and threshold chosen on the training photos; metrics on the validation photos,
+    the boxes placed as the fit says (as the tuned mode will place them)."""
     result: dict = {"validation": {}}
-    found_train, truth_all, names_train = [], [], []
+    train_sets: dict[str, tuple[pd.DataFrame, list[Raw]]] = {}
     for root in datasets:
-        truth = truth_table(root)
         train_items = validation_photos([root], "train").get(dataset_name(root), [])
-        found_train.append(detect_with(model_path, train_items, recipe.area, recipe.max_upscale))
-        truth_all.append(truth.assign(name=dataset_name(root) + "/" + truth["name"]))
-        found_train[-1]["name"] = dataset_name(root) + "/" + found_train[-1]["name"]
-        names_train += [dataset_name(root) + "/" + n for n, _ in train_items]
+        raws = raw_detections(model_path, train_items, recipe.area, recipe.max_upscale,
+                              SCORE_FLOOR)
+        if raws:
+            train_sets[dataset_name(root)] = (truth_table(root), raws)
+    if not train_sets:  # no set with a committed split: nothing to choose or validate on
+        return result
+    result["pixels"] = choose_pixels(train_sets)
+    placed = PixelFit(result["pixels"]["dx"], result["pixels"]["dy"], rounded=True)
+    truth_all, found_train, names_train = [], [], []
+    for name, (truth, raws) in train_sets.items():
+        truth_all.append(truth.assign(name=name + "/" + truth["name"]))
+        found = as_table(raws, placed)
+        found_train.append(found.assign(name=name + "/" + found["name"]))
+        names_train += [name + "/" + raw.name for raw in raws]
     sweep = threshold_sweep(pd.concat(truth_all), pd.concat(found_train), names_train)
     threshold = best_threshold(sweep)
     result["threshold"] = threshold
@@ -193,7 +185,7 @@ def _validate(model_path: Path, datasets: list[str], recipe: Recipe) -> dict:
         items = validation_photos([root], "val").get(dataset_name(root), [])
         if not items:
             continue
-        found = detect_with(model_path, items, recipe.area, recipe.max_upscale)
+        found = detect_with(model_path, items, recipe.area, recipe.max_upscale, fit=placed)
         result["validation"][dataset_name(root)] = detection_metrics(
             truth_table(root), found, [n for n, _ in items], threshold)
     return result
