@@ -51,15 +51,6 @@ def validation_photos(datasets: list[str], part: str = "val") -> dict[str, list[
     return out
 
 
-def detect_with(model_path: str | Path, items: list[tuple[str, str]], area: int,
-                max_upscale: float, floor: float = SCORE_FLOOR, fit: PixelFit = PixelFit()
-                ) -> pd.DataFrame:
-    """Detections (name, x1, y1, x2, y2, score) of one YuNet ONNX over photos, one pass each at
-    `area` pixels as the tuned mode runs it, with no box fit; pixel boxes placed as `fit` says
-    (by default truncated, as the cards before the pixel fit scored them)."""
-    return as_table(raw_detections(model_path, items, area, max_upscale, floor), fit)
-
-
 def detection_metrics(truth: pd.DataFrame, found: pd.DataFrame, names: list[str],
                       threshold: float) -> dict:
     """Detection AP (every face, any class), and recall / precision / recall by size at
@@ -185,7 +176,8 @@ def _validate(model_path: Path, datasets: list[str], recipe: Recipe) -> dict:
         items = validation_photos([root], "val").get(dataset_name(root), [])
         if not items:
             continue
-        found = detect_with(model_path, items, recipe.area, recipe.max_upscale, fit=placed)
+        raws = raw_detections(model_path, items, recipe.area, recipe.max_upscale, SCORE_FLOOR)
+        found = as_table(raws, placed)
         result["validation"][dataset_name(root)] = detection_metrics(
             truth_table(root), found, [n for n, _ in items], threshold)
     return result
