@@ -94,7 +94,9 @@ def _run(args: argparse.Namespace) -> None:
                               limit=args.limit, teacher=args.teacher)
         val = "".join(f"; {k} validation det AP {v['det_ap']:.3f}"
                       for k, v in card.get("validation", {}).items())
-        print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){val}")
+        fit = card.get("pixels")
+        placed = f"; boxes shifted {fit['dx']:+g}, {fit['dy']:+g} px and rounded" if fit else ""
+        print(f"detector written to {args.out} (sha256 {card['onnx_sha256'][:12]}…){placed}{val}")
     elif args.command == "evaluate":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", EvaluationWarning)  # format_table lists them
