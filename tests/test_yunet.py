@@ -151,5 +151,9 @@ def test_the_tuned_boxes_are_placed_as_the_loaded_card_says(
         _forget_loaded_detectors()
         truncated = detect.detect_faces(image)
         np.testing.assert_array_equal(truncated[:, 0], np.floor(rel[order, 0] * width))
+        (folder / yunet.TUNED_CARD).write_text(json.dumps(dict(card, pixels={"dx": "left"})))
+        _forget_loaded_detectors()
+        with pytest.raises(MaskbatchError, match="broken 'pixels'"):
+            detect.load_mode("tuned")  # what a job calls once before any work
     finally:
         _forget_loaded_detectors()

@@ -92,17 +92,21 @@ class PixelFit:
 
 
 @per_thread
-def card_pixels(net: str = "tuned") -> PixelFit:
+def card_pixels() -> PixelFit:
     """The pixel fit the fine-tuned detector's card records (``pixels``: its boxes' lean, fitted
     by train-detector on its training photos); a card from before the fit has none: truncated
     boxes, as that detector's threshold was chosen with. The bundled detector's: rounded after
-    +0.75 px, its training samples having put flipped faces' boxes half a pixel and more left
-    of the face (docs/detector-training.md, 2026-12-07)."""
-    if net != "tuned":
-        raise MaskbatchError(f"only the fine-tuned detector has a card, not {net!r}")
-    fit = yunet.read_tuned_card()[1].get("pixels")
-    return PixelFit() if fit is None else PixelFit(float(fit["dx"]), float(fit["dy"]),
-                                                   bool(fit["rounded"]))
+    +0.75 px (its boxes sit 0.6-0.7 px left of the labelled faces; detectors trained since the
+    augmentation's half-pixel fix lean as much: docs/detector-training.md, 2026-12-07)."""
+    card = yunet.read_tuned_card()[1]
+    fit = card.get("pixels")
+    if fit is None:
+        return PixelFit()
+    try:
+        return PixelFit(float(fit["dx"]), float(fit["dy"]), bool(fit["rounded"]))
+    except (KeyError, TypeError, ValueError):
+        raise MaskbatchError("the fine-tuned detector's card has a broken 'pixels' entry (needs "
+                             "dx, dy and rounded)") from None
 
 
 @dataclass(frozen=True)
@@ -226,9 +230,12 @@ def get_mode(name: str) -> Mode:
 def load_mode(name: str) -> None:
     """Load (once per process) and verify every net the mode uses: fails early and clearly on a
     missing or corrupt weights file or an OpenCV that cannot run it."""
-    spec = get_mode(name).scan
+    mode = get_mode(name)
+    spec = mode.scan
     if spec.net in yunet.NETS:
         yunet.load_yunet(spec.net)
+        if mode.pixels is None:
+            card_pixels()
     else:
         load_detector()
 
