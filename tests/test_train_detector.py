@@ -221,6 +221,7 @@ def test_train_detector_command_runs_a_real_short_fine_tune(data: Path, tmp_path
     assert set(pixels["truncated_det_ap"]) == {"voc-masks"}
     assert f"boxes shifted {pixels['dx']:+g}, {pixels['dy']:+g} px and rounded" in proc.stdout
     assert (out / "training_loss.png").stat().st_size > 1000
+    assert (out / "pixel_fit.png").stat().st_size > 1000
     history = json.loads((out / "history.json").read_text())
     assert history[0]["steps"] == 2 and np.isfinite(history[0]["loss"])
     # the written folder is a usable detector: MASKBATCH_DETECTOR_MODEL points at it

@@ -1,9 +1,9 @@
 """`maskbatch train-detector`: fine-tune YuNet on labelled photos, export, check, validate, card.
 
 Writes to OUT: detector.onnx (YuNet's graph, float weights), detector_card.json (sha256, recipe,
-training data, parity, validation metrics, licence of the starting weights), history.json and
-training_loss.png. Copy detector.onnx + detector_card.json into maskbatch/models/ to bundle it,
-or point MASKBATCH_DETECTOR_MODEL at OUT.
+training data, parity, pixel fit, validation metrics, licence of the starting weights),
+history.json, training_loss.png and pixel_fit.png (the pixel fit's scores). Copy detector.onnx +
+detector_card.json into maskbatch/models/ to bundle it, or point MASKBATCH_DETECTOR_MODEL at OUT.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from maskbatch.models.detect import PixelFit
 from maskbatch.train.detector_data import Photo, inference_scale, load_photos
 from maskbatch.train.detector_export import keras_weights, onnx_with_weights, parity
 from maskbatch.train.detector_fit import Recipe, build_model, fit, setup_tensorflow
-from maskbatch.train.pixel_fit import Raw, as_table, choose_pixels, face_metrics, raw_detections
+from maskbatch.train.pixel_fit import Raw, as_table, choose_pixels, face_metrics, plot_pixels, raw_detections
 
 FORMAT = "maskbatch-detector/1"
 SCORE_FLOOR = 0.05  # detections kept for AP / PR curves
@@ -139,6 +139,8 @@ def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo
         card["teacher"] = teacher
     if validate:
         card.update(_validate(out / yunet.TUNED_FILE, datasets, recipe))
+    if "pixels" in card:
+        plot_pixels(card["pixels"], out / "pixel_fit.png")
     (out / "history.json").write_text(json.dumps(history, indent=1))
     (out / yunet.TUNED_CARD).write_text(json.dumps(card, indent=1))
     _loss_plot(history, out / "training_loss.png")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from maskbatch.evaluation.scoring import score_detections
 from maskbatch.models.detect import PixelFit, pass_size, to_pixels
@@ -103,3 +104,24 @@ def _plateau_middle(rows: list[dict], key: str) -> float:
     best = max(row["mean"] for row in rows)
     good = sorted(row[key] for row in rows if row["mean"] >= best - PLATEAU)
     return good[(len(good) - 1) // 2]
+
+
+def plot_pixels(entry: dict, path: Path) -> None:
+    """The card's pixel fit as a picture: detection AP per set against the shift, dx then dy."""
+    fig = Figure(figsize=(8, 3.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    dx = entry["dx"]
+    for ax, key, rows in ((axes[0], "dx", [r for r in entry["grid"] if r["dy"] == 0.0]),
+                          (axes[1], "dy", [r for r in entry["grid"] if r["dx"] == dx])):
+        rows = sorted(rows, key=lambda r: r[key])
+        for name in rows[0]["det_ap"]:
+            ax.plot([r[key] for r in rows], [r["det_ap"][name] for r in rows], marker=".",
+                    label=name)
+        ax.plot([r[key] for r in rows], [r["mean"] for r in rows], "k--", label="mean")
+        ax.axvline(entry[key], color="grey", lw=0.8)
+        ax.set_xlabel(f"{key} (photo px)" + (f", at dx {dx:+g}" if key == "dy" else ", dy 0"))
+    axes[0].set_ylabel("detection AP, training photos")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Pixel fit: boxes shifted {entry['dx']:+g}, {entry['dy']:+g} px, rounded")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
