@@ -4,7 +4,7 @@ The net's boxes are relative; the job turns them into integer pixel boxes (detec
 lean of a fraction of a pixel that every box shares costs a face under 10 px its IoU 0.5 match
 more often than not (docs/detector-training.md, 2026-12-07), so ``train-detector`` measures the
 lean of the detector it wrote on its **training** photos: float boxes shifted by (dx, dy) photo
-pixels and rounded, each shift scored by detection AP, the middle of the best plateau kept. The
+pixels and rounded, each shift scored by detection AP, the middle of the best ones kept. The
 tuned mode applies what the card says (detect.card_pixels).
 """
 
@@ -25,8 +25,8 @@ from maskbatch.photos import reading
 
 GRID_DX = tuple(float(x) for x in np.round(np.arange(-1.0, 1.0001, 0.125), 3))
 GRID_DY = tuple(float(y) for y in np.round(np.arange(-0.5, 0.5001, 0.125), 3))
-# Shifts whose mean detection AP is within PLATEAU of the best are equally good; the one kept is
-# their median (a plateau's middle moves less from one training run to the next than its peak).
+# Shifts whose mean detection AP is within PLATEAU of the best are taken as equally good (the AP
+# of one shift to the next moves by about that much at random); the one kept is their median.
 PLATEAU = 0.001
 RULE = (f"float boxes of the training photos shifted by dx in {GRID_DX[0]:g}..{GRID_DX[-1]:g} "
         f"(dy 0), then dy in {GRID_DY[0]:g}..{GRID_DY[-1]:g} at that dx, 0.125 px steps, "
