@@ -220,6 +220,11 @@ def to_pixels(rel: np.ndarray, width: int, height: int, fit: PixelFit = PixelFit
     return px
 
 
+def pixel_fit(mode: Mode) -> PixelFit:
+    """How `mode` places its boxes on pixels: its own fit, or the loaded card's (pixels None)."""
+    return card_pixels() if mode.pixels is None else mode.pixels
+
+
 def get_mode(name: str) -> Mode:
     """The mode called `name`, or a MaskbatchError listing the modes there are."""
     if name not in MODES:
@@ -234,8 +239,7 @@ def load_mode(name: str) -> None:
     spec = mode.scan
     if spec.net in yunet.NETS:
         yunet.load_yunet(spec.net)
-        if mode.pixels is None:
-            card_pixels()
+        pixel_fit(mode)  # the tuned card's fit, read and checked once here
     else:
         load_detector()
 
@@ -254,7 +258,7 @@ def detect_faces(image: np.ndarray, config: DetectorConfig = DetectorConfig(),
     height, width = image.shape[:2]
     lit = pixels.adjust_gamma(image, config.gamma) if mode.gamma else image
     rel = _run_mode(net, lit, threshold, mode)
-    px = to_pixels(rel, width, height, card_pixels() if mode.pixels is None else mode.pixels)
+    px = to_pixels(rel, width, height, pixel_fit(mode))
     keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
     result = np.concatenate([px[keep].astype(np.float64), rel[keep, 4:5].astype(np.float64)], axis=1)
     return result[np.argsort(-result[:, 4], kind="stable")]

@@ -87,8 +87,9 @@ def augment(photo: Photo, size: int, rng: np.random.Generator, area: int, max_up
     # the window in photo pixels -> one affine warp (scale + shift), grey outside the photo. The
     # boxes are in edge coordinates (pixel i spans [i, i + 1)) and warpAffine maps pixel centres,
     # hence the half pixels: without them a flipped sample's box sat 0.5 (1 + scale) px left of
-    # its face, an unflipped one 0.5 (scale - 1) px off (until 2026-12-07; the bundled detector
-    # learnt that lean, its card's pixel fit undoes it)
+    # its face, an unflipped one 0.5 (scale - 1) px off (until 2026-12-07). Detectors trained
+    # since still lean 0.25-0.75 px, so most of the bundled one's lean came from elsewhere; each
+    # card's pixel fit places its own detector's boxes (maskbatch.train.pixel_fit)
     ax, ay = sw / w, sh / h
     matrix = np.array([[ax, 0, 0.5 * (ax - 1) - x0], [0, ay, 0.5 * (ay - 1) - y0]], np.float32)
     flip = rng.random() < 0.5

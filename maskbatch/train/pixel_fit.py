@@ -90,7 +90,7 @@ def choose_pixels(sets: dict[str, tuple[pd.DataFrame, list[Raw]]]) -> dict:
 
     along_x = [scored(dx, 0.0) for dx in GRID_DX]
     dx = _plateau_middle(along_x, "dx")
-    along_y = [row for row in along_x if row["dx"] == dx and row["dy"] == 0.0]
+    along_y = [row for row in along_x if row["dx"] == dx]
     along_y += [scored(dx, dy) for dy in GRID_DY if dy != 0.0]
     dy = _plateau_middle(along_y, "dy")
     truncated = {s: round(detection_ap(t, as_table(r), [x.name for x in r]), 4)
