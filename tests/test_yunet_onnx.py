@@ -91,12 +91,15 @@ def test_tiny_and_blank_images_give_what_cv2_gives(pair, shape: tuple[int, int, 
 
 
 def test_a_low_threshold_and_an_unaligned_size_give_what_cv2_gives(data: Path, pair) -> None:
-    """Thousands of candidates into NMS (at 0: every cell, more than top_k); sizes (w, h) that
-    are no multiple of 32 (the padding)."""
+    """Thousands of candidates into NMS (at 1e-4: 8,000-21,000 cells at the larger sizes, more
+    than top_k); sizes (w, h) that are no multiple of 32 (the padding). Not at 0: there a cell
+    whose objectness logit is far below zero is kept by OpenCV (score ~7e-5) and dropped by
+    onnxruntime, whose sigmoid gives exactly 0 (measured 2026-12-07 on the bundled weights,
+    1 cell of 2,079 at 333x257): `--confidence 0` can differ from OpenCV by such boxes."""
     net, cv_net, ort_net = pair
     image = cv2.imread(str(data / "medical-mask" / "images" / CHOSEN["medical-mask"][0]))
     for size in ((1000, 420), (333, 257), (1288, 856)):
-        for threshold in (0.0, 0.05):
+        for threshold in (1e-4, 0.05):
             compare(yunet_cv2.forward(cv_net, image, size, threshold),
                     ort_net.forward(image, size, threshold))
 

@@ -96,8 +96,8 @@ def card_pixels() -> PixelFit:
     """The pixel fit the fine-tuned detector's card records (``pixels``: its boxes' lean, fitted
     by train-detector on its training photos); a card from before the fit has none: truncated
     boxes, as that detector's threshold was chosen with. The bundled detector's: rounded after
-    +0.75 px (its boxes sit 0.6-0.7 px left of the labelled faces; detectors trained since the
-    augmentation's half-pixel fix lean as much: docs/detector-training.md, 2026-12-07)."""
+    +0.75 px right and +0.125 px down (YuNet's fine-tuned boxes lean 0.25-0.75 px left, before and
+    after the augmentation's half-pixel fix: docs/detector-training.md, 2026-12-07)."""
     card = yunet.read_tuned_card()[1]
     fit = card.get("pixels")
     if fit is None:

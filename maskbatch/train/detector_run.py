@@ -82,16 +82,24 @@ def best_threshold(sweep: list[dict], min_precision: float = MIN_PRECISION) -> f
 
 def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str = "train",
         pretrained: str | None = None, steps: int | None = None, limit: int | None = None,
-        validate: bool = True, teacher: str | None = None) -> dict:
+        validate: bool = True, teacher: str | None = None, start: str | None = None) -> dict:
     """Fine-tune, export and validate; returns the card (see the module doc).
 
     `teacher`: a teacher's name (maskbatch.train.teacher, .teacher_tuned): its boxes on the
     training photos, cached in OUT as teacher-NAME.json (tuned+centerface: teacher-tuned.json and
-    teacher-centerface.json), add the faces the labels skip and ignore regions."""
+    teacher-centerface.json), add the faces the labels skip and ignore regions. `start`: a
+    detector folder (detector.onnx + detector_card.json, sha256 checked) whose weights training
+    continues from instead of the pretrained YuNet's; the export still writes into the pretrained
+    file's graph (the float graph of a fine-tuned file does not take them: the ONNX checker finds
+    its initializer names twice)."""
     setup_tensorflow(recipe.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pretrained = str(pretrained or yunet.locate_model())
+    weights_from, started = pretrained, None
+    if start is not None:
+        start_path, start_card = yunet.read_tuned_card(start)
+        weights_from, started = str(start_path), _start_entry(start_path, start_card)
     validate = validate and part is not None  # trained on every photo: none is left to validate
     photos = load_photos(datasets, part)
     if limit is not None:
@@ -105,25 +113,36 @@ def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str 
         photos, taught = label_with(photos, teacher, out / f"teacher-{teacher}.json")
         print(describe(taught), flush=True)
     print(f"training on {len(photos)} photos, {sum(len(p.faces) for p in photos)} faces", flush=True)
-    started = time.perf_counter()
-    model = build_model(pretrained)
+    began = time.perf_counter()
+    model = build_model(weights_from)
     history = fit(model, photos, recipe, steps=steps)
     return write_detector(model, out, pretrained, photos, recipe, datasets, part, history,
-                          time.perf_counter() - started, validate, taught)
+                          time.perf_counter() - began, validate, taught, started)
+
+
+def _start_entry(path: Path, card: dict) -> dict:
+    """The card's `starting_weights` for a run continued from a fine-tuned detector: that file,
+    its licence, and what it started from in turn."""
+    bundled = path.resolve().parent == yunet.tuned_dir()
+    return {"file": "maskbatch/models/" + path.name if bundled else str(path.resolve()),
+            "sha256": card["onnx_sha256"], "licence": card["starting_weights"]["licence"],
+            "started_from": card["starting_weights"]}
 
 
 def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo], recipe: Recipe,
                    datasets: list[str], part: str | None, history: list[dict], seconds: float,
-                   validate: bool = True, teacher: dict | None = None) -> dict:
-    """Export a trained Keras YuNet, check parity, validate, and write the detector folder
-    (`teacher`: the card's entry of the teacher labels it was trained with)."""
+                   validate: bool = True, teacher: dict | None = None,
+                   start: dict | None = None) -> dict:
+    """Export a trained Keras YuNet into `pretrained`'s graph, check parity, validate, and write
+    the detector folder (`teacher`: the card's entry of the teacher labels it was trained with;
+    `start`: the card's `starting_weights` when training began from another detector's weights)."""
     onnx_bytes = onnx_with_weights(pretrained, keras_weights(model))
     diff = parity(model, onnx_bytes, _parity_inputs(photos, recipe))
     (out / yunet.TUNED_FILE).write_bytes(onnx_bytes)
     card = {
         "format": FORMAT, "network": "YuNet (libfacedetection), anchor-free, strides 8/16/32",
-        "starting_weights": {"file": yunet.MODEL_FILE, "sha256": yunet.MODEL_SHA256,
-                             "licence": LICENCE},
+        "starting_weights": start or {"file": yunet.MODEL_FILE, "sha256": yunet.MODEL_SHA256,
+                                      "licence": LICENCE},
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(), "onnx_bytes": len(onnx_bytes),
         "parameters": int(model.count_params()),
         "parity_max_abs_diff": diff,
