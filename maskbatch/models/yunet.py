@@ -79,6 +79,14 @@ def read_tuned_card(folder: str | os.PathLike | None = None) -> tuple[Path, dict
     return model, card
 
 
+def detector_reference(path: Path, card: dict) -> dict[str, str]:
+    """How a card names a fine-tuned detector whose weights it starts from: its file (the bundled
+    one by its place in the package), sha256 and the licence of its weights."""
+    bundled = path.resolve().parent == tuned_dir()
+    return {"file": f"maskbatch/models/{path.name}" if bundled else str(path.resolve()),
+            "sha256": card["onnx_sha256"], "licence": card["starting_weights"]["licence"]}
+
+
 def model_path(net: str) -> Path:
     """The verified ONNX file of a net: 'tuned' (fine-tuned, bundled) or 'yunet' (pretrained)."""
     if net == "tuned":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from maskbatch.models.yunet import read_tuned_card, tuned_dir
+from maskbatch.models.yunet import detector_reference, read_tuned_card
 from maskbatch.train.architecture_names import ARCHITECTURES
 
 INPUT_SIZES = {"compact": 124, "seed": 124, "backbone": 124}
@@ -135,10 +135,7 @@ def pretrained_backbone() -> dict[str, str]:
     ``read_tuned_card`` finds (the bundled one, or $MASKBATCH_DETECTOR_MODEL's), sha256-checked;
     the bundled file is named by its place in the package."""
 
-    path, card = read_tuned_card()
-    bundled = path.resolve().parent == tuned_dir()
-    return {"file": f"maskbatch/models/{path.name}" if bundled else str(path.resolve()),
-            "sha256": card["onnx_sha256"], "licence": card["starting_weights"]["licence"]}
+    return detector_reference(*read_tuned_card())
 
 
 def _backbone() -> keras.Model:

@@ -123,10 +123,7 @@ def run(datasets: list[str], out_dir: str, recipe: Recipe = Recipe(), part: str 
 def _start_entry(path: Path, card: dict) -> dict:
     """The card's `starting_weights` for a run continued from a fine-tuned detector: that file,
     its licence, and what it started from in turn."""
-    bundled = path.resolve().parent == yunet.tuned_dir()
-    return {"file": "maskbatch/models/" + path.name if bundled else str(path.resolve()),
-            "sha256": card["onnx_sha256"], "licence": card["starting_weights"]["licence"],
-            "started_from": card["starting_weights"]}
+    return {**yunet.detector_reference(path, card), "started_from": card["starting_weights"]}
 
 
 def write_detector(model: object, out: Path, pretrained: str, photos: list[Photo], recipe: Recipe,
